@@ -1,0 +1,12 @@
+"""servesim: a discrete-event simulator of LLM inference serving."""
+from simulator.config import ConfigError, SimConfig
+from simulator.metrics import SimResult
+
+
+def simulate(*args, **kwargs):
+    """Run one scenario (see simulator.api.simulate)."""
+    from simulator.api import simulate as _simulate
+    return _simulate(*args, **kwargs)
+
+
+__all__ = ["ConfigError", "SimConfig", "SimResult", "simulate"]

@@ -1,0 +1,71 @@
+"""The Python API that the CLI and notebooks call: simulate(config) -> SimResult."""
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from hardware.gpus import GPUSpec, get_gpu
+from simulator.batching import PolicyParams, make_policy
+from simulator.config import SimConfig
+from simulator.cost_model import CostModel
+from simulator.engine import Engine, EngineParts, ProgressFn
+from simulator.kv_cache import make_kv_cache
+from simulator.memory import plan_memory
+from simulator.metrics import SimResult
+from simulator.models import ModelSpec, get_model
+from workloads import make_requests
+from workloads.spec import RequestSpec
+
+
+def resolve_hardware(cfg: SimConfig) -> tuple[ModelSpec, GPUSpec]:
+    """The model and GPU a config names (presets, or user files when given)."""
+    try:
+        from hardware.gpus import resolve_gpu
+        gpu = resolve_gpu(cfg.gpu, cfg.gpu_file)
+    except ImportError:
+        gpu = get_gpu(cfg.gpu)
+    try:
+        from simulator.models import resolve_model
+        model = resolve_model(cfg.model, cfg.model_config)
+    except ImportError:
+        model = get_model(cfg.model)
+    return model, gpu
+
+
+def build_parts(cfg: SimConfig) -> EngineParts:
+    """Resolve a config into the policy, KV manager and cost model the engine drives."""
+    model, gpu = resolve_hardware(cfg)
+    if cfg.max_model_len > model.max_model_len:
+        raise ValueError(f"max-model-len {cfg.max_model_len} exceeds {model.name}'s context of "
+                         f"{model.max_model_len} tokens")
+    cost_model = CostModel(model, gpu, dtype=cfg.dtype, kv_dtype=cfg.kv_dtype, tp=cfg.tp,
+                           cuda_graphs=cfg.cuda_graphs)
+    plan = plan_memory(cfg, model, gpu, cost_model.activation_workspace_bytes(cfg.token_budget))
+    kv = make_kv_cache(cfg.kv, plan.capacity_tokens, block_size=cfg.block_size, max_model_len=cfg.max_model_len,
+                       reservation=cfg.kv_reservation)
+    params = PolicyParams(max_num_seqs=cfg.max_num_seqs, max_num_batched_tokens=cfg.token_budget,
+                          chunked_prefill=cfg.chunked_prefill, preemption=cfg.preemption,
+                          swap_space_bytes=cfg.swap_space_gb * 1e9, kv_bytes_per_token=plan.kv_bytes_per_token,
+                          batch_size=cfg.batch_size, max_batch_size=cfg.max_batch_size, max_wait_s=cfg.max_wait_s)
+    policy = make_policy(cfg.batching, kv, params)
+    meta = {"model": asdict(model), "gpu": asdict(gpu), "memory": asdict(plan),
+            "kv_capacity_tokens": plan.capacity_tokens, "max_num_batched_tokens": cfg.token_budget,
+            "peak_flops_per_s": gpu.matrix_flops_per_s(cfg.dtype) * cfg.tp,
+            "peak_bytes_per_s": gpu.hbm_bytes_per_s * cfg.tp}
+    return EngineParts(policy=policy, cost_model=cost_model, max_model_len=cfg.max_model_len,
+                       config=cfg.to_dict(), meta=meta, slo=(cfg.slo_ttft_s, cfg.slo_tpot_s))
+
+
+def workload(cfg: SimConfig) -> list[RequestSpec]:
+    """The requests a config describes (synthetic, or a replayed trace)."""
+    return make_requests(seed=cfg.seed, rate=cfg.rate, arrival=cfg.arrival, prompt_len=cfg.prompt_len,
+                         output_len=cfg.output_len, num_requests=cfg.num_requests, duration_s=cfg.duration_s,
+                         trace=cfg.trace, trace_format=cfg.trace_format, rate_scale=cfg.rate_scale)
+
+
+def simulate(config: SimConfig | None = None, *, requests: list[RequestSpec] | None = None,
+             progress: ProgressFn | None = None, **overrides) -> SimResult:
+    """Run one scenario. `overrides` replace config fields (simulate(rate=10)); `requests` bypasses the workload."""
+    cfg = (config or SimConfig()).replace(**overrides) if overrides else (config or SimConfig())
+    parts = build_parts(cfg)
+    specs = requests if requests is not None else workload(cfg)
+    return Engine(parts, specs, progress).run()

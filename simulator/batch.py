@@ -1,0 +1,52 @@
+"""Batch: the requests of one engine step and how many new tokens each computes."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from simulator.cost_model import StepShape
+from simulator.request import Request
+
+
+@dataclass
+class Batch:
+    """One step's work.
+
+    `num_new_tokens[i]` tokens of `requests[i]` are computed this step. `padding_context_tokens` lists the
+    context of finished sequences that a run-to-completion batch still computes as padding (one token each).
+    `swap_bytes` is KV moved between GPU and host memory before the step can run.
+    """
+
+    requests: list[Request]
+    num_new_tokens: list[int]
+    padding_context_tokens: list[int] = field(default_factory=list)
+    swap_bytes: float = 0.0
+    num_preempted: int = 0
+
+    def __post_init__(self) -> None:
+        assert len(self.requests) == len(self.num_new_tokens)
+        assert all(n > 0 for n in self.num_new_tokens)
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.requests) + len(self.padding_context_tokens)
+
+    @property
+    def num_batched_tokens(self) -> int:
+        return sum(self.num_new_tokens)
+
+    def shape(self) -> StepShape:
+        """Reduce the batch to what its cost depends on (hashable, for memoized pricing)."""
+        prefill: list[tuple[int, int]] = []
+        num_decode = len(self.padding_context_tokens)
+        decode_context = sum(self.padding_context_tokens) + num_decode
+        num_sampled = num_decode
+        for req, n in zip(self.requests, self.num_new_tokens):
+            if n == 1 and req.num_uncomputed_tokens == 1:
+                num_decode += 1
+                decode_context += req.num_computed_tokens + 1
+                num_sampled += 1
+            else:
+                prefill.append((n, req.num_computed_tokens))
+                num_sampled += req.num_computed_tokens + n == req.num_tokens
+        return StepShape(prefill=tuple(prefill), num_decode=num_decode, decode_context_tokens=decode_context,
+                         num_sampled=num_sampled)

@@ -1,0 +1,102 @@
+"""The batching-policy interface, and what every policy shares: queues, commit, preemption bookkeeping.
+
+A policy owns the waiting and running queues and a KV-cache manager. The engine calls `schedule(now)` for the
+next step's `Batch` (or None when there is nothing to run yet), prices and times it, then calls
+`commit(batch, start_s, end_s)` to advance counters, stamp tokens, finish requests and free their KV.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections import deque
+from dataclasses import dataclass, field
+
+from simulator.batch import Batch
+from simulator.kv_cache.base import KVCacheManager
+from simulator.request import Request, RequestStatus
+
+
+@dataclass(frozen=True)
+class PolicyParams:
+    """Knobs of every policy (each policy reads those it uses)."""
+
+    max_num_seqs: int = 256               # continuous: running requests at most (vLLM default 256)
+    max_num_batched_tokens: int = 8192    # continuous: tokens computed per step at most
+    chunked_prefill: bool = False         # continuous: split long prompts across steps, mixed with decodes
+    preemption: str = "recompute"         # continuous: 'recompute' or 'swap'
+    swap_space_bytes: float = 4 * 1024**3  # host memory for swapped-out KV (vLLM's default swap_space: 4 GiB)
+    kv_bytes_per_token: float = 0.0       # per GPU; prices swap traffic
+    batch_size: int = 8                   # static: requests per batch
+    max_batch_size: int = 8               # dynamic: close a batch at this many waiting requests...
+    max_wait_s: float = 0.1               # ...or once the oldest has waited this long
+
+
+@dataclass
+class StepOutcome:
+    """What a committed step produced: finished requests and inter-token gaps (seconds) of non-first tokens."""
+
+    finished: list[Request] = field(default_factory=list)
+    itl_gaps: list[float] = field(default_factory=list)
+
+
+class BatchingPolicy(ABC):
+    """Base class: override `schedule()` (and `_on_finish()` if KV is released at a different time)."""
+
+    def __init__(self, kv: KVCacheManager, params: PolicyParams) -> None:
+        self.kv = kv
+        self.params = params
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []
+        self.kv_used_tokens = 0          # K/V actually stored: computed tokens of requests holding GPU KV
+        self.workload_ended = False      # set by the engine once every request has arrived
+        self.num_preemptions = {"recompute": 0, "swap": 0}
+
+    def add_request(self, req: Request) -> None:
+        self.waiting.append(req)
+
+    @abstractmethod
+    def schedule(self, now: float) -> Batch | None:
+        """The next step's batch, or None if nothing can run now."""
+
+    def next_deadline(self, now: float) -> float | None:
+        """When schedule() may change its answer without an arrival (dynamic batching's window), or None."""
+        return None
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.waiting)
+
+    def commit(self, batch: Batch, start_s: float, end_s: float) -> StepOutcome:
+        """Advance every scheduled request by its new tokens; sample, stamp and finish."""
+        out = StepOutcome()
+        for req, n in zip(batch.requests, batch.num_new_tokens):
+            if req.scheduled_s is None:
+                req.scheduled_s = start_s
+            req.num_computed_tokens += n
+            self.kv_used_tokens += n
+            if req.num_computed_tokens < req.num_tokens:
+                continue                                    # a prefill chunk: no token sampled yet
+            if req.last_token_s is None:
+                req.first_token_s = end_s
+            else:
+                out.itl_gaps.append(end_s - req.last_token_s)
+            req.last_token_s = end_s
+            req.num_output_tokens += 1
+            if req.num_output_tokens == req.output_tokens:
+                req.status = RequestStatus.FINISHED
+                req.finish_s = end_s
+                out.finished.append(req)
+                self._on_finish(req)
+        return out
+
+    def _on_finish(self, req: Request) -> None:
+        """Release a finished request at once (iteration-level policies)."""
+        self.running.remove(req)
+        self._free(req)
+
+    def _free(self, req: Request) -> None:
+        if self.kv.allocated_tokens(req):
+            self.kv_used_tokens -= req.num_computed_tokens
+        self.kv.free(req)

@@ -1,0 +1,119 @@
+"""Continuous (iteration-level) batching, as in Orca and vLLM: the batch is re-formed every step.
+
+Knobs are vLLM's: `max_num_seqs` running requests and `max_num_batched_tokens` tokens per step; FCFS,
+running requests first. Without chunked prefill a step is all-prefill or all-decode, prefills first (vLLM v0's
+default scheduler). With chunked prefill, decodes go first and prompt chunks fill the rest of the token budget
+(Sarathi-Serve; vLLM v1). When KV memory runs out, the most recently admitted request is preempted: by
+recompute (free its KV, recompute prompt and outputs later) or by swap (copy its KV to host memory over PCIe).
+"""
+from __future__ import annotations
+
+from collections import deque
+
+from simulator.batch import Batch
+from simulator.batching.base import BatchingPolicy
+from simulator.request import Request, RequestStatus
+
+
+class ContinuousBatching(BatchingPolicy):
+    def __init__(self, kv, params) -> None:
+        super().__init__(kv, params)
+        self.swapped: deque[Request] = deque()
+        self.host_swap_bytes = 0.0
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running or self.swapped)
+
+    def schedule(self, now: float) -> Batch | None:
+        batch = Batch([], [])
+        self._swap_in(batch)
+        if self.params.chunked_prefill:
+            budget = self._schedule_running(batch, self.params.max_num_batched_tokens)
+            if not batch.num_preempted and not self.swapped:
+                self._admit_waiting(batch, budget)
+        elif not self._admit_waiting(batch, self.params.max_num_batched_tokens):
+            self._schedule_running(batch, self.params.max_num_batched_tokens)
+        return batch if batch.requests else None
+
+    def _schedule_running(self, batch: Batch, budget: int) -> int:
+        """Give running requests (oldest first) their next tokens, preempting the newest when KV runs out."""
+        for req in list(self.running):
+            if budget <= 0:
+                break
+            if req.status != RequestStatus.RUNNING:
+                continue                                    # preempted earlier in this loop
+            n = min(req.num_uncomputed_tokens, budget)
+            if not self._make_room(req, req.num_computed_tokens + n, batch):
+                continue
+            self.kv.allocate(req, req.num_computed_tokens + n)
+            batch.requests.append(req)
+            batch.num_new_tokens.append(n)
+            budget -= n
+        return budget
+
+    def _make_room(self, req: Request, num_tokens: int, batch: Batch) -> bool:
+        """Preempt the most recently admitted running requests until `req` fits; False if `req` itself went."""
+        while not self.kv.can_allocate(req, num_tokens):
+            victim = self.running[-1]
+            self._preempt(victim, batch)
+            if victim is req:
+                return False
+        return True
+
+    def _admit_waiting(self, batch: Batch, budget: int) -> bool:
+        """Admit waiting requests FCFS while seats, token budget and KV allow; True if any was admitted."""
+        admitted = False
+        while self.waiting and not self.swapped and len(self.running) < self.params.max_num_seqs and budget > 0:
+            req = self.waiting[0]
+            n = req.num_uncomputed_tokens
+            if n > budget and not self.params.chunked_prefill:
+                break                                       # a whole prompt must fit the step's budget
+            n = min(n, budget)
+            if not self.kv.can_allocate(req, req.num_computed_tokens + n, admission=True):
+                break
+            self.waiting.popleft()
+            self.kv.allocate(req, req.num_computed_tokens + n)
+            req.status = RequestStatus.RUNNING
+            self.running.append(req)
+            batch.requests.append(req)
+            batch.num_new_tokens.append(n)
+            budget -= n
+            admitted = True
+        return admitted
+
+    def _preempt(self, victim: Request, batch: Batch) -> None:
+        self.running.remove(victim)
+        victim.num_preemptions += 1
+        batch.num_preempted += 1
+        nbytes = victim.num_computed_tokens * self.params.kv_bytes_per_token
+        if self.params.preemption == "swap" and self.host_swap_bytes + nbytes <= self.params.swap_space_bytes:
+            self._free(victim)
+            victim.status = RequestStatus.SWAPPED
+            victim.swapped_bytes += nbytes
+            self.host_swap_bytes += nbytes
+            batch.swap_bytes += nbytes
+            self.swapped.append(victim)
+            self.num_preemptions["swap"] += 1
+            return
+        self._free(victim)
+        victim.recomputed_tokens += victim.num_computed_tokens
+        victim.num_computed_tokens = 0
+        victim.status = RequestStatus.PREEMPTED
+        self.waiting.appendleft(victim)
+        self.num_preemptions["recompute"] += 1
+
+    def _swap_in(self, batch: Batch) -> None:
+        """Bring swapped requests back (oldest first) while their KV fits, before any new admission."""
+        while self.swapped and len(self.running) < self.params.max_num_seqs:
+            req = self.swapped[0]
+            if not self.kv.can_allocate(req, req.num_computed_tokens + 1, admission=True):
+                return
+            self.swapped.popleft()
+            self.kv.allocate(req, req.num_computed_tokens)
+            self.kv_used_tokens += req.num_computed_tokens
+            nbytes = req.num_computed_tokens * self.params.kv_bytes_per_token
+            self.host_swap_bytes -= nbytes
+            req.swapped_bytes += nbytes
+            batch.swap_bytes += nbytes
+            req.status = RequestStatus.RUNNING
+            self.running.append(req)

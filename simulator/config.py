@@ -1,0 +1,120 @@
+"""SimConfig: the one frozen object of scenario knobs, validated on construction; no I/O here."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+from typing import Any, Mapping
+
+
+class ConfigError(ValueError):
+    """A bad knob: the message is one line naming the problem and the valid choices."""
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """Every knob of a scenario. Defaults are the built-in scenario: Llama-3.1-8B bf16 on one H100-SXM,
+    continuous batching, paged KV, ShareGPT lengths, Poisson arrivals."""
+
+    # hardware and model
+    gpu: str = "h100-sxm"
+    gpu_file: str | None = None            # a user GPU in TOML/YAML (overrides --gpu)
+    model: str = "llama-3.1-8b"
+    model_config: str | None = None        # a Hugging Face config.json (overrides --model)
+    dtype: str = "bf16"                    # weight precision
+    kv_dtype: str = "bf16"
+    tp: int = 1
+    cuda_graphs: bool = True
+    # workload
+    rate: float = 4.0                      # requests/s (synthetic arrivals)
+    arrival: str = "poisson"
+    num_requests: int | None = 2000
+    duration_s: float | None = None
+    prompt_len: str = "sharegpt"
+    output_len: str = "sharegpt"
+    trace: str | None = None
+    trace_format: str = "auto"
+    rate_scale: float = 1.0
+    seed: int = 0
+    # serving
+    batching: str = "continuous"
+    kv: str = "paged"
+    max_model_len: int = 8192
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int | None = None   # None: 8192, or max_model_len when chunked prefill is off
+    chunked_prefill: bool = False
+    batch_size: int = 8
+    max_batch_size: int = 8
+    max_wait_s: float = 0.1
+    block_size: int = 16
+    kv_reservation: str = "max-model-len"
+    gpu_memory_utilization: float = 0.9
+    num_gpu_blocks: int | None = None
+    kv_capacity_tokens: int | None = None
+    preemption: str = "recompute"
+    swap_space_gb: float = 4.0
+    # metrics
+    slo_ttft_s: float | None = None
+    slo_tpot_s: float | None = None
+
+    def __post_init__(self) -> None:
+        _check_positive(self, ("rate", "tp", "max_model_len", "max_num_seqs", "batch_size", "max_batch_size",
+                               "block_size", "rate_scale"))
+        _check_optional_positive(self, ("num_requests", "duration_s", "max_num_batched_tokens", "num_gpu_blocks",
+                                        "kv_capacity_tokens", "slo_ttft_s", "slo_tpot_s"))
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ConfigError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+        if self.max_wait_s < 0 or self.swap_space_gb < 0:
+            raise ConfigError("max_wait_s and swap_space_gb must not be negative")
+        _check_choice("preemption", self.preemption, ("recompute", "swap"))
+        _check_choice("kv_reservation", self.kv_reservation, ("max-model-len", "request"))
+        if self.num_requests is None and self.duration_s is None and self.trace is None:
+            raise ConfigError("give num_requests or duration_s (or a trace) so the workload ends")
+        if self.num_gpu_blocks is not None and self.kv_capacity_tokens is not None:
+            raise ConfigError("give num_gpu_blocks or kv_capacity_tokens, not both")
+        if not self.chunked_prefill and self.max_num_batched_tokens is not None \
+                and self.max_num_batched_tokens < self.max_model_len:
+            raise ConfigError(f"max_num_batched_tokens ({self.max_num_batched_tokens}) is smaller than max_model_len "
+                              f"({self.max_model_len}): a long prompt could never be scheduled; raise it or "
+                              "enable chunked prefill")
+
+    @property
+    def token_budget(self) -> int:
+        """Tokens per step: vLLM's default 8192 with chunked prefill, else at least max_model_len."""
+        if self.max_num_batched_tokens is not None:
+            return self.max_num_batched_tokens
+        return 8192 if self.chunked_prefill else max(8192, self.max_model_len)
+
+    def replace(self, **changes: Any) -> "SimConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> "SimConfig":
+        """Build from a mapping (a TOML/YAML file); keys may use dashes; unknown keys are errors."""
+        known = {f.name for f in fields(cls)}
+        clean = {str(k).replace("-", "_"): v for k, v in data.items()}
+        unknown = sorted(set(clean) - known)
+        if unknown:
+            raise ConfigError(f"unknown config key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(known))}")
+        return cls(**clean)
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got '{value}'")
+
+
+def _check_positive(cfg: SimConfig, names: tuple[str, ...]) -> None:
+    for name in names:
+        value = getattr(cfg, name)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+            raise ConfigError(f"{name.replace('_', '-')} must be positive, got {value}")
+
+
+def _check_optional_positive(cfg: SimConfig, names: tuple[str, ...]) -> None:
+    for name in names:
+        value = getattr(cfg, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
+            raise ConfigError(f"{name.replace('_', '-')} must be positive, got {value}")

@@ -1,0 +1,121 @@
+"""The SimPy simulation of one model replica (the only module that imports simpy).
+
+Scenario: requests arrive on their own process; an idle server sleeps until an arrival (or the policy's next
+deadline) wakes it. The serve loop asks the batching policy for a batch, prices it with the cost model, holds
+the GPU for that long, then commits the step and records it.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import simpy
+
+from simulator.batching import BatchingPolicy
+from simulator.cost_model import CostModel
+from simulator.metrics import Recorder, SimResult
+from simulator.request import Request, RequestStatus
+from workloads.spec import RequestSpec
+
+ProgressFn = Callable[[float, int, int], None]   # (simulated seconds, requests done, requests total)
+
+
+@dataclass
+class EngineParts:
+    """Everything the engine drives, built by simulator.api from a SimConfig."""
+
+    policy: BatchingPolicy
+    cost_model: CostModel
+    max_model_len: int
+    config: dict
+    meta: dict
+    slo: tuple[float | None, float | None] = (None, None)
+
+
+class Engine:
+    def __init__(self, parts: EngineParts, specs: Iterable[RequestSpec], progress: ProgressFn | None = None) -> None:
+        self.parts = parts
+        self.policy = parts.policy
+        self.specs = list(specs)
+        self.progress = progress
+        self.env = simpy.Environment()
+        self.recorder = Recorder()
+        self.requests: list[Request] = []
+        self.num_done = 0
+        self._wakeup = self.env.event()
+
+    def run(self) -> SimResult:
+        wall = time.perf_counter()
+        self.env.process(self._arrivals())
+        server = self.env.process(self._serve())
+        self.env.run(until=server)
+        meta = {**self.parts.meta, "preemptions_recompute": self.policy.num_preemptions["recompute"],
+                "preemptions_swap": self.policy.num_preemptions["swap"],
+                "wall_s": time.perf_counter() - wall}
+        return self.recorder.result(self.parts.config, meta, self.requests, self.parts.slo)
+
+    def _arrivals(self):
+        for spec in sorted(self.specs, key=lambda s: (s.arrival_s, s.request_id)):
+            if spec.arrival_s > self.env.now:
+                yield self.env.timeout(spec.arrival_s - self.env.now)
+            req = Request(spec)
+            self.requests.append(req)
+            reason = self._reject_reason(req)
+            if reason:
+                req.status, req.reject_reason = RequestStatus.REJECTED, reason
+                self.num_done += 1
+            else:
+                self.policy.add_request(req)
+            self._wake()
+        self.policy.workload_ended = True
+        self._wake()
+
+    def _reject_reason(self, req: Request) -> str:
+        if req.prompt_tokens + req.output_tokens > self.parts.max_model_len:
+            return f"longer than max_model_len ({self.parts.max_model_len} tokens)"
+        if req.max_tokens > self.policy.kv.max_request_tokens():
+            return f"longer than KV capacity ({self.policy.kv.max_request_tokens()} tokens)"
+        return ""
+
+    def _wake(self) -> None:
+        if not self._wakeup.triggered:
+            self._wakeup.succeed()
+
+    def _serve(self):
+        env, policy = self.env, self.policy
+        while True:
+            batch = policy.schedule(env.now)
+            if batch is None:
+                if policy.workload_ended and not policy.has_work():
+                    return
+                yield from self._idle()
+                continue
+            start = env.now
+            shape = batch.shape()
+            cost = self.parts.cost_model.step_cost(shape)
+            swap_s = self.parts.cost_model.swap_seconds(batch.swap_bytes) if batch.swap_bytes else 0.0
+            queues = (len(policy.running), policy.num_waiting)
+            self.recorder.kv_sample(start, policy.kv_used_tokens + batch.num_batched_tokens, policy.kv.usage(),
+                                    queues)
+            yield env.timeout(cost.seconds + swap_s)
+            outcome = policy.commit(batch, start, env.now)
+            self.recorder.step(start, cost, swap_s, (batch.batch_size, shape.num_prefill_tokens, shape.num_decode,
+                                                     shape.decode_context_tokens + sum(c for _, c in shape.prefill)),
+                               queues, batch.num_preempted)
+            self.recorder.itl_gaps(outcome.itl_gaps)
+            self.num_done += len(outcome.finished)
+            if self.progress:
+                self.progress(env.now, self.num_done, len(self.specs))
+
+    def _idle(self):
+        """Sleep until an arrival or the policy's deadline; a stall with nothing to wait for is a bug."""
+        deadline = self.policy.next_deadline(self.env.now)
+        if self.policy.workload_ended and deadline is None:
+            raise RuntimeError(f"scheduler stalled at t={self.env.now:.6f}s with work left: "
+                               f"{len(self.policy.running)} running, {self.policy.num_waiting} waiting")
+        self._wakeup = self.env.event()
+        events = [self._wakeup]
+        if deadline is not None:
+            events.append(self.env.timeout(max(0.0, deadline - self.env.now)))
+        yield self.env.any_of(events)

@@ -1,0 +1,73 @@
+"""The KV-cache manager interface: where each request's K/V lives, in tokens.
+
+Memory operations are atomic query/commit pairs: `can_allocate` answers without changing anything, and
+`allocate` either grows a request's allocation fully or fails an assertion. Managers count token slots;
+bytes are slots x KV bytes per token, which the engine knows.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+from simulator.request import Request
+
+
+@dataclass(frozen=True, slots=True)
+class KVUsage:
+    """A snapshot of KV memory, in token slots."""
+
+    allocated_tokens: int           # slots held by requests (reserved slabs, or whole blocks)
+    capacity_tokens: int            # C: every slot the cache has
+    free_tokens: int
+    largest_free_hole_tokens: int   # the largest contiguous free run (equals free_tokens when any slot serves)
+
+
+class KVCacheManager(ABC):
+    """Tracks KV slots per request. Subclasses decide the granularity and placement.
+
+    Args:
+        capacity_tokens: KV capacity C in token slots.
+        block_size: tokens per block (paged) or allocation granularity.
+        max_model_len: the longest sequence (prompt + output) the server accepts.
+        reservation: 'max-model-len' reserves max_model_len per request; 'request' reserves exactly
+            prompt + output (only managers that reserve up front use it).
+        watermark: fraction of capacity kept free when admitting new requests (running ones may use it).
+    """
+
+    def __init__(self, capacity_tokens: int, *, block_size: int = 16, max_model_len: int = 8192,
+                 reservation: str = "max-model-len", watermark: float = 0.01) -> None:
+        if capacity_tokens <= 0:
+            raise ValueError(f"KV capacity must be positive, got {capacity_tokens} tokens")
+        self.capacity_tokens = capacity_tokens
+        self.block_size = block_size
+        self.max_model_len = max_model_len
+        self.reservation = reservation
+        self.watermark = watermark
+
+    @abstractmethod
+    def can_allocate(self, req: Request, num_tokens: int, *, admission: bool = False) -> bool:
+        """Could `req` hold `num_tokens` KV tokens in total? `admission` also keeps the watermark free."""
+
+    @abstractmethod
+    def allocate(self, req: Request, num_tokens: int) -> None:
+        """Grow `req`'s allocation to hold `num_tokens` tokens. Call only after `can_allocate` said yes."""
+
+    @abstractmethod
+    def free(self, req: Request) -> None:
+        """Release everything `req` holds (a no-op if it holds nothing)."""
+
+    @abstractmethod
+    def allocated_tokens(self, req: Request) -> int:
+        """Token slots `req` holds now."""
+
+    @abstractmethod
+    def usage(self) -> KVUsage:
+        """A snapshot of the whole cache."""
+
+    @abstractmethod
+    def max_request_tokens(self) -> int:
+        """The most KV tokens one request could ever be given (a longer request is rejected)."""
+
+    @abstractmethod
+    def num_holders(self) -> int:
+        """How many requests hold KV now."""

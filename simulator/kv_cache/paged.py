@@ -1,0 +1,59 @@
+"""Paged KV cache (vLLM's PagedAttention): fixed-size blocks on demand through a per-request block table.
+
+Waste is only the unfilled tail of each request's last block; any free block serves any request, so there is
+no external fragmentation.
+"""
+from __future__ import annotations
+
+from simulator.kv_cache.base import KVCacheManager, KVUsage
+from simulator.request import Request
+
+
+class PagedKVCache(KVCacheManager):
+    def __init__(self, capacity_tokens: int, **kwargs) -> None:
+        super().__init__(capacity_tokens, **kwargs)
+        self.num_blocks = capacity_tokens // self.block_size
+        if self.num_blocks < 1:
+            raise ValueError(f"KV capacity {capacity_tokens} tokens holds no block of {self.block_size} tokens")
+        # vLLM v0 BlockSpaceManager keeps watermark * num_blocks free when admitting (default 0.01).
+        self.watermark_blocks = int(self.watermark * self.num_blocks)
+        self.free_blocks: list[int] = list(range(self.num_blocks - 1, -1, -1))   # a stack: pop() gives block 0 first
+        self.block_tables: dict[int, list[int]] = {}
+
+    def _blocks_for(self, num_tokens: int) -> int:
+        return -(-num_tokens // self.block_size)
+
+    def _blocks_needed(self, req: Request, num_tokens: int) -> int:
+        held = len(self.block_tables.get(req.request_id, ()))
+        return max(0, self._blocks_for(num_tokens) - held)
+
+    def can_allocate(self, req: Request, num_tokens: int, *, admission: bool = False) -> bool:
+        reserve = self.watermark_blocks if admission else 0
+        return self._blocks_needed(req, num_tokens) <= len(self.free_blocks) - reserve
+
+    def allocate(self, req: Request, num_tokens: int) -> None:
+        need = self._blocks_needed(req, num_tokens)
+        assert need <= len(self.free_blocks), f"allocate without can_allocate: {req}"
+        table = self.block_tables.setdefault(req.request_id, [])
+        for _ in range(need):
+            table.append(self.free_blocks.pop())
+
+    def free(self, req: Request) -> None:
+        table = self.block_tables.pop(req.request_id, None)
+        if table:
+            self.free_blocks.extend(reversed(table))
+
+    def allocated_tokens(self, req: Request) -> int:
+        return len(self.block_tables.get(req.request_id, ())) * self.block_size
+
+    def usage(self) -> KVUsage:
+        free = len(self.free_blocks) * self.block_size
+        allocated = (self.num_blocks - len(self.free_blocks)) * self.block_size
+        return KVUsage(allocated_tokens=allocated, capacity_tokens=self.num_blocks * self.block_size,
+                       free_tokens=free, largest_free_hole_tokens=free)
+
+    def max_request_tokens(self) -> int:
+        return (self.num_blocks - self.watermark_blocks) * self.block_size
+
+    def num_holders(self) -> int:
+        return len(self.block_tables)
