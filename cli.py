@@ -1,0 +1,253 @@
+"""servesim command line: thin commands that parse options into a SimConfig, call the simulator, write files."""
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+import json
+import os
+import shutil
+import sys
+import tempfile
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional
+
+import typer
+
+from simulator.options import SCENARIO_OPTIONS, ScenarioOption
+
+app = typer.Typer(help="servesim: simulate LLM inference serving on a roofline GPU model, answer what-if "
+                       "questions in seconds.", no_args_is_help=True, add_completion=False,
+                  pretty_exceptions_enable=False)
+
+
+class OutputFormat(str, Enum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+
+
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="Read options from a TOML or YAML file; "
+                                                   "command-line options override it.", rich_help_panel="Scenario")]
+OutOpt = Annotated[Path, typer.Option("--out", help="Results folder.")]
+FormatOpt = Annotated[OutputFormat, typer.Option("--format", help="stdout format: table, csv or json.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no table (for scripts).")]
+
+
+def fail(message: str) -> None:
+    """Print one line to stderr and exit non-zero."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+@contextlib.contextmanager
+def cli_errors():
+    """Turn bad-input exceptions into one-line errors (never a traceback)."""
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except (ValueError, KeyError, FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        fail(" ".join(str(message).split()))
+
+
+def scenario_command(*, lists: bool = False) -> Callable:
+    """Add every SCENARIO_OPTIONS flag to a command; the command receives them as `scenario: dict` (given ones).
+
+    With `lists`, every option is a string that may hold a comma list (for compare and sweep).
+    """
+    def decorate(func: Callable) -> Callable:
+        sig = inspect.signature(func)
+        own = [p for name, p in sig.parameters.items() if name != "scenario"]
+        extra = [_option_parameter(o, lists) for o in SCENARIO_OPTIONS]
+
+        @functools.wraps(func)
+        def wrapper(**kwargs: Any) -> Any:
+            given = {o.field: kwargs.pop(o.field, None) for o in SCENARIO_OPTIONS}
+            scenario = {field: value for field, value in given.items() if value is not None}
+            return func(scenario=scenario, **kwargs)
+
+        wrapper.__signature__ = sig.replace(parameters=own + extra)
+        return wrapper
+    return decorate
+
+
+def _option_parameter(opt: ScenarioOption, lists: bool) -> inspect.Parameter:
+    kind = str if lists or opt.kind is bool else opt.kind
+    help_text = opt.help_text + (" Comma list to vary it." if lists else "")
+    option = typer.Option(None, opt.flag, help=help_text, rich_help_panel=opt.panel, show_default=False)
+    return inspect.Parameter(opt.field, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=Optional[kind])
+
+
+def load_config_file(path: Path) -> dict[str, Any]:
+    """Read a TOML or YAML options file with safe loaders only."""
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} not found")
+    text = path.read_text()
+    try:
+        if path.suffix.lower() == ".toml":
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python 3.10
+                import tomli as tomllib
+            data = tomllib.loads(text)
+        else:
+            import yaml
+            data = yaml.safe_load(text)
+    except Exception as exc:  # parse errors of either library
+        raise ValueError(f"{path}: cannot parse: {' '.join(str(exc).split())}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a table of options, got {type(data).__name__}")
+    data.pop("resolved", None)            # a saved config.json carries the resolved hardware; not a knob
+    return data
+
+
+def build_config(scenario: dict[str, Any], config_file: Path | None):
+    """SimConfig from an options file (if any) overridden by the command line, with one-line errors."""
+    from simulator.config import SimConfig
+    from simulator.options import OPTIONS_BY_FIELD
+    values = load_config_file(config_file) if config_file else {}
+    values = {str(k).replace("-", "_"): v for k, v in values.items()}
+    for field, raw in scenario.items():
+        opt = OPTIONS_BY_FIELD[field]
+        try:
+            values[field] = opt.parse(raw) if isinstance(raw, str) else raw
+        except ValueError as exc:
+            raise ValueError(f"{opt.flag}: {exc}") from None
+    return SimConfig.from_mapping(values)
+
+
+@app.command()
+@scenario_command()
+def run(*, scenario: dict, config: ConfigOpt = None, out: OutOpt = Path("servesim-out"),
+        format: FormatOpt = OutputFormat.table, quiet: QuietOpt = False) -> None:
+    """Simulate one scenario; print its summary and write requests/steps/kv CSVs, summary.json, config.json."""
+    with cli_errors():
+        cfg = build_config(scenario, config)
+        result = _simulate_with_progress(cfg, quiet)
+        write_results(result, out)
+    if not quiet:
+        print_summary(result.summary(), format, title=f"servesim run -> {out}/")
+
+
+def _simulate_with_progress(cfg, quiet: bool):
+    from simulator.api import simulate
+    if quiet or not sys.stderr.isatty():
+        return simulate(cfg)
+    from rich.progress import Progress
+    with Progress(transient=True) as bar:
+        task = bar.add_task("simulating", total=None)
+
+        def progress(now_s: float, done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total, description=f"t={now_s:8.1f}s simulated")
+        return simulate(cfg, progress=progress)
+
+
+def write_results(result, out: Path) -> Path:
+    """Save into a temporary sibling folder, then move the files in: no partial output on failure."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        result.save(tmp)
+        out.mkdir(exist_ok=True)
+        for item in tmp.iterdir():
+            os.replace(item, out / item.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+SUMMARY_ROWS = (
+    ("requests completed / rejected", lambda s: f"{s['completed']} / {s['rejected']}"),
+    ("duration", lambda s: f"{s['duration_s']:.1f} s"),
+    ("request throughput", lambda s: f"{s['request_throughput']:.2f} req/s"),
+    ("output token throughput", lambda s: f"{s['output_token_throughput']:.0f} tok/s"),
+    ("total token throughput", lambda s: f"{s['total_token_throughput']:.0f} tok/s"),
+    ("TTFT mean / p50 / p99", lambda s: _ms(s, "ttft")),
+    ("TPOT mean / p50 / p99", lambda s: _ms(s, "tpot")),
+    ("ITL mean / p50 / p99", lambda s: _ms(s, "itl")),
+    ("E2E latency mean / p50 / p99", lambda s: _ms(s, "e2e")),
+    ("goodput (SLO attainment)", lambda s: f"{s['goodput']:.2f} req/s ({100 * s['slo_attainment']:.1f}%)"),
+    ("KV utilization (mean / max)", lambda s: f"{100 * s['kv_utilization_mean']:.1f}% / "
+                                               f"{100 * s['kv_utilization_max']:.1f}%"),
+    ("KV internal / external fragmentation", lambda s: f"{100 * s['internal_fragmentation_mean']:.1f}% / "
+                                                       f"{100 * s['external_fragmentation_mean']:.1f}%"),
+    ("max concurrent requests", lambda s: f"{s['max_concurrent_requests']}"),
+    ("preemptions (recompute / swap)", lambda s: f"{s['preemptions']} ({s['preemptions_recompute']} / "
+                                                 f"{s['preemptions_swap']})"),
+    ("MFU / MBU", lambda s: f"{100 * s['mfu']:.1f}% / {100 * s['mbu']:.1f}%"),
+)
+
+
+def _ms(s: dict, name: str) -> str:
+    return " / ".join(f"{1e3 * s[f'{name}_{k}_s']:.1f}" for k in ("mean", "p50", "p99")) + " ms"
+
+
+def print_summary(summary: dict, fmt: OutputFormat, title: str) -> None:
+    if fmt == OutputFormat.json:
+        from simulator.metrics import _jsonable
+        typer.echo(json.dumps(_jsonable(summary), indent=2))
+        return
+    if fmt == OutputFormat.csv:
+        import pandas as pd
+        flat = {k: v for k, v in summary.items() if not isinstance(v, dict)}
+        typer.echo(pd.DataFrame([flat]).to_csv(index=False), nl=False)
+        return
+    from rich.console import Console
+    from rich.table import Table
+    table = Table(title=title, show_header=False)
+    for label, fmt_row in SUMMARY_ROWS:
+        table.add_row(label, fmt_row(summary))
+    for reason, count in summary["rejected_reasons"].items():
+        table.add_row("rejected: " + reason, str(count))
+    Console().print(table)
+
+
+@app.command()
+def gpus(format: FormatOpt = OutputFormat.table) -> None:
+    """List the GPU catalog."""
+    from hardware.gpus import GPUS
+    rows = [{"gpu": g.name, "bf16_tflops": g.bf16_flops_per_s / 1e12, "fp8_tflops": g.fp8_flops_per_s / 1e12,
+             "memory_gb": g.hbm_bytes / 1e9, "bandwidth_tb_s": g.hbm_bytes_per_s / 1e12,
+             "link_gb_s": g.link_bytes_per_s / 1e9, "source": g.source} for g in GPUS.values()]
+    print_rows(rows, format, "GPU catalog (dense matrix rates)")
+
+
+@app.command()
+def models(format: FormatOpt = OutputFormat.table) -> None:
+    """List the model presets."""
+    from simulator.models import MODELS
+    rows = [{"model": m.name, "params_b": m.num_params() / 1e9, "active_params_b": m.num_params(active=True) / 1e9,
+             "layers": m.num_layers, "hidden": m.hidden_size, "heads": m.num_heads, "kv_heads": m.num_kv_heads,
+             "kv_kib_per_token_bf16": m.kv_bytes_per_token("bf16") / 1024, "max_len": m.max_model_len}
+            for m in MODELS.values()]
+    print_rows(rows, format, "Model presets")
+
+
+def print_rows(rows: list[dict], fmt: OutputFormat, title: str) -> None:
+    """Print a list of flat dicts as a table, CSV or JSON."""
+    import pandas as pd
+    df = pd.DataFrame(rows)
+    if fmt == OutputFormat.csv:
+        typer.echo(df.to_csv(index=False), nl=False)
+    elif fmt == OutputFormat.json:
+        typer.echo(df.to_json(orient="records", indent=2))
+    else:
+        from rich.console import Console
+        from rich.table import Table
+        table = Table(title=title)
+        for col in df.columns:
+            table.add_column(col, justify="right" if df[col].dtype.kind in "if" else "left")
+        for row in df.itertuples(index=False):
+            table.add_row(*(f"{v:,.4g}" if isinstance(v, float) else str(v) for v in row))
+        Console().print(table)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""The scenario options every CLI command shares, declared once: flag, help text and value parser per field.
+
+`run` takes one value per option; `compare` and `sweep` take comma lists of the same options, so the table
+lives here and commands are generated from it (no option block re-declared per command).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from simulator.batching import BATCHING_POLICIES
+from simulator.kv_cache import KV_CACHE_MANAGERS
+
+
+def parse_bool(text: str) -> bool:
+    value = str(text).strip().lower()
+    if value in ("on", "true", "yes", "1"):
+        return True
+    if value in ("off", "false", "no", "0"):
+        return False
+    raise ValueError(f"expected on or off, got '{text}'")
+
+
+def _number(kind: type) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            return kind(text)
+        except (TypeError, ValueError):
+            raise ValueError(f"expected {'an integer' if kind is int else 'a number'}, got '{text}'") from None
+    return parse
+
+
+@dataclass(frozen=True)
+class ScenarioOption:
+    field: str          # SimConfig field
+    flag: str           # command-line flag
+    kind: type          # int, float, str or bool (bools are written on/off)
+    help: str
+    panel: str = "Scenario"
+
+    @property
+    def help_text(self) -> str:
+        """Help with its '[default: x]' escaped, so rich markup shows it instead of eating it."""
+        return self.help.replace("[default:", "\\[default:")
+
+    def parse(self, text: str) -> Any:
+        if self.kind is bool:
+            return parse_bool(text)
+        if self.kind in (int, float):
+            return _number(self.kind)(text)
+        return str(text)
+
+
+def _o(field: str, kind: type, help: str, panel: str, flag: str | None = None) -> ScenarioOption:
+    return ScenarioOption(field, flag or "--" + field.replace("_", "-"), kind, help, panel)
+
+
+HW, WL, SV, KV, MT = "Hardware and model", "Workload", "Serving", "KV cache", "Metrics"
+SCENARIO_OPTIONS: tuple[ScenarioOption, ...] = (
+    _o("gpu", str, "GPU from the catalog (see `servesim gpus`). [default: h100-sxm]", HW),
+    _o("gpu_file", str, "A GPU described in a TOML/YAML file (overrides --gpu).", HW),
+    _o("model", str, "Model preset (see `servesim models`). [default: llama-3.1-8b]", HW),
+    _o("model_config", str, "A Hugging Face config.json read offline (overrides --model).", HW),
+    _o("dtype", str, "Weight precision: bf16, fp16, fp8, int8, int4. [default: bf16]", HW),
+    _o("kv_dtype", str, "KV-cache precision: bf16, fp16, fp8. [default: bf16]", HW),
+    _o("tp", int, "Tensor-parallel GPUs. [default: 1]", HW),
+    _o("cuda_graphs", bool, "CUDA graphs for decode steps: on or off. [default: on]", HW),
+    _o("rate", float, "Arrival rate, requests/s (synthetic workloads). [default: 4]", WL),
+    _o("arrival", str, "Arrival process: poisson, gamma:cv=2, constant. [default: poisson]", WL),
+    _o("num_requests", int, "Requests to simulate (caps a trace too). [default: 2000]", WL),
+    _o("duration_s", float, "Stop generating (or replaying) arrivals after this many seconds.", WL, "--duration"),
+    _o("prompt_len", str, "Prompt tokens: 512, uniform:128:2048, lognormal:mean=600,sigma=0.8, sharegpt, arxiv, "
+                          "bwb, empirical:FILE.csv[:column]. [default: sharegpt]", WL),
+    _o("output_len", str, "Output tokens, same forms as --prompt-len. [default: sharegpt]", WL),
+    _o("trace", str, "Replay a trace file instead of synthetic arrivals.", WL),
+    _o("trace_format", str, "Trace format: auto, azure, mooncake, plain. [default: auto]", WL),
+    _o("rate_scale", float, "Multiply a trace's arrival rate by this factor. [default: 1]", WL),
+    _o("seed", int, "Seed of every random draw. [default: 0]", WL),
+    _o("batching", str, f"Batching policy: {', '.join(BATCHING_POLICIES)}. [default: continuous]", SV),
+    _o("max_model_len", int, "Longest prompt + output accepted, tokens. [default: 8192]", SV),
+    _o("max_num_seqs", int, "Continuous: running requests at most. [default: 256]", SV),
+    _o("max_num_batched_tokens", int, "Continuous: tokens per step at most. [default: 8192, or max-model-len "
+                                      "without chunked prefill]", SV),
+    _o("chunked_prefill", bool, "Continuous: split prompts across steps, mixed with decodes: on or off. "
+                                "[default: off]", SV),
+    _o("batch_size", int, "Static: requests per batch. [default: 8]", SV),
+    _o("max_batch_size", int, "Dynamic: close a batch at this many waiting requests. [default: 8]", SV),
+    _o("max_wait_s", float, "Dynamic: or once the oldest request waited this long, s. [default: 0.1]", SV,
+       "--max-wait"),
+    _o("preemption", str, "When KV runs out: recompute or swap. [default: recompute]", SV),
+    _o("swap_space_gb", float, "Host memory for swapped KV, GB. [default: 4]", SV, "--swap-space"),
+    _o("kv", str, f"KV-cache manager: {', '.join(KV_CACHE_MANAGERS)}. [default: paged]", KV),
+    _o("block_size", int, "Paged: tokens per KV block. [default: 16]", KV),
+    _o("kv_reservation", str, "Contiguous: reserve max-model-len or request (prompt + output) per request. "
+                              "[default: max-model-len]", KV),
+    _o("gpu_memory_utilization", float, "Share of GPU memory servesim may use. [default: 0.9]", KV),
+    _o("num_gpu_blocks", int, "Override the KV capacity in blocks.", KV),
+    _o("kv_capacity_tokens", int, "Override the KV capacity in tokens.", KV),
+    _o("slo_ttft_s", float, "TTFT SLO for goodput, seconds.", MT, "--slo-ttft"),
+    _o("slo_tpot_s", float, "TPOT SLO for goodput, seconds.", MT, "--slo-tpot"),
+)
+OPTIONS_BY_FIELD = {o.field: o for o in SCENARIO_OPTIONS}
