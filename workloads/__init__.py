@@ -1,4 +1,80 @@
-"""Workloads: arrival processes x length distributions, and real-trace readers, all producing RequestSpecs."""
-from workloads.spec import RequestSpec
+"""Workloads: arrival processes x length distributions, and real-trace readers, all producing RequestSpecs.
 
-__all__ = ["RequestSpec"]
+`make_requests` is the one entry point the simulator and the CLI call; the modules below it are usable alone:
+arrivals (Poisson, gamma, constant), lengths (fixed, uniform, lognormal, empirical and the bundled real
+samples), synthetic (arrivals x lengths) and traces (azure, mooncake, plain readers).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from workloads.arrivals import ARRIVAL_FORMS, ARRIVAL_KINDS, parse_arrival_spec
+from workloads.errors import SpecError, TraceError
+from workloads.lengths import LENGTH_DATASETS, LENGTH_FORMS, parse_length_spec
+from workloads.spec import RequestSpec
+from workloads.synthetic import check_caps, generate
+from workloads.traces import TRACE_FORMATS, TRACE_READERS, read_trace
+
+__all__ = [
+    "ARRIVAL_FORMS",
+    "ARRIVAL_KINDS",
+    "LENGTH_DATASETS",
+    "LENGTH_FORMS",
+    "TRACE_FORMATS",
+    "TRACE_READERS",
+    "RequestSpec",
+    "SpecError",
+    "TraceError",
+    "make_requests",
+    "parse_arrival_spec",
+    "parse_length_spec",
+    "read_trace",
+]
+
+
+def make_requests(
+    *,
+    seed: int,
+    rate: float | None,
+    arrival: str = "poisson",
+    prompt_len: str = "sharegpt",
+    output_len: str = "sharegpt",
+    num_requests: int | None = None,
+    duration_s: float | None = None,
+    trace: str | None = None,
+    trace_format: str = "auto",
+    rate_scale: float = 1.0,
+) -> list[RequestSpec]:
+    """The workload as RequestSpecs 0..n-1 in arrival order.
+
+    Synthetic when `trace` is None: `arrival` gaps at `rate` req/s, lengths from `prompt_len`/`output_len`
+    (spec strings; see workloads.lengths), capped by `num_requests` and/or `duration_s` (at least one). All
+    randomness comes from one `np.random.default_rng(seed)`, so a seed fixes the list.
+
+    Replay when `trace` is a file path: read with `trace_format`, arrivals divided by `rate_scale`, capped by
+    `num_requests`/`duration_s` if given. `rate`, `arrival` and the length specs do not apply to a replay
+    (they are still checked, so a typo fails early), and neither does `seed` (a replay draws nothing).
+    """
+    process = parse_arrival_spec(arrival)
+    prompt = parse_length_spec(prompt_len, "prompt")
+    output = parse_length_spec(output_len, "output")
+    check_caps(num_requests, duration_s)
+    if isinstance(rate_scale, bool) or not (math.isfinite(rate_scale) and rate_scale > 0):
+        raise ValueError(f"rate_scale must be positive, got {rate_scale}")
+    if trace is not None:
+        return read_trace(
+            trace, trace_format, rate_scale=rate_scale, max_requests=num_requests, max_duration_s=duration_s
+        )
+    if rate is None or not (math.isfinite(rate) and rate > 0):
+        raise ValueError(f"rate must be positive, got {rate}")
+    if num_requests is None and duration_s is None:
+        raise ValueError("a synthetic workload needs num_requests or duration_s (or both)")
+    rng = np.random.default_rng(seed)
+    requests = generate(process, rate, prompt, output, rng, num_requests=num_requests, duration_s=duration_s)
+    if not requests:
+        raise ValueError(
+            f"no request arrives within duration_s={duration_s} at rate {rate} req/s; raise duration_s or rate"
+        )
+    return requests
