@@ -4,8 +4,19 @@ Units are SI: bytes, bytes/s, FLOP/s, seconds. Every entry cites its datasheet.
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import math
+import re
 from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser, packaged as tomli
+    import tomli as tomllib
 
 
 @dataclass(frozen=True)
@@ -39,26 +50,256 @@ class GPUSpec:
         return rate or self.bf16_flops_per_s
 
 
+# Units. Capacity convention: a datasheet's "80 GB" of HBM/GDDR is read as 80 GiB (memory parts come in
+# power-of-two densities: H100's five 16 GiB stacks hold 85.9e9 bytes). The driver keeps a little for itself
+# (nvidia-smi shows 81559 MiB on an H100 SXM, 0.4% less), which gpu_memory_utilization covers. Rates and
+# bandwidths are decimal (1 TB/s = 1e12 bytes/s), as datasheets print them. L2 sizes are binary (50 MB = 50 MiB).
+MiB = 1024**2
 GiB = 1024**3
 GB = 1e9
 TB = 1e12
+TFLOPS = 1e12
+PCIE4_X16 = 32 * GB   # PCIe Gen4 x16: datasheets print 64 GB/s, both directions together
+PCIE5_X16 = 64 * GB   # PCIe Gen5 x16: datasheets print 128 GB/s, both directions together
 
+# Every entry: dense (no 2:4 sparsity) tensor rates; datasheets print sparse figures with an asterisk, twice
+# the dense ones. Link and host-link bandwidths are per direction (datasheets print both directions summed).
 GPUS: dict[str, GPUSpec] = {
-    # NVIDIA H100 Tensor Core GPU datasheet (SXM5 80GB): 3.35 TB/s HBM3, 989 TFLOPS bf16 dense (1979 with sparsity),
-    # 1979 TFLOPS fp8 dense, 50 MB L2, 132 SMs, NVLink 900 GB/s total (450 GB/s per direction), PCIe Gen5 64 GB/s.
+    # NVIDIA A100 Tensor Core GPU datasheet (SXM4 40GB): 40 GB HBM2, 1,555 GB/s; BF16 312 TFLOPS (624*),
+    # INT8 624 TOPS (1,248*), no FP8; FP32 19.5 TFLOPS; NVLink 600 GB/s; PCIe Gen4 64 GB/s; 108 SMs, 40 MB L2.
+    "a100-40gb": GPUSpec(
+        name="a100-40gb", hbm_bytes=40 * GiB, hbm_bytes_per_s=1555 * GB, bf16_flops_per_s=312 * TFLOPS,
+        fp8_flops_per_s=0.0, int8_ops_per_s=624 * TFLOPS, vector_flops_per_s=19.5 * TFLOPS, l2_bytes=40 * MiB,
+        num_sms=108, link_bytes_per_s=300 * GB, host_link_bytes_per_s=PCIE4_X16,
+        source="NVIDIA A100 Tensor Core GPU datasheet (SXM4 40GB)"),
+    # NVIDIA A100 Tensor Core GPU datasheet (SXM4 80GB): 80 GB HBM2e, 2,039 GB/s; otherwise as the 40GB card.
+    "a100-80gb": GPUSpec(
+        name="a100-80gb", hbm_bytes=80 * GiB, hbm_bytes_per_s=2039 * GB, bf16_flops_per_s=312 * TFLOPS,
+        fp8_flops_per_s=0.0, int8_ops_per_s=624 * TFLOPS, vector_flops_per_s=19.5 * TFLOPS, l2_bytes=40 * MiB,
+        num_sms=108, link_bytes_per_s=300 * GB, host_link_bytes_per_s=PCIE4_X16,
+        source="NVIDIA A100 Tensor Core GPU datasheet (SXM4 80GB)"),
+    # NVIDIA H100 Tensor Core GPU datasheet (SXM5 80GB): 80 GB HBM3, 3.35 TB/s; BF16 989 TFLOPS (1,979*),
+    # FP8 1,979 TFLOPS (3,958*), INT8 1,979 TOPS (3,958*); FP32 67 TFLOPS; NVLink 900 GB/s; PCIe Gen5
+    # 128 GB/s; 132 SMs, 50 MB L2 (Hopper architecture whitepaper).
     "h100-sxm": GPUSpec(
-        name="h100-sxm", hbm_bytes=80 * GiB, hbm_bytes_per_s=3.35 * TB, bf16_flops_per_s=989e12,
-        fp8_flops_per_s=1979e12, int8_ops_per_s=1979e12, vector_flops_per_s=67e12, l2_bytes=50e6, num_sms=132,
-        link_bytes_per_s=450 * GB, host_link_bytes_per_s=64 * GB,
-        source="NVIDIA H100 Tensor Core GPU datasheet (SXM5)"),
+        name="h100-sxm", hbm_bytes=80 * GiB, hbm_bytes_per_s=3.35 * TB, bf16_flops_per_s=989 * TFLOPS,
+        fp8_flops_per_s=1979 * TFLOPS, int8_ops_per_s=1979 * TFLOPS, vector_flops_per_s=67 * TFLOPS,
+        l2_bytes=50 * MiB, num_sms=132, link_bytes_per_s=450 * GB, host_link_bytes_per_s=PCIE5_X16,
+        source="NVIDIA H100 Tensor Core GPU datasheet (SXM5 80GB)"),
+    # NVIDIA H100 Tensor Core GPU datasheet (PCIe 80GB): 80 GB HBM2e, 2.0 TB/s; BF16 756 TFLOPS (1,513*),
+    # FP8 1,513 TFLOPS (3,026*), INT8 1,513 TOPS (3,026*); FP32 51 TFLOPS; PCIe Gen5 128 GB/s; NVLink
+    # 600 GB/s only through a 2-GPU bridge, so GPU-to-GPU here is PCIe; 114 SMs, 50 MB L2.
+    "h100-pcie": GPUSpec(
+        name="h100-pcie", hbm_bytes=80 * GiB, hbm_bytes_per_s=2.0 * TB, bf16_flops_per_s=756 * TFLOPS,
+        fp8_flops_per_s=1513 * TFLOPS, int8_ops_per_s=1513 * TFLOPS, vector_flops_per_s=51 * TFLOPS,
+        l2_bytes=50 * MiB, num_sms=114, link_bytes_per_s=PCIE5_X16, host_link_bytes_per_s=PCIE5_X16,
+        source="NVIDIA H100 Tensor Core GPU datasheet (PCIe 80GB)"),
+    # NVIDIA H200 Tensor Core GPU datasheet (SXM): 141 GB HBM3e, 4.8 TB/s; BF16 989 TFLOPS (1,979*),
+    # FP8 1,979 TFLOPS (3,958*), INT8 1,979 TOPS (3,958*); FP32 67 TFLOPS; NVLink 900 GB/s; PCIe Gen5
+    # 128 GB/s; same GH100 die as H100 SXM (132 SMs, 50 MB L2).
+    "h200": GPUSpec(
+        name="h200", hbm_bytes=141 * GiB, hbm_bytes_per_s=4.8 * TB, bf16_flops_per_s=989 * TFLOPS,
+        fp8_flops_per_s=1979 * TFLOPS, int8_ops_per_s=1979 * TFLOPS, vector_flops_per_s=67 * TFLOPS,
+        l2_bytes=50 * MiB, num_sms=132, link_bytes_per_s=450 * GB, host_link_bytes_per_s=PCIE5_X16,
+        source="NVIDIA H200 Tensor Core GPU datasheet (SXM)"),
+    # NVIDIA HGX B200 datasheet, per GPU: 180 GB HBM3e, 7.7 TB/s (first printed as 8 TB/s); FP16/BF16
+    # 4.5 PFLOPS*, FP8 9 PFLOPS*, INT8 9 POPS* (all with sparsity: dense is half); FP32 75 TFLOPS;
+    # NVLink 5 1.8 TB/s; PCIe Gen5 128 GB/s. 148 SMs and 126 MB L2 as measured by Chips and Cheese ("Nvidia's
+    # B200: Keeping the CUDA Juggernaut Rolling").
+    "b200": GPUSpec(
+        name="b200", hbm_bytes=180 * GiB, hbm_bytes_per_s=7.7 * TB, bf16_flops_per_s=2250 * TFLOPS,
+        fp8_flops_per_s=4500 * TFLOPS, int8_ops_per_s=4500 * TFLOPS, vector_flops_per_s=75 * TFLOPS,
+        l2_bytes=126 * MiB, num_sms=148, link_bytes_per_s=900 * GB, host_link_bytes_per_s=PCIE5_X16,
+        source="NVIDIA HGX B200 datasheet (per-GPU figures)"),
+    # NVIDIA L40S datasheet: 48 GB GDDR6, 864 GB/s; BF16 362.05 TFLOPS (733*), FP8 733 TFLOPS (1,466*),
+    # INT8 733 TOPS (1,466*); FP32 91.6 TFLOPS; PCIe Gen4 x16 64 GB/s; no NVLink; 142 SMs (18,176 CUDA
+    # cores), 96 MB L2 (Ada Lovelace architecture whitepaper, AD102).
+    "l40s": GPUSpec(
+        name="l40s", hbm_bytes=48 * GiB, hbm_bytes_per_s=864 * GB, bf16_flops_per_s=362.05 * TFLOPS,
+        fp8_flops_per_s=733 * TFLOPS, int8_ops_per_s=733 * TFLOPS, vector_flops_per_s=91.6 * TFLOPS,
+        l2_bytes=96 * MiB, num_sms=142, link_bytes_per_s=PCIE4_X16, host_link_bytes_per_s=PCIE4_X16,
+        source="NVIDIA L40S datasheet"),
+    # NVIDIA L4 Tensor Core GPU datasheet: 24 GB GDDR6, 300 GB/s; BF16 242 TFLOPS*, FP8 485 TFLOPS*,
+    # INT8 485 TOPS* (sparse; dense is half); FP32 30.3 TFLOPS; PCIe Gen4 x16 64 GB/s; 58 SMs (7,424 CUDA
+    # cores), 48 MB L2 (AD104).
+    "l4": GPUSpec(
+        name="l4", hbm_bytes=24 * GiB, hbm_bytes_per_s=300 * GB, bf16_flops_per_s=121 * TFLOPS,
+        fp8_flops_per_s=242.5 * TFLOPS, int8_ops_per_s=242.5 * TFLOPS, vector_flops_per_s=30.3 * TFLOPS,
+        l2_bytes=48 * MiB, num_sms=58, link_bytes_per_s=PCIE4_X16, host_link_bytes_per_s=PCIE4_X16,
+        source="NVIDIA L4 Tensor Core GPU datasheet"),
+    # NVIDIA A10G (AWS EC2 G5 only; NVIDIA publishes no datasheet): 24 GB GDDR6, 600 GB/s; 80 SMs; BF16
+    # 70 TFLOPS dense (fp32 accumulate at half the fp16-accumulate rate, as on GA102 GeForce parts), INT8
+    # 140 TOPS dense, FP32 35 TFLOPS, no FP8, as tabulated in Baseten's "NVIDIA A10 vs A10G for ML model
+    # inference"; PCIe Gen4 x16; 6 MB L2 (GA102).
+    "a10g": GPUSpec(
+        name="a10g", hbm_bytes=24 * GiB, hbm_bytes_per_s=600 * GB, bf16_flops_per_s=70 * TFLOPS,
+        fp8_flops_per_s=0.0, int8_ops_per_s=140 * TFLOPS, vector_flops_per_s=35 * TFLOPS, l2_bytes=6 * MiB,
+        num_sms=80, link_bytes_per_s=PCIE4_X16, host_link_bytes_per_s=PCIE4_X16,
+        source="AWS EC2 G5 (NVIDIA A10G); rates as tabulated by Baseten, 'NVIDIA A10 vs A10G'"),
+    # NVIDIA Ada Lovelace architecture whitepaper, GeForce RTX 4090: 24 GB GDDR6X, 1,008 GB/s; FP16/BF16
+    # tensor with FP32 accumulate 165.2 TFLOPS (330.4*) [330.3 with FP16 accumulate]; FP8 with FP32
+    # accumulate 330.3 TFLOPS (660.6*); INT8 660.6 TOPS (1,321.2*); FP32 82.6 TFLOPS; 128 SMs, 72 MB L2;
+    # PCIe Gen4 x16, no NVLink.
+    "rtx-4090": GPUSpec(
+        name="rtx-4090", hbm_bytes=24 * GiB, hbm_bytes_per_s=1008 * GB, bf16_flops_per_s=165.2 * TFLOPS,
+        fp8_flops_per_s=330.3 * TFLOPS, int8_ops_per_s=660.6 * TFLOPS, vector_flops_per_s=82.6 * TFLOPS,
+        l2_bytes=72 * MiB, num_sms=128, link_bytes_per_s=PCIE4_X16, host_link_bytes_per_s=PCIE4_X16,
+        source="NVIDIA Ada Lovelace GPU architecture whitepaper (GeForce RTX 4090)"),
+    # NVIDIA RTX PRO 6000 Blackwell (Workstation / Server Edition): 96 GB GDDR7 ECC, 1,792 GB/s; 188 SMs,
+    # 128 MB L2; FP32 125 TFLOPS; "4,000 AI TOPS" = FP4 with sparsity. Dense rates derived from it: FP4 2,000,
+    # FP8 1,000, BF16 500 TFLOPS (professional cards run fp32 accumulate at full rate); INT8 as FP8.
+    # PCIe Gen5 x16 128 GB/s; no NVLink.
+    "rtx-pro-6000": GPUSpec(
+        name="rtx-pro-6000", hbm_bytes=96 * GiB, hbm_bytes_per_s=1792 * GB, bf16_flops_per_s=500 * TFLOPS,
+        fp8_flops_per_s=1000 * TFLOPS, int8_ops_per_s=1000 * TFLOPS, vector_flops_per_s=125 * TFLOPS,
+        l2_bytes=128 * MiB, num_sms=188, link_bytes_per_s=PCIE5_X16, host_link_bytes_per_s=PCIE5_X16,
+        source="NVIDIA RTX PRO 6000 Blackwell datasheet (dense rates derived from 4,000 FP4 sparse TOPS)"),
+    # AMD Instinct MI300X datasheet: 192 GB HBM3, 5.3 TB/s; BF16/FP16 1,307.4 TFLOPS (2,614.9*), FP8
+    # 2,614.9 TFLOPS (5,229.8*), INT8 2,614.9 TOPS (5,229.8*); FP32 vector 163.4 TFLOPS; 304 CUs; 256 MB
+    # Infinity Cache (the last-level cache; L2 proper is 4 MB per XCD); Infinity Fabric 896 GB/s aggregate
+    # over 7 links (448 GB/s per direction); PCIe Gen5 x16 128 GB/s.
+    "mi300x": GPUSpec(
+        name="mi300x", hbm_bytes=192 * GiB, hbm_bytes_per_s=5.3 * TB, bf16_flops_per_s=1307.4 * TFLOPS,
+        fp8_flops_per_s=2614.9 * TFLOPS, int8_ops_per_s=2614.9 * TFLOPS, vector_flops_per_s=163.4 * TFLOPS,
+        l2_bytes=256 * MiB, num_sms=304, link_bytes_per_s=448 * GB, host_link_bytes_per_s=PCIE5_X16,
+        vendor="amd", source="AMD Instinct MI300X accelerator datasheet"),
+}
+
+# Other spellings people type for catalog GPUs.
+GPU_ALIASES: dict[str, str] = {
+    "a100": "a100-80gb", "a100-sxm": "a100-80gb", "h100": "h100-sxm", "h200-sxm": "h200", "b200-sxm": "b200",
+    "4090": "rtx-4090", "rtx4090": "rtx-4090", "rtx-pro6000": "rtx-pro-6000", "mi300": "mi300x",
 }
 
 
 def get_gpu(name: str) -> GPUSpec:
     """Look up a catalog GPU; unknown names raise ValueError listing the choices and the closest match."""
-    key = name.strip().lower()
+    key = name.strip().lower().replace("_", "-").replace(" ", "-")
+    key = GPU_ALIASES.get(key, key)
     if key in GPUS:
         return GPUS[key]
-    close = difflib.get_close_matches(key, GPUS, n=1)
-    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    close = difflib.get_close_matches(key, list(GPUS) + list(GPU_ALIASES), n=1)
+    hint = f" (did you mean '{GPU_ALIASES.get(close[0], close[0])}'?)" if close else ""
     raise ValueError(f"unknown GPU '{name}'{hint}; choose one of: {', '.join(sorted(GPUS))}")
+
+
+class GPUFileError(ValueError):
+    """A user GPU file that cannot be read, parsed or validated; the message is one line naming the file."""
+
+
+# Unit suffixes accepted in string values ("80 GiB", "3.35 TB/s", "989 TFLOPS", "5 us"), by the kind of
+# field they fit. The kind comes from the field name's ending.
+_UNITS: dict[str, dict[str, float]] = {
+    "bytes": {"B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30,
+              "TiB": 2**40},
+    "bytes_per_s": {"B/s": 1, "KB/s": 1e3, "MB/s": 1e6, "GB/s": 1e9, "TB/s": 1e12},
+    "flops_per_s": {"FLOPS": 1, "GFLOPS": 1e9, "TFLOPS": 1e12, "PFLOPS": 1e15},
+    "ops_per_s": {"OPS": 1, "GOPS": 1e9, "TOPS": 1e12, "POPS": 1e15},
+    "s": {"s": 1, "ms": 1e-3, "us": 1e-6, "ns": 1e-9},
+}
+
+
+def _field_kind(field_name: str) -> str | None:
+    for kind in ("bytes_per_s", "flops_per_s", "ops_per_s", "bytes", "s"):
+        if field_name.endswith("_" + kind):
+            return kind
+    return None
+
+
+def _quantity(field_name: str, value: object, where: str) -> float:
+    """A number, or a string 'NUMBER UNIT' whose unit fits the field (bytes, bytes/s, FLOP/s, seconds)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise GPUFileError(f"{where}: '{field_name}' must be a number, got {value!r}")
+    if not isinstance(value, str):
+        return float(value)
+    units = _UNITS.get(_field_kind(field_name) or "", {})
+    factors = {unit.upper(): factor for unit, factor in units.items()}   # units are case-insensitive
+    match = re.fullmatch(r"\s*([-+0-9.eE]+)\s*([A-Za-z/]*)\s*", value)
+    try:
+        factor = factors[match.group(2).upper()] if match.group(2) else 1.0
+        return float(match.group(1)) * factor
+    except (AttributeError, KeyError, ValueError):
+        choices = ", ".join(units) if units else "none (give a plain number)"
+        raise GPUFileError(f"{where}: '{field_name}' = {value!r} is not a number with a unit; "
+                           f"units for this key: {choices}") from None
+
+
+def _read_mapping(path: Path) -> dict:
+    """Parse a TOML or YAML file (by extension) into a dict; errors name the file."""
+    suffix = path.suffix.lower()
+    if suffix not in (".toml", ".yaml", ".yml"):
+        raise GPUFileError(f"{path}: unsupported GPU file type '{suffix}'; use .toml, .yaml or .yml")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise GPUFileError(f"{path}: GPU file not found") from None
+    except OSError as exc:
+        raise GPUFileError(f"{path}: cannot read GPU file ({exc.strerror})") from None
+    try:
+        data = tomllib.loads(text) if suffix == ".toml" else yaml.safe_load(text)
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        detail = " ".join(str(exc).split())
+        raise GPUFileError(f"{path}: cannot parse {suffix[1:].upper()}: {detail}") from None
+    if not isinstance(data, dict):
+        raise GPUFileError(f"{path}: expected a table of GPUSpec fields (key = value), got {type(data).__name__}")
+    return data
+
+
+def _check_value(field: dataclasses.Field, value: object, where: str) -> object:
+    """Coerce one file value to its GPUSpec field type; numbers must be positive (zero allowed where optional)."""
+    if field.type in ("str", str):
+        if not isinstance(value, str):
+            raise GPUFileError(f"{where}: '{field.name}' must be a string, got {value!r}")
+        return value
+    number = _quantity(field.name, value, where)
+    required = field.default is dataclasses.MISSING
+    if not math.isfinite(number) or number < 0 or (required and number == 0):
+        rule = "positive" if required else "zero or positive"
+        raise GPUFileError(f"{where}: '{field.name}' must be {rule}, got {value!r}")
+    if field.type in ("int", int):
+        if number != int(number):
+            raise GPUFileError(f"{where}: '{field.name}' must be a whole number, got {value!r}")
+        return int(number)
+    return number
+
+
+def load_gpu_file(path: str | Path) -> GPUSpec:
+    """Read a user GPU from TOML or YAML: keys are GPUSpec field names, SI units.
+
+    Numbers may be plain (3.35e12) or strings with a unit that fits the key ("3.35 TB/s", "80 GiB",
+    "989 TFLOPS", "4 us"). An optional `base = "<catalog gpu>"` starts from that entry, so a file may set
+    only the fields it changes. `name` defaults to the file's stem. Errors raise GPUFileError, one line.
+    """
+    path = Path(path)
+    data = _read_mapping(path)
+    fields = {f.name: f for f in dataclasses.fields(GPUSpec)}
+    unknown = sorted(set(data) - set(fields) - {"base"})
+    if unknown:
+        raise GPUFileError(f"{path}: unknown key '{unknown[0]}'; valid keys: base, {', '.join(fields)}")
+    values: dict[str, object] = {}
+    if "base" in data:
+        try:
+            values = dataclasses.asdict(get_gpu(str(data.pop("base"))))
+        except ValueError as exc:
+            raise GPUFileError(f"{path}: base: {exc}") from None
+    values["name"] = path.stem.lower()
+    values.update({key: _check_value(fields[key], value, str(path)) for key, value in data.items()})
+    missing = [name for name, f in fields.items() if f.default is dataclasses.MISSING and name not in values]
+    if missing:
+        raise GPUFileError(f"{path}: missing required key '{missing[0]}' (required: "
+                           f"{', '.join(n for n, f in fields.items() if f.default is dataclasses.MISSING)})")
+    try:
+        return GPUSpec(**values)
+    except (TypeError, ValueError) as exc:
+        raise GPUFileError(f"{path}: {exc}") from None
+
+
+def resolve_gpu(name: str | None, gpu_file: str | Path | None) -> GPUSpec:
+    """The GPU a run uses: a catalog name or a user GPU file (exactly one of the two)."""
+    if name and gpu_file:
+        raise ValueError(f"give a GPU name or a GPU file, not both (got '{name}' and '{gpu_file}')")
+    if gpu_file:
+        return load_gpu_file(gpu_file)
+    if name:
+        return get_gpu(name)
+    raise ValueError(f"no GPU given: name a catalog GPU (one of: {', '.join(sorted(GPUS))}) or give a GPU file")
