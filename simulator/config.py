@@ -10,6 +10,9 @@ class ConfigError(ValueError):
     """A bad knob: the message is one line naming the problem and the valid choices."""
 
 
+DEFAULT_NUM_REQUESTS = 2000
+
+
 @dataclass(frozen=True)
 class SimConfig:
     """Every knob of a scenario. Defaults are the built-in scenario: Llama-3.1-8B bf16 on one H100-SXM,
@@ -27,7 +30,7 @@ class SimConfig:
     # workload
     rate: float = 4.0                      # requests/s (synthetic arrivals)
     arrival: str = "poisson"
-    num_requests: int | None = 2000
+    num_requests: int | None = None        # None: 2000 synthetic requests, or the whole trace
     duration_s: float | None = None
     prompt_len: str = "sharegpt"
     output_len: str = "sharegpt"
@@ -67,8 +70,6 @@ class SimConfig:
             raise ConfigError("max_wait_s and swap_space_gb must not be negative")
         _check_choice("preemption", self.preemption, ("recompute", "swap"))
         _check_choice("kv_reservation", self.kv_reservation, ("max-model-len", "request"))
-        if self.num_requests is None and self.duration_s is None and self.trace is None:
-            raise ConfigError("give num_requests or duration_s (or a trace) so the workload ends")
         if self.num_gpu_blocks is not None and self.kv_capacity_tokens is not None:
             raise ConfigError("give num_gpu_blocks or kv_capacity_tokens, not both")
         if not self.chunked_prefill and self.max_num_batched_tokens is not None \
@@ -83,6 +84,13 @@ class SimConfig:
         if self.max_num_batched_tokens is not None:
             return self.max_num_batched_tokens
         return 8192 if self.chunked_prefill else max(8192, self.max_model_len)
+
+    @property
+    def request_cap(self) -> int | None:
+        """Requests to generate or replay: the given cap; 2000 for a synthetic workload with no cap at all."""
+        if self.num_requests is None and self.duration_s is None and self.trace is None:
+            return DEFAULT_NUM_REQUESTS
+        return self.num_requests
 
     def replace(self, **changes: Any) -> "SimConfig":
         return dataclasses.replace(self, **changes)

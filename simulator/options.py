@@ -67,7 +67,7 @@ SCENARIO_OPTIONS: tuple[ScenarioOption, ...] = (
     _o("cuda_graphs", bool, "CUDA graphs for decode steps: on or off. [default: on]", HW),
     _o("rate", float, "Arrival rate, requests/s (synthetic workloads). [default: 4]", WL),
     _o("arrival", str, "Arrival process: poisson, gamma:cv=2, constant. [default: poisson]", WL),
-    _o("num_requests", int, "Requests to simulate (caps a trace too). [default: 2000]", WL),
+    _o("num_requests", int, "Requests to simulate (caps a trace too). [default: 2000 synthetic, or the whole trace]", WL),
     _o("duration_s", float, "Stop generating (or replaying) arrivals after this many seconds.", WL, "--duration"),
     _o("prompt_len", str, "Prompt tokens: 512, uniform:128:2048, lognormal:mean=600,sigma=0.8, sharegpt, arxiv, "
                           "bwb, empirical:FILE.csv[:column]. [default: sharegpt]", WL),
