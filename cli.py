@@ -32,7 +32,7 @@ ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="Read option
                                                    "command-line options override it.", rich_help_panel="Scenario")]
 OutOpt = Annotated[Path, typer.Option("--out", help="Results folder.")]
 FormatOpt = Annotated[OutputFormat, typer.Option("--format", help="stdout format: table, csv or json.")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no table (for scripts).")]
+QuietOpt = Annotated[bool, typer.Option("--quiet/--no-quiet", "-q", help="No progress bar and no table (for scripts).")]
 
 
 def fail(message: str) -> None:
@@ -212,6 +212,8 @@ def gpus(format: FormatOpt = OutputFormat.table) -> None:
     rows = [{"gpu": g.name, "bf16_tflops": g.bf16_flops_per_s / 1e12, "fp8_tflops": g.fp8_flops_per_s / 1e12,
              "memory_gb": g.hbm_bytes / 1e9, "bandwidth_tb_s": g.hbm_bytes_per_s / 1e12,
              "link_gb_s": g.link_bytes_per_s / 1e9, "source": g.source} for g in GPUS.values()]
+    if format == OutputFormat.table:
+        rows = [{k: v for k, v in row.items() if k != "source"} for row in rows]   # sources: --format csv/json
     print_rows(rows, format, "GPU catalog (dense matrix rates)")
 
 

@@ -5,7 +5,7 @@ from dataclasses import asdict
 
 from hardware.gpus import GPUSpec, get_gpu
 from simulator.batching import PolicyParams, make_policy
-from simulator.config import SimConfig
+from simulator.config import DEFAULT_MAX_MODEL_LEN, SimConfig
 from simulator.cost_model import CostModel
 from simulator.engine import Engine, EngineParts, ProgressFn
 from simulator.kv_cache import make_kv_cache
@@ -34,6 +34,8 @@ def resolve_hardware(cfg: SimConfig) -> tuple[ModelSpec, GPUSpec]:
 def build_parts(cfg: SimConfig) -> EngineParts:
     """Resolve a config into the policy, KV manager and cost model the engine drives."""
     model, gpu = resolve_hardware(cfg)
+    if cfg.max_model_len is None:
+        cfg = cfg.replace(max_model_len=min(model.max_model_len, DEFAULT_MAX_MODEL_LEN))
     if cfg.max_model_len > model.max_model_len:
         raise ValueError(f"max-model-len {cfg.max_model_len} exceeds {model.name}'s context of "
                          f"{model.max_model_len} tokens")

@@ -11,6 +11,7 @@ class ConfigError(ValueError):
 
 
 DEFAULT_NUM_REQUESTS = 2000
+DEFAULT_MAX_MODEL_LEN = 8192
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ class SimConfig:
     # serving
     batching: str = "continuous"
     kv: str = "paged"
-    max_model_len: int = 8192
+    max_model_len: int | None = None       # None: the model's context, at most DEFAULT_MAX_MODEL_LEN
     max_num_seqs: int = 256
     max_num_batched_tokens: int | None = None   # None: 8192, or max_model_len when chunked prefill is off
     chunked_prefill: bool = False
@@ -60,9 +61,9 @@ class SimConfig:
     slo_tpot_s: float | None = None
 
     def __post_init__(self) -> None:
-        _check_positive(self, ("rate", "tp", "max_model_len", "max_num_seqs", "batch_size", "max_batch_size",
+        _check_positive(self, ("rate", "tp", "max_num_seqs", "batch_size", "max_batch_size",
                                "block_size", "rate_scale"))
-        _check_optional_positive(self, ("num_requests", "duration_s", "max_num_batched_tokens", "num_gpu_blocks",
+        _check_optional_positive(self, ("max_model_len", "num_requests", "duration_s", "max_num_batched_tokens", "num_gpu_blocks",
                                         "kv_capacity_tokens", "slo_ttft_s", "slo_tpot_s"))
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ConfigError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
@@ -72,7 +73,7 @@ class SimConfig:
         _check_choice("kv_reservation", self.kv_reservation, ("max-model-len", "request"))
         if self.num_gpu_blocks is not None and self.kv_capacity_tokens is not None:
             raise ConfigError("give num_gpu_blocks or kv_capacity_tokens, not both")
-        if not self.chunked_prefill and self.max_num_batched_tokens is not None \
+        if not self.chunked_prefill and self.max_num_batched_tokens is not None and self.max_model_len \
                 and self.max_num_batched_tokens < self.max_model_len:
             raise ConfigError(f"max_num_batched_tokens ({self.max_num_batched_tokens}) is smaller than max_model_len "
                               f"({self.max_model_len}): a long prompt could never be scheduled; raise it or "
@@ -83,7 +84,7 @@ class SimConfig:
         """Tokens per step: vLLM's default 8192 with chunked prefill, else at least max_model_len."""
         if self.max_num_batched_tokens is not None:
             return self.max_num_batched_tokens
-        return 8192 if self.chunked_prefill else max(8192, self.max_model_len)
+        return 8192 if self.chunked_prefill else max(8192, self.max_model_len or DEFAULT_MAX_MODEL_LEN)
 
     @property
     def request_cap(self) -> int | None:

@@ -77,7 +77,7 @@ SCENARIO_OPTIONS: tuple[ScenarioOption, ...] = (
     _o("rate_scale", float, "Multiply a trace's arrival rate by this factor. [default: 1]", WL),
     _o("seed", int, "Seed of every random draw. [default: 0]", WL),
     _o("batching", str, f"Batching policy: {', '.join(BATCHING_POLICIES)}. [default: continuous]", SV),
-    _o("max_model_len", int, "Longest prompt + output accepted, tokens. [default: 8192]", SV),
+    _o("max_model_len", int, "Longest prompt + output accepted, tokens. [default: the model's context, at most 8192]", SV),
     _o("max_num_seqs", int, "Continuous: running requests at most. [default: 256]", SV),
     _o("max_num_batched_tokens", int, "Continuous: tokens per step at most. [default: 8192, or max-model-len "
                                       "without chunked prefill]", SV),
