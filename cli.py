@@ -9,6 +9,7 @@ import os
 import shutil
 import sys
 import tempfile
+import typing
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
@@ -32,7 +33,7 @@ ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="Read option
                                                    "command-line options override it.", rich_help_panel="Scenario")]
 OutOpt = Annotated[Path, typer.Option("--out", help="Results folder.")]
 FormatOpt = Annotated[OutputFormat, typer.Option("--format", help="stdout format: table, csv or json.")]
-QuietOpt = Annotated[bool, typer.Option("--quiet/--no-quiet", "-q", help="No progress bar and no table (for scripts).")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no table (for scripts).")]
 
 
 def fail(message: str) -> None:
@@ -60,7 +61,9 @@ def scenario_command(*, lists: bool = False) -> Callable:
     """
     def decorate(func: Callable) -> Callable:
         sig = inspect.signature(func)
-        own = [p for name, p in sig.parameters.items() if name != "scenario"]
+        hints = typing.get_type_hints(func, include_extras=True)     # resolve string annotations to Annotated
+        own = [p.replace(annotation=hints.get(name, p.annotation)) for name, p in sig.parameters.items()
+               if name != "scenario"]
         extra = [_option_parameter(o, lists) for o in SCENARIO_OPTIONS]
 
         @functools.wraps(func)

@@ -1,4 +1,4 @@
-"""GPU catalog and the roofline."""
-from hardware.gpus import GPUS, GPUSpec, get_gpu
+"""GPU catalog, user GPU files, and the roofline."""
+from hardware.gpus import GPUS, GPUFileError, GPUSpec, get_gpu, load_gpu_file, resolve_gpu
 
-__all__ = ["GPUS", "GPUSpec", "get_gpu"]
+__all__ = ["GPUS", "GPUFileError", "GPUSpec", "get_gpu", "load_gpu_file", "resolve_gpu"]

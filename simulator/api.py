@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from hardware.gpus import GPUSpec, get_gpu
+from hardware.gpus import GPUSpec, resolve_gpu
 from simulator.batching import PolicyParams, make_policy
 from simulator.config import DEFAULT_MAX_MODEL_LEN, SimConfig
 from simulator.cost_model import CostModel
@@ -11,24 +11,14 @@ from simulator.engine import Engine, EngineParts, ProgressFn
 from simulator.kv_cache import make_kv_cache
 from simulator.memory import plan_memory
 from simulator.metrics import SimResult
-from simulator.models import ModelSpec, get_model
+from simulator.models import ModelSpec, resolve_model
 from workloads import make_requests
 from workloads.spec import RequestSpec
 
 
 def resolve_hardware(cfg: SimConfig) -> tuple[ModelSpec, GPUSpec]:
     """The model and GPU a config names (presets, or user files when given)."""
-    try:
-        from hardware.gpus import resolve_gpu
-        gpu = resolve_gpu(cfg.gpu, cfg.gpu_file)
-    except ImportError:
-        gpu = get_gpu(cfg.gpu)
-    try:
-        from simulator.models import resolve_model
-        model = resolve_model(cfg.model, cfg.model_config)
-    except ImportError:
-        model = get_model(cfg.model)
-    return model, gpu
+    return resolve_model(cfg.model, cfg.model_config), resolve_gpu(cfg.gpu, cfg.gpu_file)
 
 
 def build_parts(cfg: SimConfig) -> EngineParts:
