@@ -1,7 +1,7 @@
 """The Python API that the CLI and notebooks call: simulate(config) -> SimResult."""
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 from hardware.gpus import GPUSpec, resolve_gpu
 from simulator.batching import PolicyParams, make_policy
@@ -18,7 +18,17 @@ from workloads.spec import RequestSpec
 
 def resolve_hardware(cfg: SimConfig) -> tuple[ModelSpec, GPUSpec]:
     """The model and GPU a config names (presets, or user files when given)."""
-    return resolve_model(cfg.model, cfg.model_config), resolve_gpu(cfg.gpu, cfg.gpu_file)
+    gpu = resolve_gpu(cfg.gpu, cfg.gpu_file)
+    if cfg.bandwidth_scale != 1.0 or cfg.flops_scale != 1.0:
+        gpu = scale_gpu(gpu, bandwidth=cfg.bandwidth_scale, flops=cfg.flops_scale)
+    return resolve_model(cfg.model, cfg.model_config), gpu
+
+
+def scale_gpu(gpu: GPUSpec, *, bandwidth: float = 1.0, flops: float = 1.0) -> GPUSpec:
+    """A what-if GPU: memory bandwidth and matrix rates scaled, everything else (overheads, capacity) kept."""
+    return replace(gpu, name=f"{gpu.name} (bw x{bandwidth:g}, flops x{flops:g})",
+                   hbm_bytes_per_s=gpu.hbm_bytes_per_s * bandwidth, bf16_flops_per_s=gpu.bf16_flops_per_s * flops,
+                   fp8_flops_per_s=gpu.fp8_flops_per_s * flops, int8_ops_per_s=gpu.int8_ops_per_s * flops)
 
 
 def build_parts(cfg: SimConfig) -> EngineParts:

@@ -28,6 +28,8 @@ class SimConfig:
     kv_dtype: str = "bf16"
     tp: int = 1
     cuda_graphs: bool = True
+    bandwidth_scale: float = 1.0           # what-if: the GPU's memory bandwidth times this
+    flops_scale: float = 1.0               # what-if: the GPU's matrix rates times this
     # workload
     rate: float = 4.0                      # requests/s (synthetic arrivals)
     arrival: str = "poisson"
@@ -62,7 +64,7 @@ class SimConfig:
 
     def __post_init__(self) -> None:
         _check_positive(self, ("rate", "tp", "max_num_seqs", "batch_size", "max_batch_size",
-                               "block_size", "rate_scale"))
+                               "block_size", "rate_scale", "bandwidth_scale", "flops_scale"))
         _check_optional_positive(self, ("max_model_len", "num_requests", "duration_s", "max_num_batched_tokens", "num_gpu_blocks",
                                         "kv_capacity_tokens", "slo_ttft_s", "slo_tpot_s"))
         if not 0 < self.gpu_memory_utilization <= 1:

@@ -64,6 +64,8 @@ SCENARIO_OPTIONS: tuple[ScenarioOption, ...] = (
     _o("dtype", str, "Weight precision: bf16, fp16, fp8, int8, int4. [default: bf16]", HW),
     _o("kv_dtype", str, "KV-cache precision: bf16, fp16, fp8. [default: bf16]", HW),
     _o("tp", int, "Tensor-parallel GPUs. [default: 1]", HW),
+    _o("bandwidth_scale", float, "What-if: multiply the GPU's memory bandwidth. [default: 1]", HW),
+    _o("flops_scale", float, "What-if: multiply the GPU's matrix FLOP rates. [default: 1]", HW),
     _o("cuda_graphs", bool, "CUDA graphs for decode steps: on or off. [default: on]", HW),
     _o("rate", float, "Arrival rate, requests/s (synthetic workloads). [default: 4]", WL),
     _o("arrival", str, "Arrival process: poisson, gamma:cv=2, constant. [default: poisson]", WL),
