@@ -63,8 +63,29 @@ class Recorder:
         for col, value in zip(KV_COLUMNS, row):
             self.kv[col].append(value)
 
-    def itl_gaps(self, gaps: list[float]) -> None:
-        self.itl.update(gaps)
+    def run_steps(self, start_s: float, ends_s: list[float], costs: list[StepCost], run, usage: KVUsage,
+                  new_blocks: list[int], block_tokens: int, preemptions_total: int) -> None:
+        """Rows of a run of decode steps, each as the step-by-step path records it. `usage` is the KV snapshot
+        before the run; block managers (block_tokens > 0) serve any request from any free block."""
+        queues = (run.num_running, run.num_waiting)
+        allocated, t = usage.allocated_tokens, start_s
+        self.preemptions_total = preemptions_total
+        for j, (end, cost) in enumerate(zip(ends_s, costs)):
+            allocated += new_blocks[j] * block_tokens
+            free = usage.capacity_tokens - allocated
+            snapshot = KVUsage(allocated, usage.capacity_tokens, free,
+                               free if block_tokens else usage.largest_free_hole_tokens)
+            self.kv_sample(t, run.used_tokens + run.live * (j + 1), snapshot, queues)
+            self.step(t, cost, 0.0, (run.num_decode, 0, run.num_decode, run.context_tokens + j * run.live),
+                      queues, 0)
+            t = end
+
+    def itl_gaps(self, gaps: list[float], counts: list[int] | None = None) -> None:
+        if counts is None:
+            self.itl.update(gaps)
+        else:
+            for gap, count in zip(gaps, counts):
+                self.itl[gap] += count
 
     def result(self, config: dict, meta: dict, requests: list[Request], slo: tuple[float | None, float | None]):
         req_df = requests_frame(requests, slo)

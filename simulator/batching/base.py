@@ -11,6 +11,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from simulator.batch import Batch
+from simulator.batching.lazy import DecodeRun
 from simulator.kv_cache.base import KVCacheManager
 from simulator.request import Request, RequestStatus
 
@@ -32,10 +33,14 @@ class PolicyParams:
 
 @dataclass
 class StepOutcome:
-    """What a committed step produced: finished requests and inter-token gaps (seconds) of non-first tokens."""
+    """What a committed step (or run of steps) produced: finished requests, and inter-token gaps (seconds) of
+    non-first tokens: `itl_gaps[i]` occurred `itl_counts[i]` times (once each when `itl_counts` is None).
+    `new_blocks` lists, for a run, the KV blocks each of its steps allocated."""
 
     finished: list[Request] = field(default_factory=list)
     itl_gaps: list[float] = field(default_factory=list)
+    itl_counts: list[int] | None = None
+    new_blocks: list[int] | None = None
 
 
 class BatchingPolicy(ABC):
@@ -49,6 +54,27 @@ class BatchingPolicy(ABC):
         self.kv_used_tokens = 0          # K/V actually stored: computed tokens of requests holding GPU KV
         self.workload_ended = False      # set by the engine once every request has arrived
         self.num_preemptions = {"recompute": 0, "swap": 0}
+        self.fast_path = False           # decode runs: see enable_fast_path
+        self._next_seat = 0
+
+    def enable_fast_path(self) -> None:
+        """Let the engine advance runs of identical decode steps at once (plan_run / commit_run)."""
+        self.fast_path = True
+
+    def plan_run(self, now: float) -> DecodeRun | None:
+        """The run of decode steps that schedule() would give from now on, step after step, if nothing arrives;
+        None when the next step is not such a step (the engine then calls schedule())."""
+        return None
+
+    def commit_run(self, run: DecodeRun, ends_s: list[float]) -> StepOutcome:
+        """Commit the first len(ends_s) steps of `run`, step j ending at ends_s[j]."""
+        raise NotImplementedError(f"{type(self).__name__} plans no runs")
+
+    def _add_running(self, req: Request) -> None:
+        """Append to the running set; seats number the running order."""
+        req.seat = self._next_seat
+        self._next_seat += 1
+        self.running.append(req)
 
     def add_request(self, req: Request) -> None:
         self.waiting.append(req)

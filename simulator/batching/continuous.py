@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections import deque
 
 from simulator.batch import Batch
-from simulator.batching.base import BatchingPolicy
+from simulator.batching.base import BatchingPolicy, StepOutcome
+from simulator.batching.lazy import DecodeRun, LazyDecoders
 from simulator.request import Request, RequestStatus
 
 
@@ -20,6 +21,11 @@ class ContinuousBatching(BatchingPolicy):
         super().__init__(kv, params)
         self.swapped: deque[Request] = deque()
         self.host_swap_bytes = 0.0
+        self.lazy: LazyDecoders | None = None
+
+    def enable_fast_path(self) -> None:
+        super().enable_fast_path()
+        self.lazy = LazyDecoders(self.kv)
 
     def has_work(self) -> bool:
         return bool(self.waiting or self.running or self.swapped)
@@ -28,12 +34,19 @@ class ContinuousBatching(BatchingPolicy):
         batch = Batch([], [])
         self._swap_in(batch)
         if self.params.chunked_prefill:
+            self._sync_running()
             budget = self._schedule_running(batch, self.params.max_num_batched_tokens)
             if not batch.num_preempted and not self.swapped:
                 self._admit_waiting(batch, budget)
         elif not self._admit_waiting(batch, self.params.max_num_batched_tokens):
+            self._sync_running()
             self._schedule_running(batch, self.params.max_num_batched_tokens)
         return batch if batch.requests else None
+
+    def _sync_running(self) -> None:
+        """Bring lazily advanced requests level before the step-by-step path reads the running set."""
+        if self.lazy is not None and self.lazy.num_tracked:
+            self.lazy.sync_all(self.running)
 
     def _schedule_running(self, batch: Batch, budget: int) -> int:
         """Give running requests (oldest first) their next tokens, preempting the newest when KV runs out."""
@@ -74,7 +87,7 @@ class ContinuousBatching(BatchingPolicy):
             self.waiting.popleft()
             self.kv.allocate(req, req.num_computed_tokens + n)
             req.status = RequestStatus.RUNNING
-            self.running.append(req)
+            self._add_running(req)
             batch.requests.append(req)
             batch.num_new_tokens.append(n)
             budget -= n
@@ -116,4 +129,75 @@ class ContinuousBatching(BatchingPolicy):
             req.swapped_bytes += nbytes
             batch.swap_bytes += nbytes
             req.status = RequestStatus.RUNNING
-            self.running.append(req)
+            self._add_running(req)
+
+    # ---- the decode-run fast path (see simulator/batching/lazy.py) ----
+    def commit(self, batch: Batch, start_s: float, end_s: float) -> StepOutcome:
+        out = super().commit(batch, start_s, end_s)
+        lazy = self.lazy
+        if lazy is not None:                       # track the running decoders the step left untracked
+            members = self.running if lazy.num_tracked == 0 else batch.requests
+            for req in members:
+                if (req.lazy_id < 0 and req.status == RequestStatus.RUNNING and req.num_uncomputed_tokens == 1
+                        and req.last_token_s is not None):     # a prompt's last token is not a decode yet
+                    lazy.track(req)
+        return out
+
+    def plan_run(self, now: float) -> DecodeRun | None:
+        lazy, n = self.lazy, len(self.running)
+        if not n or lazy.num_tracked != n or n > self.params.max_num_batched_tokens:
+            return None
+        steps = lazy.steps_kv_allows(lazy.steps_to_finish(), n)
+        if not steps or self._next_step_admits():
+            return None                            # the next step preempts or admits: step by step
+        return DecodeRun(num_decode=n, live=n, context_tokens=self.kv_used_tokens + n, max_steps=steps,
+                         used_tokens=self.kv_used_tokens, num_running=n, num_waiting=len(self.waiting))
+
+    def _next_step_admits(self) -> bool:
+        """Would the next step swap in or admit a request? (If not now, then not during a run either: a run
+        only takes memory, and seats and the token budget stay as they are.)"""
+        p, kv = self.params, self.kv
+        if len(self.running) >= p.max_num_seqs:
+            return False
+        if self.swapped:
+            head = self.swapped[0]
+            return kv.can_allocate(head, head.num_computed_tokens + 1, admission=True)
+        if not self.waiting:
+            return False
+        head = self.waiting[0]
+        if not p.chunked_prefill:              # admission comes before the running requests' tokens
+            n = head.num_uncomputed_tokens
+            return n <= p.max_num_batched_tokens and kv.can_allocate(head, head.num_computed_tokens + n,
+                                                                     admission=True)
+        budget = p.max_num_batched_tokens - len(self.running)
+        if budget <= 0:
+            return False
+        first = self.lazy.first_step_blocks()  # admission comes after the decodes took their blocks
+        kv.reserve(first)
+        fits = kv.can_allocate(head, head.num_computed_tokens + min(head.num_uncomputed_tokens, budget),
+                               admission=True)
+        kv.reserve(-first)
+        return fits
+
+    def commit_run(self, run: DecodeRun, ends_s: list[float]) -> StepOutcome:
+        lazy, n, k = self.lazy, run.num_decode, len(ends_s)
+        first = ends_s[0]
+        gaps, counts = [], []
+        if n > len(lazy.fresh):                    # requests that decoded in the previous run: one shared gap
+            gaps.append(first - lazy.last_end_s)
+            counts.append(n - len(lazy.fresh))
+        for req in lazy.fresh:
+            gaps.append(first - req.last_token_s)
+            counts.append(1)
+        for j in range(1, k):
+            gaps.append(ends_s[j] - ends_s[j - 1])
+            counts.append(n)
+        new_blocks = lazy.new_blocks(k)
+        self.kv_used_tokens += n * k
+        done = lazy.advance(k, sum(new_blocks), ends_s[-1])
+        for req in done:
+            lazy.sync(req)
+            req.status = RequestStatus.FINISHED
+            req.finish_s = ends_s[-1]
+            self._on_finish(req)
+        return StepOutcome(finished=done, itl_gaps=gaps, itl_counts=counts, new_blocks=new_blocks)

@@ -7,7 +7,8 @@ released only then.
 from __future__ import annotations
 
 from simulator.batch import Batch
-from simulator.batching.base import BatchingPolicy
+from simulator.batching.base import BatchingPolicy, StepOutcome
+from simulator.batching.lazy import DecodeRun
 from simulator.request import Request, RequestStatus
 
 
@@ -45,7 +46,7 @@ class RunToCompletionPolicy(BatchingPolicy):
             self.kv.allocate(req, req.max_tokens)
             req.status = RequestStatus.RUNNING
             self.batch.append(req)
-            self.running.append(req)
+            self._add_running(req)
         assert self.batch, "a request that fits an empty KV cache could not be placed"
 
     def _end_batch(self) -> None:
@@ -58,6 +59,39 @@ class RunToCompletionPolicy(BatchingPolicy):
 
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
+
+    def plan_run(self, now: float) -> DecodeRun | None:
+        """Once a batch has prefilled, its live members decode together until the first of them finishes;
+        finished members stay in the step as padding of constant context."""
+        live = self.running                        # the batch's unfinished members, in batch order
+        if not self.batch or not live or any(r.num_uncomputed_tokens != 1 or r.last_token_s is None for r in live):
+            return None
+        padding = [r.max_tokens + 1 for r in self.batch if r.is_finished]
+        context = sum(r.num_computed_tokens for r in live) + len(live) + sum(padding)
+        steps = min(r.output_tokens - r.num_output_tokens for r in live)
+        return DecodeRun(num_decode=len(self.batch), live=len(live), context_tokens=context, max_steps=steps,
+                         used_tokens=self.kv_used_tokens, num_running=len(live), num_waiting=len(self.waiting))
+
+    def commit_run(self, run: DecodeRun, ends_s: list[float]) -> StepOutcome:
+        k, first, end = len(ends_s), ends_s[0], ends_s[-1]
+        out = StepOutcome(itl_counts=[], new_blocks=[0] * k)
+        for req in self.running:
+            out.itl_gaps.append(first - req.last_token_s)
+            out.itl_counts.append(1)
+        for j in range(1, k):
+            out.itl_gaps.append(ends_s[j] - ends_s[j - 1])
+            out.itl_counts.append(run.live)
+        for req in list(self.running):
+            req.num_computed_tokens += k
+            req.num_output_tokens += k
+            req.last_token_s = end
+            if req.num_output_tokens == req.output_tokens:
+                req.status = RequestStatus.FINISHED
+                req.finish_s = end
+                out.finished.append(req)
+                self._on_finish(req)
+        self.kv_used_tokens += run.live * k
+        return out
 
 
 class StaticBatching(RunToCompletionPolicy):

@@ -71,3 +71,20 @@ class KVCacheManager(ABC):
     @abstractmethod
     def num_holders(self) -> int:
         """How many requests hold KV now."""
+
+    # ---- bulk growth, for the decode-run fast path (simulator/batching/lazy.py) ----
+    # A run of decode steps grows every running request by one token per step. Managers whose running requests
+    # never need more memory (slabs reserved up front) keep these defaults; block managers override them.
+    growth_block_tokens = 0           # tokens per unit of growth (paged: block_size); 0: running requests never grow
+
+    def free_growth_blocks(self) -> int:
+        """Blocks a running request's growth may take now (no watermark: running requests may use it)."""
+        return 0
+
+    def reserve(self, num_blocks: int) -> None:
+        """Take `num_blocks` from the free pool for requests that grew in a run, before naming which ones
+        (a negative count gives back what an earlier call took)."""
+        assert num_blocks == 0, f"{type(self).__name__} cannot grow running requests"
+
+    def settle(self, req: Request, num_tokens: int) -> None:
+        """Hand `req` the reserved blocks it grew into, so it holds `num_tokens` tokens (see `reserve`)."""

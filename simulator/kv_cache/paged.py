@@ -2,6 +2,10 @@
 
 Waste is only the unfilled tail of each request's last block; any free block serves any request, so there is
 no external fragmentation.
+
+A run of decode steps (simulator/batching/lazy.py) grows many requests at once: it `reserve`s the blocks they
+cross into as one count, and each request `settle`s its share (takes block ids) when it is next looked at.
+Reserved blocks are no longer free; which ids they get does not change any result, since any block serves.
 """
 from __future__ import annotations
 
@@ -19,36 +23,56 @@ class PagedKVCache(KVCacheManager):
         self.watermark_blocks = int(self.watermark * self.num_blocks)
         self.free_blocks: list[int] = list(range(self.num_blocks - 1, -1, -1))   # a stack: pop() gives block 0 first
         self.block_tables: dict[int, list[int]] = {}
-
-    def _blocks_for(self, num_tokens: int) -> int:
-        return -(-num_tokens // self.block_size)
+        self.reserved_blocks = 0          # taken by run growth, not yet in a block table
+        self.growth_block_tokens = self.block_size
 
     def _blocks_needed(self, req: Request, num_tokens: int) -> int:
         held = len(self.block_tables.get(req.request_id, ()))
-        return max(0, self._blocks_for(num_tokens) - held)
+        return max(0, -(-num_tokens // self.block_size) - held)
+
+    def free_growth_blocks(self) -> int:
+        return len(self.free_blocks) - self.reserved_blocks
 
     def can_allocate(self, req: Request, num_tokens: int, *, admission: bool = False) -> bool:
         reserve = self.watermark_blocks if admission else 0
-        return self._blocks_needed(req, num_tokens) <= len(self.free_blocks) - reserve
+        return self._blocks_needed(req, num_tokens) <= len(self.free_blocks) - self.reserved_blocks - reserve
 
     def allocate(self, req: Request, num_tokens: int) -> None:
         need = self._blocks_needed(req, num_tokens)
-        assert need <= len(self.free_blocks), f"allocate without can_allocate: {req}"
+        assert need <= len(self.free_blocks) - self.reserved_blocks, f"allocate without can_allocate: {req}"
+        self._take(req, need)
+
+    def _take(self, req: Request, need: int) -> None:
         table = self.block_tables.setdefault(req.request_id, [])
-        for _ in range(need):
-            table.append(self.free_blocks.pop())
+        if need:                                   # pop `need` ids off the stack, in pop order
+            taken = self.free_blocks[-need:]
+            del self.free_blocks[-need:]
+            taken.reverse()
+            table.extend(taken)
+
+    def reserve(self, num_blocks: int) -> None:
+        assert num_blocks <= len(self.free_blocks) - self.reserved_blocks, "reserve beyond the free pool"
+        self.reserved_blocks += num_blocks
+        assert self.reserved_blocks >= 0
+
+    def settle(self, req: Request, num_tokens: int) -> None:
+        need = self._blocks_needed(req, num_tokens)
+        assert need <= self.reserved_blocks, f"settle beyond the reservation: {req}"
+        self.reserved_blocks -= need
+        self._take(req, need)
 
     def free(self, req: Request) -> None:
         table = self.block_tables.pop(req.request_id, None)
         if table:
-            self.free_blocks.extend(reversed(table))
+            table.reverse()
+            self.free_blocks.extend(table)
 
     def allocated_tokens(self, req: Request) -> int:
         return len(self.block_tables.get(req.request_id, ())) * self.block_size
 
     def usage(self) -> KVUsage:
-        free = len(self.free_blocks) * self.block_size
-        allocated = (self.num_blocks - len(self.free_blocks)) * self.block_size
+        free = (len(self.free_blocks) - self.reserved_blocks) * self.block_size
+        allocated = self.num_blocks * self.block_size - free
         return KVUsage(allocated_tokens=allocated, capacity_tokens=self.num_blocks * self.block_size,
                        free_tokens=free, largest_free_hole_tokens=free)
 

@@ -1,0 +1,137 @@
+"""The decode-run fast path: advance a run of identical decode steps at once, in O(1) Python work per step.
+
+Between two events (an arrival, a finish, a KV block the free pool cannot serve) every step of continuous
+batching decodes the same running set, one token each. `LazyDecoders` advances such a run without touching the
+requests: each tracked request's counters lag by the decode steps run since it was last synced
+(`Request.lazy_step`), and the run keeps only aggregates up to date (decode steps so far, tokens held, the
+blocks the run crosses into). A request is synced (its counters brought level, its reserved KV blocks named)
+when it finishes or when the step-by-step path needs it.
+
+Finishes come off a heap keyed by the decode step at which each request samples its last token. Block
+crossings are counted by phase: a request holding t tokens needs a new block in the step after which it holds
+t + 1 where t % block_size == 0, so requests are bucketed by the decode step (mod block_size) at which that
+happens, and a step's crossings are one bucket's size.
+"""
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
+
+from simulator.kv_cache.base import KVCacheManager
+from simulator.request import Request
+
+
+@dataclass
+class DecodeRun:
+    """A run of decode steps the engine may advance at once, as planned before its first step.
+
+    Step j (0-based) decodes `num_decode` sequences attending `context_tokens + j * live` tokens; `live` of
+    them are requests (the rest are run-to-completion padding), each computing and sampling one token. The
+    engine may run at most `max_steps` steps: the last of them may finish requests, and a longer run would
+    need memory the pool cannot give, or would change the batch.
+    """
+
+    num_decode: int
+    live: int
+    context_tokens: int
+    max_steps: int
+    used_tokens: int           # KV tokens stored before the run
+    num_running: int
+    num_waiting: int
+
+
+class LazyDecoders:
+    """Running requests in decode, advanced together by runs; see the module docstring."""
+
+    def __init__(self, kv: KVCacheManager) -> None:
+        self.kv = kv
+        self.block_tokens = kv.growth_block_tokens
+        self.step = 0                      # decode steps run so far (all tracked requests took part in each)
+        self.last_end_s = 0.0              # end of the latest run step: the last token time of lagging requests
+        self.fresh: list[Request] = []     # tracked but not yet in a run: their own last_token_s counts
+        self.heap: list[tuple[int, int, int, Request]] = []   # (finish step, seat, lazy_id, request)
+        self.phases = [0] * max(1, self.block_tokens)
+        self.num_tracked = 0
+        self._next_id = 0
+
+    def track(self, req: Request) -> None:
+        """Start advancing `req` lazily (it is running, synced, and decodes one token per step)."""
+        req.lazy_step = self.step
+        req.lazy_id = self._next_id
+        self._next_id += 1
+        heapq.heappush(self.heap, (self.step + req.output_tokens - req.num_output_tokens, req.seat, req.lazy_id,
+                                   req))
+        if self.block_tokens:
+            self.phases[(self.step - req.num_computed_tokens) % self.block_tokens] += 1
+        self.fresh.append(req)
+        self.num_tracked += 1
+
+    def sync(self, req: Request) -> None:
+        """Bring `req`'s counters and KV blocks level and stop tracking it."""
+        if req.lazy_id < 0:
+            return
+        lag = self.step - req.lazy_step
+        if self.block_tokens:
+            self.phases[(req.lazy_step - req.num_computed_tokens) % self.block_tokens] -= 1
+        if lag:
+            req.num_computed_tokens += lag
+            req.num_output_tokens += lag
+            req.last_token_s = self.last_end_s
+            self.kv.settle(req, req.num_computed_tokens)
+        req.lazy_id = -1
+        self.num_tracked -= 1
+
+    def sync_all(self, running: list[Request]) -> None:
+        """Sync every request (before the step-by-step path looks at the running set)."""
+        for req in running:
+            self.sync(req)
+        assert self.num_tracked == 0
+        self.heap.clear()
+        self.fresh.clear()
+
+    def steps_to_finish(self) -> int:
+        """Decode steps until the first tracked request samples its last token."""
+        heap = self.heap
+        while heap[0][2] != heap[0][3].lazy_id:
+            heapq.heappop(heap)                       # stale: that request was synced since
+        return heap[0][0] - self.step
+
+    def steps_kv_allows(self, limit: int, num_tracked: int) -> int:
+        """The longest run (at most `limit` steps) whose block crossings the free pool can serve."""
+        if not self.block_tokens:
+            return limit
+        free = self.kv.free_growth_blocks()
+        if free >= num_tracked * -(-limit // self.block_tokens):
+            return limit                             # each request crosses at most once per block_size steps
+        b, phases, p = self.block_tokens, self.phases, self.step
+        for j in range(limit):
+            free -= phases[(p + j) % b]
+            if free < 0:
+                return j
+        return limit
+
+    def new_blocks(self, num_steps: int) -> list[int]:
+        """KV blocks each of the next `num_steps` decode steps allocates."""
+        if not self.block_tokens:
+            return [0] * num_steps
+        b, phases, p = self.block_tokens, self.phases, self.step
+        return [phases[(p + j) % b] for j in range(num_steps)]
+
+    def first_step_blocks(self) -> int:
+        return self.phases[self.step % self.block_tokens] if self.block_tokens else 0
+
+    def advance(self, num_steps: int, new_blocks: int, end_s: float) -> list[Request]:
+        """Account a run of `num_steps` steps ending at `end_s`; return the requests it finished, in seat order."""
+        self.step += num_steps
+        self.last_end_s = end_s
+        self.kv.reserve(new_blocks)
+        self.fresh.clear()
+        done = []
+        heap = self.heap
+        while heap and heap[0][0] <= self.step:
+            _, _, lazy_id, req = heapq.heappop(heap)
+            if lazy_id == req.lazy_id:
+                assert self.step == req.lazy_step + req.output_tokens - req.num_output_tokens, "run overshot a finish"
+                done.append(req)
+        done.sort(key=lambda r: r.seat)
+        return done
