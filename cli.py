@@ -250,6 +250,117 @@ def print_rows(rows: list[dict], fmt: OutputFormat, title: str) -> None:
         Console().print(table)
 
 
+# ---- many scenarios: compare, sweep, report (the logic lives in simulator/sweep.py, capacity.py, outputs.py) ----
+JobsOpt = Annotated[Optional[int], typer.Option("--jobs", "-j", help="Scenarios run at once \\[default: all local "
+                                                "cores]; results are identical whatever the count.")]
+
+
+def _axes_and_base(scenario: dict, config_file: Path | None):
+    """Comma lists and ranges -> {field: values}; the single values (and --config) make the base config."""
+    from simulator.sweep import parse_axes
+    axes = parse_axes(scenario)
+    return axes, build_config({f: v[0] for f, v in axes.items() if len(v) == 1}, config_file)
+
+
+@contextlib.contextmanager
+def _board(quiet: bool, title: str):
+    """A live progress board on stderr when it is a terminal and not --quiet."""
+    if quiet or not sys.stderr.isatty():
+        yield None
+        return
+    from simulator.parallel import Board
+    with Board(title) as board:
+        yield board
+
+
+def _wrote(out: Path, what: str = "") -> None:
+    """One line on stderr: what was written, and the report's size."""
+    report = out / "report.html" if out.is_dir() else out
+    typer.echo(f"wrote {what + ' and ' if what else ''}{report} ({report.stat().st_size / 1e6:.1f} MB)", err=True)
+
+
+@app.command()
+@scenario_command(lists=True)
+def compare(*, scenario: dict, config: ConfigOpt = None, out: OutOpt = Path("servesim-out"), jobs: JobsOpt = None,
+            format: FormatOpt = OutputFormat.table, quiet: QuietOpt = False) -> None:
+    """Run the cross product of comma-listed options (--batching static,continuous --rate 5,10); print a
+    comparison table; write comparison.csv, one results folder per scenario, and report.html."""
+    from simulator import outputs, sweep, tables
+    with cli_errors(), outputs.staged(out) as tmp:
+        axes, base = _axes_and_base(scenario, config)
+        with _board(quiet, "scenarios") as board:
+            result = sweep.run_comparison(base, axes, jobs=jobs, board=board, save_root=tmp)
+        outputs.write_comparison(tmp, result)
+    if not quiet:
+        tables.emit(result.frame(), format.value, lambda: tables.comparison_table(
+            result.runs(), result.option_rows(), title=f"servesim compare: {len(result.scenarios)} scenarios"))
+        _wrote(out, f"{out}/comparison.csv, {len(result.scenarios)} scenario folders")
+
+
+@app.command()
+@scenario_command(lists=True)
+def sweep(*, scenario: dict, config: ConfigOpt = None, out: OutOpt = Path("servesim-out"), jobs: JobsOpt = None,
+          attainment: Annotated[float, typer.Option(help="Share of requests that must meet every SLO.")] = 0.9,
+          tolerance: Annotated[float, typer.Option(help="Stop bisecting when the capacity is known to this "
+                                                        "relative precision.")] = 0.02,
+          format: FormatOpt = OutputFormat.table, quiet: QuietOpt = False) -> None:
+    """Vary a load axis (--rate 2:40:2, or --batch-size, --prompt-len, --output-len, --max-num-seqs) and find
+    each configuration's capacity by bisection: the highest rate at which the SLOs still hold."""
+    from simulator import capacity, outputs, tables
+    with cli_errors(), outputs.staged(out) as tmp:
+        axes, base = _axes_and_base(scenario, config)
+        with _board(quiet, "simulations") as board:
+            result = capacity.run_sweep(base, axes, attainment=attainment, tolerance=tolerance, jobs=jobs,
+                                        board=board)
+        outputs.write_sweep(tmp, result)
+    if not quiet:
+        options = list(result.configs[0].values)
+        tables.emit(result.capacity, format.value, lambda: tables.capacity_table(
+            result.capacity, options, title=f"servesim sweep: capacity at >= {attainment:.0%} SLO attainment"))
+        _wrote(out, f"{out}/sweep.csv ({len(result.simulations)} simulations), {out}/capacity.csv")
+
+
+@app.command()
+def report(paths: Annotated[list[Path], typer.Argument(help="Results folders: one compare or sweep folder, or "
+                                                             "several run folders to compare without re-running.")],
+           out: Annotated[Optional[Path], typer.Option("--out", help="Report file [default: PATH/report.html for "
+                                                       "one folder, else ./report.html].")] = None,
+           format: FormatOpt = OutputFormat.table, quiet: QuietOpt = False) -> None:
+    """(Re)build report.html from saved results and print their comparison table."""
+    from simulator import outputs, report as html_report, tables
+    with cli_errors():
+        inputs = outputs.load_inputs(paths)
+        target = out or (paths[0] / "report.html" if len(paths) == 1 else Path("report.html"))
+        html_report.write_report(target, inputs)
+    if not quiet:
+        tables.emit(tables.summary_rows(inputs.runs), format.value, lambda: tables.comparison_table(
+            inputs.runs, [], title=f"servesim report: {len(inputs.runs)} scenarios"))
+        _wrote(target)
+
+
+# ---- built-in experiments (the logic lives in simulator/experiments) ----
+@app.command()
+def experiment(name: Annotated[Optional[str], typer.Argument(help="The experiment to run (see --list).")] = None,
+               list_: Annotated[bool, typer.Option("--list", help="List the experiments and exit.")] = False,
+               json_: Annotated[bool, typer.Option("--json", help="Print each claim as JSON: the published "
+                                                   "number, servesim's number, and whether it held.")] = False,
+               out: Annotated[Path, typer.Option("--out", help="Writes OUT/NAME/figure.html, data.csv and "
+                                                 "claims.json.")] = Path("servesim-experiments"),
+               quick: Annotated[bool, typer.Option("--quick", help="A reduced run: fewer requests and "
+                                                   "points, same claims.")] = False) -> None:
+    """Reproduce a published result: run its scenarios, check the claim against servesim's numbers, write the
+    figure and the data."""
+    from simulator import experiments
+    with cli_errors():
+        if list_:
+            experiments.print_listing(experiments.EXPERIMENTS, json_)
+            return
+        result = experiments.run_experiment(experiments.get_experiment(name).name, quick=quick)
+        folder = experiments.write_outputs(result, out / result.name)
+    experiments.print_result(result, json_)
+    typer.echo(f"wrote {folder}/figure.html, data.csv and claims.json", err=True)
+
+
 def main() -> None:
     app()
 

@@ -9,4 +9,10 @@ def simulate(*args, **kwargs):
     return _simulate(*args, **kwargs)
 
 
-__all__ = ["ConfigError", "SimConfig", "SimResult", "simulate"]
+def compare(*args, **kwargs):
+    """Run several scenarios in parallel, {label: SimResult} (see simulator.api.compare)."""
+    from simulator.api import compare as _compare
+    return _compare(*args, **kwargs)
+
+
+__all__ = ["ConfigError", "SimConfig", "SimResult", "compare", "simulate"]

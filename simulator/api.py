@@ -1,4 +1,4 @@
-"""The Python API that the CLI and notebooks call: simulate(config) -> SimResult."""
+"""The Python API that the CLI and notebooks call: simulate(config) -> SimResult, compare(...) -> {label: SimResult}."""
 from __future__ import annotations
 
 from dataclasses import asdict, replace
@@ -71,3 +71,15 @@ def simulate(config: SimConfig | None = None, *, requests: list[RequestSpec] | N
     parts = build_parts(cfg)
     specs = requests if requests is not None else workload(cfg)
     return Engine(parts, specs, progress).run()
+
+
+def compare(configs=None, *, jobs: int | None = None, progress: bool = False, **axes) -> dict[str, SimResult]:
+    """Run several scenarios on the local cores; return {label: SimResult} in order.
+
+    compare(SimConfig(num_requests=500), batching=["static", "continuous"], rate=[5, 10])  # cross product
+    compare([config_a, config_b])                 # labelled by the fields that differ
+    compare({"mine": config, "saved": SimResult.load("servesim-out")})   # results are used as they are
+    Each scenario is deterministic from its seed, so results do not depend on `jobs` (default: all cores).
+    """
+    from simulator.sweep import compare_many
+    return compare_many(configs, jobs=jobs, progress=progress, **axes)

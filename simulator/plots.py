@@ -121,14 +121,29 @@ def load_figure(load: pd.DataFrame, capacity: pd.DataFrame | None = None, *, slo
                           annotation_text="SLO", annotation_position="top left")
         fig.update_xaxes(title_text=x_title, row=1, col=col)
         fig.update_yaxes(title_text=title, row=1, col=col)
+    fig.update_yaxes(type="log", row=1, col=2)  # latency spans decades between idle and overload
+    fig.update_yaxes(type="log", row=1, col=3)
     if capacity is not None:
-        for row in capacity.itertuples(index=False):
-            if np.isfinite(row.capacity_rate_per_s) and row.config in colors:
-                fig.add_vline(x=row.capacity_rate_per_s, line={"color": colors[row.config], "dash": "dot"},
-                              annotation_text=f"capacity {row.capacity_rate_per_s:.3g}/s",
-                              annotation_font_color=colors[row.config])
+        _mark_capacity(fig, capacity, colors)
     return _layout(fig, "Where does each configuration saturate? Throughput and p99 latency vs offered load "
                         "(dashed red: SLO, dotted: capacity)")
+
+
+def _mark_capacity(fig: go.Figure, capacity: pd.DataFrame, colors: Mapping[str, str]) -> None:
+    """A dotted vertical line per configuration in every panel, a star on its throughput curve, and a label
+    in the throughput panel (staggered so that nearby capacities stay readable)."""
+    rows = [r for r in capacity.to_dict("records") if r["config"] in colors and np.isfinite(r["capacity_rate_per_s"])]
+    for k, row in enumerate(rows):
+        rate, color = row["capacity_rate_per_s"], colors[row["config"]]
+        fig.add_vline(x=rate, line={"color": color, "dash": "dot"})
+        fig.add_annotation(x=rate, y=1 - 0.08 * k, xref="x", yref="y domain", xanchor="left", showarrow=False,
+                           text=f" capacity {rate:.4g}/s", font={"color": color, "size": 11})
+        if "output_token_throughput" in row:
+            fig.add_trace(go.Scatter(x=[rate], y=[row["output_token_throughput"]], mode="markers",
+                                     name=f"{row['config']} capacity", legendgroup=row["config"], showlegend=False,
+                                     marker={"symbol": "star", "size": 14, "color": color,
+                                             "line": {"color": "black", "width": 1}},
+                                     hovertemplate="capacity %{x:.4g} req/s<br>%{y:.4g} tok/s"), row=1, col=1)
 
 
 def _scenario_buttons(labels: Sequence[str], traces_per_label: int) -> list[dict]:

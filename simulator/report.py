@@ -95,7 +95,10 @@ def best_labels(frame: pd.DataFrame) -> dict[str, set[str]]:
 
 
 def format_value(column: SummaryColumn, value: float) -> str:
-    return "–" if not math.isfinite(value) else column.fmt.format(value)
+    """The column's format; large values as whole numbers with thousands separators (no 6.5e+05)."""
+    if not math.isfinite(value):
+        return "–"
+    return f"{value:,.0f}" if abs(value) >= 1000 else column.fmt.format(value)
 
 
 def summary_table_html(frame: pd.DataFrame) -> str:
