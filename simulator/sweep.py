@@ -246,8 +246,10 @@ def _as_values(name: str, value: Any) -> tuple[Any, ...]:
 
 
 def _labels_by_difference(dicts: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Label each config by the fields whose values differ across the list ('static / rate=5')."""
-    keys = [k for k in dicts[0] if k != "resolved" and len({repr(d.get(k)) for d in dicts}) > 1] if dicts else []
+    """Label each config by the fields whose values differ across the list ('static / rate=5'). None is
+    'not set here' (a saved result records the resolved value), so it differs from nothing."""
+    keys = [k for k in (dicts[0] if dicts else {}) if k != "resolved"
+            and len({repr(d.get(k)) for d in dicts if d.get(k) is not None}) > 1]
     labels = [label_of({k: d.get(k) for k in keys}) for d in dicts]
     return labels if len(set(labels)) == len(labels) and all(labels) else \
         [f"{i}: {label}" if label else f"scenario {i}" for i, label in enumerate(labels, 1)]

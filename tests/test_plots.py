@@ -123,6 +123,16 @@ def test_load_figure_marks_slos_and_capacity():
     assert vertical == [5.0, 5.0, 5.0, 10.0, 10.0, 10.0]  # one capacity line per config, in each panel
     ttft_a = next(t for t in fig.data if t.name == "a" and t.yaxis == "y2")
     assert list(ttft_a.y) == pytest.approx([0.2, 0.4, 0.8])
+    assert fig.layout.yaxis2.type == "log" and fig.layout.yaxis3.type == "log"
+
+
+def test_load_figure_stars_each_capacity_on_its_throughput_curve():
+    load, capacity = fake_load_frames(("a", "b"))
+    capacity["output_token_throughput"] = [450.0, 900.0]
+    fig = plots.load_figure(load, capacity)
+    stars = [t for t in fig.data if t.marker.symbol == "star"]
+    assert [(t.x[0], t.y[0], t.legendgroup) for t in stars] == [(5.0, 450.0, "a"), (10.0, 900.0, "b")]
+    assert [a.text for a in fig.layout.annotations if "capacity" in a.text] == [" capacity 5/s", " capacity 10/s"]
 
 
 def test_time_series_titles_say_when_binned():

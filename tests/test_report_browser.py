@@ -186,6 +186,23 @@ def test_every_chart_renders_in_chromium_without_console_errors(tmp_path):
     assert screenshot.stat().st_size > 10_000 and screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_real_compare_report_renders(tmp_path):
+    """The report `servesim compare` writes, from real (tiny) simulations: load curves and roofline included."""
+    from simulator import SimConfig
+    from simulator.outputs import write_comparison
+    from simulator.sweep import run_comparison
+    base = SimConfig(num_requests=40, prompt_len="512", output_len="64", slo_ttft_s=0.2, slo_tpot_s=0.05)
+    comparison = run_comparison(base, {"batching": ("static", "continuous"), "rate": (20.0, 80.0)}, jobs=1)
+    write_comparison(tmp_path, comparison)
+    screenshot = tmp_path / "compare.png"
+    counts, events = render_in_chromium(tmp_path / "report.html", screenshot, tmp_path / "profile")
+    print(f"\nscreenshot: {screenshot}")
+    assert [c["id"] for c in counts] == ["latency-cdf", "load", "kv-memory", "fragmentation", "queue",
+                                         "preemptions", "step-timeline", "ttft-vs-prompt", "roofline"]
+    assert [c["id"] for c in counts if c["drawn"] == 0] == []
+    assert errors_in(events) == []
+
+
 def test_an_empty_chart_is_detected(tmp_path):
     """The check above can fail: a chart whose only trace has no points is reported as not drawn."""
     page = tmp_path / "empty.html"
