@@ -170,13 +170,20 @@ def full_report_inputs() -> ReportInputs:
                         notes=("synthetic data for the browser test",))
 
 
-def test_every_chart_renders_in_chromium_without_console_errors(tmp_path):
+def announce(capsys, text: str) -> None:
+    """Print past pytest's capture: the screenshot path is for the person running the tests."""
+    with capsys.disabled():
+        print(text)
+
+
+def test_every_chart_renders_in_chromium_without_console_errors(tmp_path, capsys):
     inputs = full_report_inputs()
     expected = [f"{div_id}" for div_id, _ in report_figures(inputs)]
     report = write_report(tmp_path / "report.html", inputs)
     screenshot = tmp_path / "report.png"
     counts, events = render_in_chromium(report, screenshot, tmp_path / "profile")
-    print(f"\nscreenshot: {screenshot}\ncharts: {json.dumps(counts)}")
+    announce(capsys, f"\nscreenshot: {screenshot}")
+    print(f"charts: {json.dumps(counts)}")
     assert [c["id"] for c in counts] == expected
     empty = [c["id"] for c in counts if c["traces"] == 0 or c["drawn"] == 0]
     assert not empty, f"charts with no drawn traces: {empty}"
@@ -186,7 +193,7 @@ def test_every_chart_renders_in_chromium_without_console_errors(tmp_path):
     assert screenshot.stat().st_size > 10_000 and screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_a_real_compare_report_renders(tmp_path):
+def test_a_real_compare_report_renders(tmp_path, capsys):
     """The report `servesim compare` writes, from real (tiny) simulations: load curves and roofline included."""
     from simulator import SimConfig
     from simulator.outputs import write_comparison
@@ -196,7 +203,7 @@ def test_a_real_compare_report_renders(tmp_path):
     write_comparison(tmp_path, comparison)
     screenshot = tmp_path / "compare.png"
     counts, events = render_in_chromium(tmp_path / "report.html", screenshot, tmp_path / "profile")
-    print(f"\nscreenshot: {screenshot}")
+    announce(capsys, f"\nscreenshot: {screenshot}")
     assert [c["id"] for c in counts] == ["latency-cdf", "load", "kv-memory", "fragmentation", "queue",
                                          "preemptions", "step-timeline", "ttft-vs-prompt", "roofline"]
     assert [c["id"] for c in counts if c["drawn"] == 0] == []
