@@ -61,6 +61,9 @@ class SimConfig:
     # metrics
     slo_ttft_s: float | None = None
     slo_tpot_s: float | None = None
+    summary_only: bool = False             # keep histograms and running sums, not per-step and per-token rows
+    # speed
+    fast_path: bool = True                 # advance runs of identical decode steps at once (identical results)
 
     def __post_init__(self) -> None:
         _check_positive(self, ("rate", "tp", "max_num_seqs", "batch_size", "max_batch_size",

@@ -20,7 +20,7 @@ import simpy
 from simulator.batching import BatchingPolicy
 from simulator.batching.lazy import DecodeRun
 from simulator.cost_model import CostModel, StepShape
-from simulator.metrics import Recorder, SimResult
+from simulator.metrics import Recorder, RunCosts, SimResult
 from simulator.request import Request, RequestStatus
 from workloads.spec import RequestSpec
 
@@ -49,7 +49,7 @@ class Engine:
         self.specs = list(specs)
         self.progress = progress
         self.env = simpy.Environment()
-        self.recorder = Recorder()
+        self.recorder = Recorder(summary_only=parts.config.get("summary_only", False))
         self.requests: list[Request] = []
         self.num_done = 0
         self._wakeup = self.env.event()
@@ -120,14 +120,13 @@ class Engine:
             cost = self.parts.cost_model.step_cost(shape)
             swap_s = self.parts.cost_model.swap_seconds(batch.swap_bytes) if batch.swap_bytes else 0.0
             queues = (len(policy.running), policy.num_waiting)
-            self.recorder.kv_sample(start, policy.kv_used_tokens + batch.num_batched_tokens, policy.kv.usage(),
-                                    queues)
+            used, usage = policy.kv_used_tokens + batch.num_batched_tokens, policy.kv.usage()
             yield env.timeout(cost.seconds + swap_s)
             outcome = policy.commit(batch, start, env.now)
             self.num_steps += 1
             self.recorder.step(start, cost, swap_s, (batch.batch_size, shape.num_prefill_tokens, shape.num_decode,
                                                      shape.decode_context_tokens + sum(c for _, c in shape.prefill)),
-                               queues, batch.num_preempted)
+                               queues, batch.num_preempted, used, usage)
             self.recorder.itl_gaps(outcome.itl_gaps)
             self.num_done += len(outcome.finished)
             if self.progress:
@@ -151,19 +150,17 @@ class Engine:
         start = env.now
         costs, ends = self._price_run(run, start)
         usage = policy.kv.usage()
-        preemptions_total = self.recorder.preemptions_total
         delay = ends[-1] - start
         if start + delay == ends[-1]:
             yield env.timeout(delay)
         else:                                      # rounding: hold step by step so env.now matches exactly
-            for cost in costs:
-                yield env.timeout(cost.seconds)
+            for seconds in costs.seconds:
+                yield env.timeout(seconds)
         outcome = policy.commit_run(run, ends)
         self.num_runs += 1
         self.num_run_steps += len(ends)
         self.num_steps += len(ends)
-        self.recorder.run_steps(start, ends, costs, run, usage, outcome.new_blocks, policy.kv.growth_block_tokens,
-                                preemptions_total)
+        self.recorder.run_steps(start, ends, costs, run, usage, outcome.new_blocks, policy.kv.growth_block_tokens)
         self.recorder.itl_gaps(outcome.itl_gaps, outcome.itl_counts)
         self.num_done += len(outcome.finished)
         if self.progress:
@@ -173,7 +170,7 @@ class Engine:
         """Price the run's steps one after another; stop after the first step that ends at or after the next
         arrival (the arrival may change the step after it) or at the run's limit."""
         step_cost, arrival = self.parts.cost_model.step_cost, self._next_arrival_s
-        costs, ends, t = [], [], start
+        costs, ends, t = RunCosts(), [], start
         n, context = run.num_decode, run.context_tokens
         for j in range(run.max_steps):
             cost = step_cost(StepShape((), n, context + j * run.live, n))

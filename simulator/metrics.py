@@ -1,14 +1,23 @@
 """Recorder (appends rows while the simulation runs) and SimResult (DataFrames and the METRICS.md summary).
 
-Rows are kept in plain lists of columns and turned into DataFrames once, at the end (SimPy's monitoring advice).
-Inter-token latencies are kept as (gap, count) pairs: gaps within one step are mostly equal, so this is exact
-and small.
+Rows are kept in typed columns (`array.array`: 8 bytes a value, appends as cheap as a list's) and turned into
+DataFrames once, at the end (SimPy's monitoring advice). One row per engine step holds both the step and the KV
+sample taken at its start; a run of decode steps extends every column at once. Inter-token latencies are kept
+as (gap, count) pairs: gaps within one step are mostly equal, so this is exact and small.
+
+With `summary_only`, rows are folded into running sums every `FOLD_ROWS` rows and inter-token gaps into a
+log-spaced histogram, so memory does not grow with simulated time; the summary's means, maxima, busy time and
+MFU/MBU are the same sums (up to float rounding order), and ITL percentiles come from the histogram (bins
+0.1% wide).
 """
 from __future__ import annotations
 
 import json
+import math
+from array import array
 from collections import Counter
 from dataclasses import dataclass, field
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -29,69 +38,246 @@ REQUEST_COLUMNS = ("request_id", "arrival_s", "prompt_tokens", "output_tokens", 
                    "scheduled_s", "first_token_s", "finish_s", "ttft_s", "tpot_s", "e2e_s", "queueing_s",
                    "num_preemptions", "recomputed_tokens", "swapped_bytes", "met_slo")
 FAMILIES = ("gemm", "attention", "elementwise", "communication", "overhead")
+# What one row holds, in append order: (name, array typecode). 'bound' is a code into BOUNDS.
+ROW_FIELDS = (("start_s", "d"), ("duration_s", "d"), ("batch_size", "q"), ("num_prefill_tokens", "q"),
+              ("num_decode_tokens", "q"), ("context_tokens", "q"), ("flops", "d"), ("bytes", "d"), ("bound", "b"),
+              ("gemm_s", "d"), ("attention_s", "d"), ("elementwise_s", "d"), ("communication_s", "d"),
+              ("overhead_s", "d"), ("swap_s", "d"), ("num_running", "q"), ("num_waiting", "q"),
+              ("num_preempted", "q"), ("used_tokens", "q"), ("allocated_tokens", "q"), ("capacity_tokens", "q"),
+              ("free_tokens", "q"), ("largest_free_hole_tokens", "q"), ("preemptions_total", "q"))
+BOUNDS = ("compute", "memory", "latency")
+BOUND_CODE = {b: i for i, b in enumerate(BOUNDS)}
+FOLD_ROWS = 1 << 16                  # summary-only: fold rows into sums this often
+ITL_BINS_PER_DECADE = 2303           # ln(10) / ln(1.001): bins 0.1% wide
+ITL_MIN_S, ITL_DECADES = 1e-7, 12    # histogram range 0.1 us .. 100 ks
+
+
+@dataclass
+class RunCosts:
+    """The costs of a run's steps as columns: entry j of each list is step j's StepCost field (bound as text,
+    families by name), exactly as `CostModel.step_cost` gives them."""
+
+    seconds: list[float] = field(default_factory=list)
+    flops: list[float] = field(default_factory=list)
+    bytes: list[float] = field(default_factory=list)
+    bound: list[str] = field(default_factory=list)
+    gemm_s: list[float] = field(default_factory=list)
+    attention_s: list[float] = field(default_factory=list)
+    elementwise_s: list[float] = field(default_factory=list)
+    communication_s: list[float] = field(default_factory=list)
+    overhead_s: list[float] = field(default_factory=list)
+
+    def append(self, cost: StepCost) -> None:
+        fam = dict(cost.breakdown)
+        self.seconds.append(cost.seconds)
+        self.flops.append(cost.flops)
+        self.bytes.append(cost.bytes)
+        self.bound.append(cost.bound)
+        for f in FAMILIES:
+            getattr(self, f"{f}_s").append(fam.get(f, 0.0))
+
+    def truncate(self, num_steps: int) -> None:
+        for name in self.__dataclass_fields__:
+            del getattr(self, name)[num_steps:]
 
 
 class Recorder:
-    """Collects per-step, per-KV-sample and inter-token rows during a run."""
+    """Collects one row per engine step (the step and the KV sample at its start) and inter-token gaps."""
 
-    def __init__(self) -> None:
-        self.steps: dict[str, list] = {c: [] for c in STEP_COLUMNS}
-        self.kv: dict[str, list] = {c: [] for c in KV_COLUMNS}
+    def __init__(self, summary_only: bool = False) -> None:
+        self.summary_only = summary_only
+        self.cols = {name: array(code) for name, code in ROW_FIELDS}
+        self._appenders = tuple(self.cols[name].append for name, _ in ROW_FIELDS)
         self.itl: Counter[float] = Counter()
         self.preemptions_total = 0
+        self.folded = StepSums()
+        self.itl_hist = np.zeros(ITL_BINS_PER_DECADE * ITL_DECADES + 1, dtype=np.int64)
+        self._itl_buffer: tuple[array, array] = (array("d"), array("q"))
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.cols["start_s"]) + self.folded.num_steps
 
     def step(self, start_s: float, cost: StepCost, swap_s: float, shape_counts: tuple[int, int, int, int],
-             queues: tuple[int, int], num_preempted: int) -> None:
-        batch_size, prefill, decode, context = shape_counts
+             queues: tuple[int, int], num_preempted: int, used_tokens: int, usage: KVUsage) -> None:
+        """One step's row: its cost and shape, the queues and the KV usage sampled at its start (before this
+        step's preemptions count in preemptions_total)."""
         fam = dict(cost.breakdown)
-        row = (len(self.steps["step"]), start_s, cost.seconds + swap_s, batch_size, prefill, decode, context,
-               cost.flops, cost.bytes, cost.bound, *(fam.get(f, 0.0) for f in FAMILIES), swap_s, *queues,
-               num_preempted)
-        for col, value in zip(STEP_COLUMNS, row):
-            self.steps[col].append(value)
-        self.preemptions_total += num_preempted
-
-    def kv_sample(self, time_s: float, used_tokens: int, usage: KVUsage, queues: tuple[int, int]) -> None:
-        cap = usage.capacity_tokens
-        waiting = queues[1]
-        external = 0.0
-        if waiting and usage.free_tokens:
-            external = 1.0 - usage.largest_free_hole_tokens / usage.free_tokens
-        row = (time_s, used_tokens, usage.allocated_tokens, cap, usage.free_tokens, usage.largest_free_hole_tokens,
-               used_tokens / cap, (usage.allocated_tokens - used_tokens) / cap, external, *queues,
+        row = (start_s, cost.seconds + swap_s, *shape_counts, cost.flops, cost.bytes, BOUND_CODE[cost.bound],
+               *(fam.get(f, 0.0) for f in FAMILIES), swap_s, *queues, num_preempted, used_tokens,
+               usage.allocated_tokens, usage.capacity_tokens, usage.free_tokens, usage.largest_free_hole_tokens,
                self.preemptions_total)
-        for col, value in zip(KV_COLUMNS, row):
-            self.kv[col].append(value)
+        for append, value in zip(self._appenders, row):
+            append(value)
+        self.preemptions_total += num_preempted
+        if self.summary_only and len(self.cols["start_s"]) >= FOLD_ROWS:
+            self.fold()
 
-    def run_steps(self, start_s: float, ends_s: list[float], costs: list[StepCost], run, usage: KVUsage,
-                  new_blocks: list[int], block_tokens: int, preemptions_total: int) -> None:
-        """Rows of a run of decode steps, each as the step-by-step path records it. `usage` is the KV snapshot
-        before the run; block managers (block_tokens > 0) serve any request from any free block."""
-        queues = (run.num_running, run.num_waiting)
-        allocated, t = usage.allocated_tokens, start_s
-        self.preemptions_total = preemptions_total
-        for j, (end, cost) in enumerate(zip(ends_s, costs)):
-            allocated += new_blocks[j] * block_tokens
-            free = usage.capacity_tokens - allocated
-            snapshot = KVUsage(allocated, usage.capacity_tokens, free,
-                               free if block_tokens else usage.largest_free_hole_tokens)
-            self.kv_sample(t, run.used_tokens + run.live * (j + 1), snapshot, queues)
-            self.step(t, cost, 0.0, (run.num_decode, 0, run.num_decode, run.context_tokens + j * run.live),
-                      queues, 0)
-            t = end
+    def run_steps(self, start_s: float, ends_s: list[float], costs: RunCosts, run, usage: KVUsage,
+                  new_blocks: list[int], block_tokens: int) -> None:
+        """The rows of a run of decode steps, each as the step-by-step path records it. `usage` is the KV
+        snapshot before the run; block managers (block_tokens > 0) serve any request from any free block."""
+        c, k = self.cols, len(ends_s)
+        c["start_s"].append(start_s)
+        c["start_s"].extend(ends_s[:-1])
+        c["duration_s"].extend(costs.seconds)
+        for name, value in (("batch_size", run.num_decode), ("num_prefill_tokens", 0),
+                            ("num_decode_tokens", run.num_decode), ("swap_s", 0.0), ("num_running", run.num_running),
+                            ("num_waiting", run.num_waiting), ("num_preempted", 0),
+                            ("capacity_tokens", usage.capacity_tokens), ("preemptions_total", self.preemptions_total)):
+            c[name].extend(repeat(value, k))
+        c["context_tokens"].extend(range(run.context_tokens, run.context_tokens + k * run.live, run.live))
+        c["used_tokens"].extend(range(run.used_tokens + run.live, run.used_tokens + (k + 1) * run.live, run.live))
+        for name in ("flops", "bytes", "gemm_s", "attention_s", "elementwise_s", "communication_s", "overhead_s"):
+            c[name].extend(getattr(costs, name))
+        c["bound"].extend(BOUND_CODE[b] for b in costs.bound)
+        allocated = usage.allocated_tokens
+        if block_tokens and any(new_blocks):
+            alloc = []
+            for blocks in new_blocks:
+                allocated += blocks * block_tokens
+                alloc.append(allocated)
+            free = [usage.capacity_tokens - a for a in alloc]
+            c["allocated_tokens"].extend(alloc)
+            c["free_tokens"].extend(free)
+            c["largest_free_hole_tokens"].extend(free)
+        else:
+            c["allocated_tokens"].extend(repeat(allocated, k))
+            c["free_tokens"].extend(repeat(usage.free_tokens, k))
+            c["largest_free_hole_tokens"].extend(repeat(usage.largest_free_hole_tokens, k))
+        if self.summary_only and len(c["start_s"]) >= FOLD_ROWS:
+            self.fold()
 
     def itl_gaps(self, gaps: list[float], counts: list[int] | None = None) -> None:
-        if counts is None:
+        if self.summary_only:
+            self._itl_buffer[0].extend(gaps)
+            self._itl_buffer[1].extend(counts if counts is not None else repeat(1, len(gaps)))
+            if len(self._itl_buffer[0]) >= FOLD_ROWS:
+                self._fold_itl()
+        elif counts is None:
             self.itl.update(gaps)
         else:
+            itl = self.itl
             for gap, count in zip(gaps, counts):
-                self.itl[gap] += count
+                itl[gap] += count
 
+    # ---- summary-only folding ----
+    def fold(self) -> None:
+        """Fold the rows kept so far into running sums and drop them."""
+        if len(self.cols["start_s"]):
+            self.folded.add(rows_frame(self.cols))
+            for col in self.cols.values():
+                del col[:]
+        self._fold_itl()
+
+    def _fold_itl(self) -> None:
+        values, counts = (np.frombuffer(b, dtype=t) if len(b) else np.zeros(0, t)
+                          for b, t in zip(self._itl_buffer, (np.float64, np.int64)))
+        if len(values):
+            self.folded.add_itl(values, counts)
+            np.add.at(self.itl_hist, itl_bin(values), counts)
+            self._itl_buffer = (array("d"), array("q"))
+
+    # ---- results ----
     def result(self, config: dict, meta: dict, requests: list[Request], slo: tuple[float | None, float | None]):
         req_df = requests_frame(requests, slo)
+        if self.summary_only:
+            self.fold()
+            centers = itl_bin_centers()
+            hit = np.nonzero(self.itl_hist)[0]
+            itl = pd.DataFrame({"itl_s": centers[hit], "count": self.itl_hist[hit]})
+            empty = rows_frame({name: array(code) for name, code in ROW_FIELDS})
+            return SimResult(config=config, meta={**meta, "step_sums": self.folded.as_dict()}, requests=req_df,
+                             steps=steps_frame(empty), kv=kv_frame(empty), itl=itl)
+        rows = rows_frame(self.cols)
         itl = pd.DataFrame(sorted(self.itl.items()), columns=["itl_s", "count"])
-        return SimResult(config=config, meta=meta, requests=req_df, steps=pd.DataFrame(self.steps),
-                         kv=pd.DataFrame(self.kv), itl=itl)
+        return SimResult(config=config, meta=meta, requests=req_df, steps=steps_frame(rows), kv=kv_frame(rows),
+                         itl=itl)
+
+
+def rows_frame(cols: dict[str, array]) -> pd.DataFrame:
+    """The recorded rows as one DataFrame (numpy views of the typed columns, bound as text)."""
+    data = {name: np.frombuffer(col, dtype={"d": np.float64, "q": np.int64, "b": np.int8}[col.typecode])
+            if len(col) else np.zeros(0, {"d": np.float64, "q": np.int64, "b": np.int8}[col.typecode])
+            for name, col in cols.items()}
+    data["bound"] = np.asarray(BOUNDS, dtype=object)[data["bound"]]
+    return pd.DataFrame(data, copy=True)
+
+
+def steps_frame(rows: pd.DataFrame) -> pd.DataFrame:
+    out = rows.reindex(columns=[c for c in STEP_COLUMNS if c != "step"])
+    out.insert(0, "step", np.arange(len(rows), dtype=np.int64))
+    return out
+
+
+def kv_frame(rows: pd.DataFrame) -> pd.DataFrame:
+    """KV samples, one per step at its start; the ratios of METRICS.md (external only while requests wait)."""
+    cap = rows.capacity_tokens.to_numpy()
+    used, alloc = rows.used_tokens.to_numpy(), rows.allocated_tokens.to_numpy()
+    free, largest = rows.free_tokens.to_numpy(), rows.largest_free_hole_tokens.to_numpy()
+    external = np.zeros(len(rows))
+    holes = (rows.num_waiting.to_numpy() > 0) & (free > 0)
+    external[holes] = 1.0 - largest[holes] / free[holes]
+    return pd.DataFrame({"time_s": rows.start_s.to_numpy(), "used_tokens": used, "allocated_tokens": alloc,
+                         "capacity_tokens": cap, "free_tokens": free, "largest_free_hole_tokens": largest,
+                         "utilization": used / cap if len(rows) else np.zeros(0),
+                         "internal_fragmentation": (alloc - used) / cap if len(rows) else np.zeros(0),
+                         "external_fragmentation": external, "num_running": rows.num_running.to_numpy(),
+                         "num_waiting": rows.num_waiting.to_numpy(),
+                         "preemptions_total": rows.preemptions_total.to_numpy()})
+
+
+def itl_bin(values: np.ndarray) -> np.ndarray:
+    """Histogram bin of each gap (log-spaced, ITL_BINS_PER_DECADE per decade from ITL_MIN_S)."""
+    pos = np.floor(np.log10(np.maximum(values, ITL_MIN_S) / ITL_MIN_S) * ITL_BINS_PER_DECADE)
+    return np.minimum(pos, ITL_BINS_PER_DECADE * ITL_DECADES).astype(np.int64)
+
+
+def itl_bin_centers() -> np.ndarray:
+    """Geometric centre of each bin, seconds."""
+    i = np.arange(ITL_BINS_PER_DECADE * ITL_DECADES + 1)
+    return ITL_MIN_S * 10.0 ** ((i + 0.5) / ITL_BINS_PER_DECADE)
+
+
+@dataclass
+class StepSums:
+    """Running sums of folded rows: what summarize() needs from the steps, KV samples and gaps."""
+
+    num_steps: int = 0
+    busy_s: float = 0.0
+    flops: float = 0.0
+    bytes: float = 0.0
+    weighted: dict[str, float] = field(default_factory=lambda: {"utilization": 0.0, "internal_fragmentation": 0.0,
+                                                                "external_fragmentation": 0.0})
+    kv_utilization_max: float = 0.0
+    max_running: int = 0
+    itl_count: int = 0
+    itl_sum_s: float = 0.0
+    itl_max_s: float = float("nan")
+
+    def add(self, rows: pd.DataFrame) -> None:
+        kv = kv_frame(rows)
+        w = rows.duration_s.to_numpy()
+        self.num_steps += len(rows)
+        self.busy_s += float(w.sum())
+        self.flops += float(rows.flops.sum())
+        self.bytes += float(rows.bytes.sum())
+        for col in self.weighted:
+            self.weighted[col] += float((kv[col].to_numpy() * w).sum())
+        self.kv_utilization_max = max(self.kv_utilization_max, float(kv.utilization.max()))
+        self.max_running = max(self.max_running, int(kv.num_running.max()))
+
+    def add_itl(self, values: np.ndarray, counts: np.ndarray) -> None:
+        self.itl_count += int(counts.sum())
+        self.itl_sum_s += float((values * counts).sum())
+        top = float(values.max())
+        self.itl_max_s = top if math.isnan(self.itl_max_s) else max(self.itl_max_s, top)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"num_steps": self.num_steps, "busy_s": self.busy_s, "flops": self.flops, "bytes": self.bytes,
+                **{f"{k}_mean": v / self.busy_s if self.busy_s > 0 else 0.0 for k, v in self.weighted.items()},
+                "kv_utilization_max": self.kv_utilization_max, "max_running": self.max_running,
+                "itl_count": self.itl_count, "itl_sum_s": self.itl_sum_s, "itl_max_s": self.itl_max_s}
 
 
 def requests_frame(requests: list[Request], slo: tuple[float | None, float | None]) -> pd.DataFrame:
@@ -200,13 +386,11 @@ class SimResult:
 
 
 def summarize(res: SimResult) -> dict[str, Any]:
-    req, steps, kv = res.requests, res.steps, res.kv
+    req = res.requests
     done = req[req.status == "finished"]
     first_arrival = req.arrival_s.min() if len(req) else 0.0
     duration = float(done.finish_s.max() - first_arrival) if len(done) else 0.0
     per_s = (lambda x: x / duration) if duration > 0 else (lambda x: float("nan"))
-    busy = float(steps.duration_s.sum()) if len(steps) else 0.0
-    weights = steps.duration_s.to_numpy() if len(steps) else np.array([])
     out: dict[str, Any] = {
         "num_requests": int(len(req)), "completed": int(len(done)), "rejected": int((req.status == "rejected").sum()),
         "duration_s": duration, "request_throughput": per_s(len(done)),
@@ -219,21 +403,40 @@ def summarize(res: SimResult) -> dict[str, Any]:
     out.update(_stats("e2e", done.e2e_s))
     met = int(req.met_slo.sum())
     out.update({"goodput": per_s(met), "slo_attainment": met / len(req) if len(req) else float("nan")})
+    sums = res.meta.get("step_sums") or _step_sums(res.steps, res.kv)
+    if "itl_count" in sums and sums["itl_count"]:        # summary-only: exact mean and max, binned percentiles
+        out["itl_mean_s"] = sums["itl_sum_s"] / sums["itl_count"]
+        out["itl_max_s"] = sums["itl_max_s"]
+    busy = sums["busy_s"]
     for col, key in (("utilization", "kv_utilization_mean"), ("internal_fragmentation", "internal_fragmentation_mean"),
                      ("external_fragmentation", "external_fragmentation_mean")):
-        out[key] = float(np.average(kv[col], weights=weights)) if busy > 0 else 0.0
-    out["kv_utilization_max"] = float(kv.utilization.max()) if len(kv) else 0.0
-    out["max_concurrent_requests"] = int(kv.num_running.max()) if len(kv) else 0
+        out[key] = sums[f"{col}_mean"]
+    out["kv_utilization_max"] = sums["kv_utilization_max"]
+    out["max_concurrent_requests"] = sums["max_running"]
     out["preemptions"] = int(req.num_preemptions.sum())
     out["preemptions_recompute"] = int(res.meta.get("preemptions_recompute", 0))
     out["preemptions_swap"] = int(res.meta.get("preemptions_swap", 0))
     out["preemption_rate_per_s"] = per_s(out["preemptions"])
     peak_flops, peak_bw = res.meta.get("peak_flops_per_s", 0), res.meta.get("peak_bytes_per_s", 0)
-    out["mfu"] = float(steps.flops.sum() / (busy * peak_flops)) if busy and peak_flops else 0.0
-    out["mbu"] = float(steps.bytes.sum() / (busy * peak_bw)) if busy and peak_bw else 0.0
+    out["mfu"] = float(sums["flops"] / (busy * peak_flops)) if busy and peak_flops else 0.0
+    out["mbu"] = float(sums["bytes"] / (busy * peak_bw)) if busy and peak_bw else 0.0
     out["busy_s"] = busy
-    out["num_steps"] = int(len(steps))
+    out["num_steps"] = sums["num_steps"]
     out["rejected_reasons"] = dict(Counter(req.loc[req.status == "rejected", "reject_reason"]))
+    return out
+
+
+def _step_sums(steps: pd.DataFrame, kv: pd.DataFrame) -> dict[str, Any]:
+    """The sums summarize() needs, from full per-step frames (duration-weighted KV means, as np.average)."""
+    busy = float(steps.duration_s.sum()) if len(steps) else 0.0
+    weights = steps.duration_s.to_numpy() if len(steps) else np.array([])
+    out = {"num_steps": int(len(steps)), "busy_s": busy,
+           "flops": float(steps.flops.sum()) if len(steps) else 0.0,
+           "bytes": float(steps.bytes.sum()) if len(steps) else 0.0,
+           "kv_utilization_max": float(kv.utilization.max()) if len(kv) else 0.0,
+           "max_running": int(kv.num_running.max()) if len(kv) else 0}
+    for col in ("utilization", "internal_fragmentation", "external_fragmentation"):
+        out[f"{col}_mean"] = float(np.average(kv[col], weights=weights)) if busy > 0 else 0.0
     return out
 
 

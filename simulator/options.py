@@ -100,5 +100,9 @@ SCENARIO_OPTIONS: tuple[ScenarioOption, ...] = (
     _o("kv_capacity_tokens", int, "Override the KV capacity in tokens.", KV),
     _o("slo_ttft_s", float, "TTFT SLO for goodput, seconds.", MT, "--slo-ttft"),
     _o("slo_tpot_s", float, "TPOT SLO for goodput, seconds.", MT, "--slo-tpot"),
+    _o("summary_only", bool, "Keep only the summary: no per-step rows, inter-token latencies in a histogram "
+                             "(memory does not grow with simulated time): on or off. [default: off]", MT),
+    _o("fast_path", bool, "Advance runs of identical decode steps at once; results are identical: on or off. "
+                          "[default: on]", SV),
 )
 OPTIONS_BY_FIELD = {o.field: o for o in SCENARIO_OPTIONS}
