@@ -80,7 +80,8 @@ class Board:
     def queued(self, labels: Sequence[str]) -> None:
         """More scenarios to run (a capacity search adds them round by round)."""
         self.count += len(labels)
-        self.progress.update(self.overall, total=self.count)
+        done = int(self.progress.tasks[0].completed)
+        self.progress.update(self.overall, total=self.count, description=f"scenario {done} of {self.count}")
 
     def update(self, index: int, label: str, now_s: float, done: int, total: int) -> None:
         if index in self.ended:  # a late report from a scenario already counted as finished
