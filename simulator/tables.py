@@ -1,8 +1,8 @@
 """Terminal and machine-readable tables of many scenarios: the comparison and the capacities.
 
 The comparison table shows the varied options, then the summary metrics in display units, with the best value
-of each column in bold green (which direction is better comes from report.SUMMARY_COLUMNS). CSV and JSON
-carry every metric, unrounded, in SI units.
+of each column in bold green and starred, so that it stays visible without colors (which direction is better
+comes from report.SUMMARY_COLUMNS). CSV and JSON carry every metric, unrounded, in SI units.
 """
 from __future__ import annotations
 
@@ -18,6 +18,12 @@ from simulator.report import SUMMARY_COLUMNS, best_labels, format_value, summary
 TERMINAL_COLUMNS = ("done", "req/s", "out tok/s", "goodput req/s", "SLO met %", "TTFT p50 ms", "TTFT p99 ms",
                     "TPOT p50 ms", "TPOT p99 ms", "E2E p99 s", "KV used %", "preempt", "MFU %")
 BEST_STYLE = "bold green"
+BEST_CAPTION = "* best value per column (bold green)"
+
+
+def best(text: str) -> str:
+    """A best cell: colored where the terminal has colors, starred everywhere."""
+    return f"[{BEST_STYLE}]{text}*[/]"
 
 
 def _console():
@@ -31,10 +37,10 @@ def comparison_table(runs: Sequence[tuple[str, Any]], option_values: Sequence[di
     """A rich Table: one row per scenario, varied options first, best value of each metric highlighted."""
     from rich.table import Table
     frame = summary_frame([(label, r.summary()) for label, r in runs])
-    best = best_labels(frame)
+    top = best_labels(frame)
     options = list(option_values[0]) if option_values else []
     columns = [c for c in SUMMARY_COLUMNS if c.header in TERMINAL_COLUMNS]
-    table = Table(title=title, caption=f"best value per column in {BEST_STYLE}")
+    table = Table(title=title, caption=BEST_CAPTION)
     for name in options or ["scenario"]:
         table.add_column(name.replace("_", "-"))
     for c in columns:
@@ -43,7 +49,7 @@ def comparison_table(runs: Sequence[tuple[str, Any]], option_values: Sequence[di
         cells = [values[o] for o in options] or [label]
         for c in columns:
             text = format_value(c, frame.loc[label, c.header])
-            cells.append(f"[{BEST_STYLE}]{text}[/]" if label in best.get(c.header, ()) else text)
+            cells.append(best(text) if label in top.get(c.header, ()) else text)
         table.add_row(*cells)
     return table
 
@@ -51,7 +57,8 @@ def comparison_table(runs: Sequence[tuple[str, Any]], option_values: Sequence[di
 def capacity_table(capacity: pd.DataFrame, option_columns: Sequence[str], title: str):
     """A rich Table of capacities with throughput, p99 TTFT and p99 TPOT at capacity; best capacity bold."""
     from rich.table import Table
-    table = Table(title=title, caption="capacity: highest rate meeting the SLOs; metrics measured at it")
+    table = Table(title=title, caption="capacity: highest rate meeting the SLOs; metrics measured at it; "
+                                       "* highest capacity")
     for name in option_columns or ["config"]:
         table.add_column(name.replace("_", "-"))
     for header in ("capacity req/s", "req/s", "out tok/s", "TTFT p99 ms", "TPOT p99 ms", "SLO met %", "sims"):
@@ -60,7 +67,7 @@ def capacity_table(capacity: pd.DataFrame, option_columns: Sequence[str], title:
     for row in capacity.to_dict("records"):
         rate = f"{'' if row['bound'] == '=' else row['bound'] + ' '}{row['capacity_rate_per_s']:g}"
         cells = [str(row[o]) for o in option_columns] or [row["config"]]
-        cells += [f"[{BEST_STYLE}]{rate}[/]" if row["capacity_rate_per_s"] == top and len(capacity) > 1 else rate,
+        cells += [best(rate) if row["capacity_rate_per_s"] == top and len(capacity) > 1 else rate,
                   _g(row["request_throughput"]), _g(row["output_token_throughput"], "{:.0f}"),
                   _g(row["ttft_p99_s"] * 1e3), _g(row["tpot_p99_s"] * 1e3), _g(row["slo_attainment"] * 100, "{:.1f}"),
                   str(row["simulations"])]
@@ -69,7 +76,9 @@ def capacity_table(capacity: pd.DataFrame, option_columns: Sequence[str], title:
 
 
 def _g(value: float, fmt: str = "{:.3g}") -> str:
-    return "–" if value is None or not math.isfinite(value) else fmt.format(value)
+    if value is None or not math.isfinite(value):
+        return "–"
+    return f"{value:,.0f}" if abs(value) >= 1000 else fmt.format(value)
 
 
 def emit(frame: pd.DataFrame, fmt: str, table_factory) -> None:

@@ -274,3 +274,22 @@ def test_report_compares_saved_run_folders_without_rerunning(tmp_path):
     assert (tmp_path / "both.html").stat().st_size > 4e6
     bad = runner.invoke(app, ["report", str(tmp_path / "missing")])
     assert bad.exit_code == 2 and "is not a servesim results folder" in bad.stderr
+
+
+def test_comparison_table_stars_the_best_cell_of_each_column():
+    from rich.console import Console
+
+    from simulator.tables import comparison_table
+    from tests.fake_results import make_fake_result
+    fast, slow = make_fake_result(0), make_fake_result(1)
+    fast.summary_values |= {"request_throughput": 9.0, "ttft_p99_s": 0.25}
+    slow.summary_values |= {"request_throughput": 3.0, "ttft_p99_s": 0.5}
+    console = Console(width=250, record=True, color_system=None)
+    console.print(comparison_table([("fast", fast), ("slow", slow)], [{"kv": "paged"}, {"kv": "contiguous"}], "t"))
+    rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]]
+            for line in console.export_text().splitlines() if line.startswith("│")}
+    headers = ["done", "req/s", "out tok/s", "goodput req/s", "SLO met %", "TTFT p50 ms", "TTFT p99 ms"]
+    fast_row, slow_row = (dict(zip(headers, rows[k])) for k in ("paged", "contiguous"))
+    assert fast_row["req/s"] == "9*" and slow_row["req/s"] == "3"
+    assert fast_row["TTFT p99 ms"] == "250*" and slow_row["TTFT p99 ms"] == "500"
+    assert "*" not in fast_row["done"] + slow_row["done"]  # equal values: no best
