@@ -117,15 +117,19 @@ def load_figure(load: pd.DataFrame, capacity: pd.DataFrame | None = None, *, slo
                                      hovertemplate=f"{x_title}: %{{x:.4g}}<br>{title}: %{{y:.4g}}"),
                           row=1, col=col)
         if slo_key and slos[slo_key] is not None:
-            fig.add_hline(y=slos[slo_key] * scale, line={"color": "red", "dash": "dash"}, row=1, col=col,
-                          annotation_text="SLO", annotation_position="top left")
+            slo = slos[slo_key] * scale
+            fig.add_hline(y=slo, line={"color": "red", "dash": "dash"}, row=1, col=col)
+            # annotations on a log axis take log10 of the value (shapes do not)
+            fig.add_annotation(x=0, xref=f"x{col} domain", y=np.log10(slo), yref=f"y{col}", text=f"SLO {slo:g}",
+                               showarrow=False, xanchor="left", yanchor="bottom", font={"color": "red", "size": 11})
         fig.update_xaxes(title_text=x_title, row=1, col=col)
         fig.update_yaxes(title_text=title, row=1, col=col)
     fig.update_yaxes(type="log", row=1, col=2)  # latency spans decades between idle and overload
     fig.update_yaxes(type="log", row=1, col=3)
     if capacity is not None:
         _mark_capacity(fig, capacity, colors)
-    return _layout(fig, "Where does each configuration saturate? Throughput and p99 latency vs offered load "
+    what = "offered load" if x_col == "rate_per_s" else x_title.split(" (")[0]
+    return _layout(fig, f"Where does each configuration saturate? Throughput and p99 latency vs {what} "
                         "(dashed red: SLO, dotted: capacity)")
 
 

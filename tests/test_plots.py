@@ -120,6 +120,8 @@ def test_load_figure_marks_slos_and_capacity():
     horizontal = sorted(s.y0 for s in fig.layout.shapes if s.y0 == s.y1)
     vertical = sorted(s.x0 for s in fig.layout.shapes if s.x0 == s.x1)
     assert horizontal == [0.5, 50.0]  # TTFT SLO in s, TPOT SLO in ms
+    slo_labels = {a.text: a.y for a in fig.layout.annotations if a.text.startswith("SLO")}
+    assert slo_labels == pytest.approx({"SLO 0.5": math.log10(0.5), "SLO 50": math.log10(50)})  # log axes
     assert vertical == [5.0, 5.0, 5.0, 10.0, 10.0, 10.0]  # one capacity line per config, in each panel
     ttft_a = next(t for t in fig.data if t.name == "a" and t.yaxis == "y2")
     assert list(ttft_a.y) == pytest.approx([0.2, 0.4, 0.8])
