@@ -1,8 +1,9 @@
 """The SimPy simulation of one model replica (the only module that imports simpy).
 
-Scenario: requests arrive on their own process; an idle server sleeps until an arrival (or the policy's next
-deadline) wakes it. The serve loop asks the batching policy for a batch, prices it with the cost model, holds
-the GPU for that long, then commits the step and records it.
+Scenario: one serve process. Before each step it hands the policy the requests that have arrived by now (the
+workload is a sorted list, so arrivals need no events of their own); an idle server sleeps until the next
+arrival or the policy's next deadline. The serve loop asks the batching policy for a batch, prices it with
+the cost model, holds the GPU for that long, then commits the step and records it.
 
 Fast path: when the policy can plan a run of identical decode steps (nothing can change before the run's last
 step: no request finishes earlier, no block is missing, and no arrival lands before the last step starts),
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable, Iterable
 
 import simpy
@@ -25,6 +27,15 @@ from simulator.request import Request, RequestStatus
 from workloads.spec import RequestSpec
 
 ProgressFn = Callable[[float, int, int], None]   # (simulated seconds, requests done, requests total)
+
+
+def step_by_step_costs(cost_model, num_seqs: int, context_tokens: int, context_step: int, num_steps: int) -> RunCosts:
+    """Decode-only steps j = 0..num_steps-1 attending context_tokens + j * context_step tokens, priced one
+    step_cost() at a time (for cost models without a `decode_run_costs` of their own)."""
+    costs = RunCosts()
+    for j in range(num_steps):
+        costs.append(cost_model.step_cost(StepShape((), num_seqs, context_tokens + j * context_step, num_seqs)))
+    return costs
 
 
 @dataclass
@@ -52,7 +63,6 @@ class Engine:
         self.recorder = Recorder(summary_only=parts.config.get("summary_only", False))
         self.requests: list[Request] = []
         self.num_done = 0
-        self._wakeup = self.env.event()
         self.fast_path = parts.config.get("fast_path", True) if fast_path is None else fast_path
         self._next_arrival_s = float("inf")     # the earliest arrival not yet handed to the policy
         self.num_steps = 0                       # engine steps simulated, and how many of them ran in runs
@@ -60,10 +70,14 @@ class Engine:
         self.num_runs = 0
         if self.fast_path:
             self.policy.enable_fast_path()
+        cost_model = parts.cost_model
+        self._decode_costs = getattr(cost_model, "decode_run_costs", None) or partial(step_by_step_costs, cost_model)
+        self._step_s = 0.0                       # the latest run step's duration (to guess how many to price)
 
     def run(self) -> SimResult:
         wall = time.perf_counter()
-        self.env.process(self._arrivals())
+        self._pending = sorted(self.specs, key=lambda s: (s.arrival_s, s.request_id))
+        self._num_arrived = 0
         server = self.env.process(self._serve())
         self.env.run(until=server)
         meta = {**self.parts.meta, "preemptions_recompute": self.policy.num_preemptions["recompute"],
@@ -72,23 +86,24 @@ class Engine:
                 "run_steps": self.num_run_steps, "runs": self.num_runs}
         return self.recorder.result(self.parts.config, meta, self.requests, self.parts.slo)
 
-    def _arrivals(self):
-        for spec in sorted(self.specs, key=lambda s: (s.arrival_s, s.request_id)):
-            self._next_arrival_s = spec.arrival_s
-            if spec.arrival_s > self.env.now:
-                yield self.env.timeout(spec.arrival_s - self.env.now)
-            req = Request(spec)
+    def _admit_arrivals(self, until_s: float) -> None:
+        """Hand the policy every request that has arrived by `until_s` (an arrival at the very end of a step is
+        seen by the next schedule), or reject it with a reason."""
+        pending, i, policy = self._pending, self._num_arrived, self.policy
+        while i < len(pending) and pending[i].arrival_s <= until_s:
+            req = Request(pending[i])
             self.requests.append(req)
             reason = self._reject_reason(req)
             if reason:
                 req.status, req.reject_reason = RequestStatus.REJECTED, reason
                 self.num_done += 1
             else:
-                self.policy.add_request(req)
-            self._wake()
-        self._next_arrival_s = float("inf")
-        self.policy.workload_ended = True
-        self._wake()
+                policy.add_request(req)
+            i += 1
+        self._num_arrived = i
+        self._next_arrival_s = pending[i].arrival_s if i < len(pending) else float("inf")
+        if i == len(pending):
+            policy.workload_ended = True
 
     def _reject_reason(self, req: Request) -> str:
         if req.prompt_tokens + req.output_tokens > self.parts.max_model_len:
@@ -97,13 +112,10 @@ class Engine:
             return f"longer than KV capacity ({self.policy.kv.max_request_tokens()} tokens)"
         return ""
 
-    def _wake(self) -> None:
-        if not self._wakeup.triggered:
-            self._wakeup.succeed()
-
     def _serve(self):
         env, policy = self.env, self.policy
         while True:
+            self._admit_arrivals(env.now)
             if self.fast_path:
                 run = policy.plan_run(env.now)
                 if run is not None:
@@ -115,34 +127,40 @@ class Engine:
                     return
                 yield from self._idle()
                 continue
-            start = env.now
-            shape = batch.shape()
-            cost = self.parts.cost_model.step_cost(shape)
-            swap_s = self.parts.cost_model.swap_seconds(batch.swap_bytes) if batch.swap_bytes else 0.0
-            queues = (len(policy.running), policy.num_waiting)
-            used, usage = policy.kv_used_tokens + batch.num_batched_tokens, policy.kv.usage()
-            yield env.timeout(cost.seconds + swap_s)
-            outcome = policy.commit(batch, start, env.now)
-            self.num_steps += 1
-            self.recorder.step(start, cost, swap_s, (batch.batch_size, shape.num_prefill_tokens, shape.num_decode,
-                                                     shape.decode_context_tokens + sum(c for _, c in shape.prefill)),
-                               queues, batch.num_preempted, used, usage)
+            yield from self._step(batch)
+
+    def _step(self, batch):
+        """One step, step by step: price, hold the GPU, commit, record."""
+        env, policy, cost_model = self.env, self.policy, self.parts.cost_model
+        start = env.now
+        shape = batch.shape()
+        cost = cost_model.step_cost(shape)
+        swap_s = cost_model.swap_seconds(batch.swap_bytes) if batch.swap_bytes else 0.0
+        queues = (len(policy.running), policy.num_waiting)
+        used, usage = policy.kv_used_tokens + batch.num_batched_tokens, policy.kv.usage()
+        yield env.timeout(cost.seconds + swap_s)
+        outcome = policy.commit(batch, start, env.now)
+        self.num_steps += 1
+        self.recorder.step(start, cost, swap_s, (batch.batch_size, shape.num_prefill_tokens, shape.num_decode,
+                                                 shape.decode_context_tokens + sum(c for _, c in shape.prefill)),
+                           queues, batch.num_preempted, used, usage)
+        if outcome.itl_gaps:
             self.recorder.itl_gaps(outcome.itl_gaps)
-            self.num_done += len(outcome.finished)
-            if self.progress:
-                self.progress(env.now, self.num_done, len(self.specs))
+        self.num_done += len(outcome.finished)
+        if self.progress:
+            self.progress(env.now, self.num_done, len(self.specs))
 
     def _idle(self):
-        """Sleep until an arrival or the policy's deadline; a stall with nothing to wait for is a bug."""
-        deadline = self.policy.next_deadline(self.env.now)
-        if self.policy.workload_ended and deadline is None:
-            raise RuntimeError(f"scheduler stalled at t={self.env.now:.6f}s with work left: "
+        """Sleep until the next arrival or the policy's deadline; a stall with nothing to wait for is a bug."""
+        now = self.env.now
+        deadline = self.policy.next_deadline(now)
+        wake = min(self._next_arrival_s, float("inf") if deadline is None else deadline)
+        if wake == float("inf"):
+            raise RuntimeError(f"scheduler stalled at t={now:.6f}s with work left: "
                                f"{len(self.policy.running)} running, {self.policy.num_waiting} waiting")
-        self._wakeup = self.env.event()
-        events = [self._wakeup]
-        if deadline is not None:
-            events.append(self.env.timeout(max(0.0, deadline - self.env.now)))
-        yield self.env.any_of(events)
+        yield self.env.timeout(max(0.0, wake - now))
+        if wake == self._next_arrival_s:
+            self._admit_arrivals(wake)       # even if now + (wake - now) rounded below it
 
     def _run(self, run: DecodeRun):
         """Advance a run of decode steps with one SimPy timeout (or one per step where one sum is not exact)."""
@@ -160,23 +178,31 @@ class Engine:
         self.num_runs += 1
         self.num_run_steps += len(ends)
         self.num_steps += len(ends)
-        self.recorder.run_steps(start, ends, costs, run, usage, outcome.new_blocks, policy.kv.growth_block_tokens)
-        self.recorder.itl_gaps(outcome.itl_gaps, outcome.itl_counts)
+        self.recorder.run(start, ends, costs, run, usage, outcome.new_blocks, policy.kv.growth_block_tokens,
+                          outcome.first_gaps)
         self.num_done += len(outcome.finished)
         if self.progress:
             self.progress(env.now, self.num_done, len(self.specs))
 
-    def _price_run(self, run: DecodeRun, start: float):
-        """Price the run's steps one after another; stop after the first step that ends at or after the next
-        arrival (the arrival may change the step after it) or at the run's limit."""
-        step_cost, arrival = self.parts.cost_model.step_cost, self._next_arrival_s
+    def _price_run(self, run: DecodeRun, start: float) -> tuple[RunCosts, list[float]]:
+        """Price the run's steps and add up their end times; stop after the first step that ends at or after
+        the next arrival (the arrival may change the step after it) or at the run's limit."""
+        arrival, done = self._next_arrival_s, 0
         costs, ends, t = RunCosts(), [], start
-        n, context = run.num_decode, run.context_tokens
-        for j in range(run.max_steps):
-            cost = step_cost(StepShape((), n, context + j * run.live, n))
-            t = t + cost.seconds
-            costs.append(cost)
-            ends.append(t)
-            if t >= arrival:
-                break
+        while done < run.max_steps:
+            want = run.max_steps - done
+            if arrival != float("inf") and self._step_s > 0:    # steps until the arrival, at the last pace
+                want = min(want, max(1, int((arrival - t) / self._step_s) + 2))
+            chunk = self._decode_costs(run.num_decode, run.context_tokens + done * run.live, run.live, want)
+            for j, seconds in enumerate(chunk.seconds):
+                t = t + seconds
+                ends.append(t)
+                if t >= arrival:
+                    chunk.truncate(j + 1)
+                    costs.extend(chunk)
+                    self._step_s = seconds
+                    return costs, ends
+            costs.extend(chunk)
+            done += want
+            self._step_s = chunk.seconds[-1]
         return costs, ends

@@ -17,7 +17,7 @@ import math
 from array import array
 from collections import Counter
 from dataclasses import dataclass, field
-from itertools import repeat
+from itertools import chain, repeat
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,8 @@ ROW_FIELDS = (("start_s", "d"), ("duration_s", "d"), ("batch_size", "q"), ("num_
 BOUNDS = ("compute", "memory", "latency")
 BOUND_CODE = {b: i for i, b in enumerate(BOUNDS)}
 FOLD_ROWS = 1 << 16                  # summary-only: fold rows into sums this often
+RUN_BATCH = 4096                     # runs queued before they are expanded into rows
+ITL_COMPACT = 1 << 20                # gaps kept before equal ones are merged (or binned, summary-only)
 ITL_BINS_PER_DECADE = 2303           # ln(10) / ln(1.001): bins 0.1% wide
 ITL_MIN_S, ITL_DECADES = 1e-7, 12    # histogram range 0.1 us .. 100 ks
 
@@ -80,23 +82,30 @@ class RunCosts:
         for name in self.__dataclass_fields__:
             del getattr(self, name)[num_steps:]
 
+    def extend(self, other: "RunCosts") -> None:
+        for name in self.__dataclass_fields__:
+            getattr(self, name).extend(getattr(other, name))
+
 
 class Recorder:
-    """Collects one row per engine step (the step and the KV sample at its start) and inter-token gaps."""
+    """Collects one row per engine step (the step and the KV sample at its start) and inter-token gaps.
+
+    Step-by-step rows are appended as they come; runs of decode steps are queued as one record each and turned
+    into rows in batches with numpy (`_expand_runs`), so a run costs one append in the simulation loop. Every
+    row carries its step number, which orders the two kinds of rows at the end.
+    """
 
     def __init__(self, summary_only: bool = False) -> None:
         self.summary_only = summary_only
-        self.cols = {name: array(code) for name, code in ROW_FIELDS}
-        self._appenders = tuple(self.cols[name].append for name, _ in ROW_FIELDS)
-        self.itl: Counter[float] = Counter()
+        self.cols = _columns()                  # step-by-step rows
+        self.run_cols = _columns()              # rows expanded from runs
+        self._appenders = tuple(self.cols[name].append for name, _ in ROW_FIELDS + (("row", "q"),))
+        self._runs: list[tuple] = []            # runs not yet expanded
+        self.num_rows = 0                       # steps recorded so far
         self.preemptions_total = 0
+        self.itl_values, self.itl_counts = array("d"), array("q")
         self.folded = StepSums()
         self.itl_hist = np.zeros(ITL_BINS_PER_DECADE * ITL_DECADES + 1, dtype=np.int64)
-        self._itl_buffer: tuple[array, array] = (array("d"), array("q"))
-
-    @property
-    def num_rows(self) -> int:
-        return len(self.cols["start_s"]) + self.folded.num_steps
 
     def step(self, start_s: float, cost: StepCost, swap_s: float, shape_counts: tuple[int, int, int, int],
              queues: tuple[int, int], num_preempted: int, used_tokens: int, usage: KVUsage) -> None:
@@ -106,77 +115,74 @@ class Recorder:
         row = (start_s, cost.seconds + swap_s, *shape_counts, cost.flops, cost.bytes, BOUND_CODE[cost.bound],
                *(fam.get(f, 0.0) for f in FAMILIES), swap_s, *queues, num_preempted, used_tokens,
                usage.allocated_tokens, usage.capacity_tokens, usage.free_tokens, usage.largest_free_hole_tokens,
-               self.preemptions_total)
+               self.preemptions_total, self.num_rows)
         for append, value in zip(self._appenders, row):
             append(value)
+        self.num_rows += 1
         self.preemptions_total += num_preempted
-        if self.summary_only and len(self.cols["start_s"]) >= FOLD_ROWS:
+        if self.summary_only and len(self.cols["row"]) >= FOLD_ROWS:
             self.fold()
 
-    def run_steps(self, start_s: float, ends_s: list[float], costs: RunCosts, run, usage: KVUsage,
-                  new_blocks: list[int], block_tokens: int) -> None:
-        """The rows of a run of decode steps, each as the step-by-step path records it. `usage` is the KV
-        snapshot before the run; block managers (block_tokens > 0) serve any request from any free block."""
-        c, k = self.cols, len(ends_s)
-        c["start_s"].append(start_s)
-        c["start_s"].extend(ends_s[:-1])
-        c["duration_s"].extend(costs.seconds)
-        for name, value in (("batch_size", run.num_decode), ("num_prefill_tokens", 0),
-                            ("num_decode_tokens", run.num_decode), ("swap_s", 0.0), ("num_running", run.num_running),
-                            ("num_waiting", run.num_waiting), ("num_preempted", 0),
-                            ("capacity_tokens", usage.capacity_tokens), ("preemptions_total", self.preemptions_total)):
-            c[name].extend(repeat(value, k))
-        c["context_tokens"].extend(range(run.context_tokens, run.context_tokens + k * run.live, run.live))
-        c["used_tokens"].extend(range(run.used_tokens + run.live, run.used_tokens + (k + 1) * run.live, run.live))
-        for name in ("flops", "bytes", "gemm_s", "attention_s", "elementwise_s", "communication_s", "overhead_s"):
-            c[name].extend(getattr(costs, name))
-        c["bound"].extend(BOUND_CODE[b] for b in costs.bound)
-        allocated = usage.allocated_tokens
-        if block_tokens and any(new_blocks):
-            alloc = []
-            for blocks in new_blocks:
-                allocated += blocks * block_tokens
-                alloc.append(allocated)
-            free = [usage.capacity_tokens - a for a in alloc]
-            c["allocated_tokens"].extend(alloc)
-            c["free_tokens"].extend(free)
-            c["largest_free_hole_tokens"].extend(free)
-        else:
-            c["allocated_tokens"].extend(repeat(allocated, k))
-            c["free_tokens"].extend(repeat(usage.free_tokens, k))
-            c["largest_free_hole_tokens"].extend(repeat(usage.largest_free_hole_tokens, k))
-        if self.summary_only and len(c["start_s"]) >= FOLD_ROWS:
-            self.fold()
+    def run(self, start_s: float, ends_s: list[float], costs: RunCosts, run, usage: KVUsage, new_blocks: list[int],
+            block_tokens: int, first_gaps: list[tuple[float, int]]) -> None:
+        """A run of decode steps, recorded as the step-by-step path would record each of its steps.
+
+        `usage` is the KV snapshot before the run; `new_blocks[j]` blocks of `block_tokens` tokens are allocated
+        in step j (block managers serve any request from any free block, so the largest hole is all free
+        memory). `first_gaps` lists (last token time, requests) for the run's first tokens; every later step
+        adds one gap per live request.
+        """
+        self._runs.append((self.num_rows, start_s, ends_s, costs, run.num_decode, run.live, run.context_tokens,
+                           run.used_tokens, run.num_running, run.num_waiting, usage, new_blocks, block_tokens,
+                           self.preemptions_total, first_gaps))
+        self.num_rows += len(ends_s)
+        if len(self._runs) >= RUN_BATCH:
+            self._expand_runs()
 
     def itl_gaps(self, gaps: list[float], counts: list[int] | None = None) -> None:
+        """Inter-token gaps of a step: `gaps[i]` seen `counts[i]` times (once each by default)."""
+        self.itl_values.extend(gaps)
+        self.itl_counts.extend(counts if counts is not None else repeat(1, len(gaps)))
+        if len(self.itl_values) >= ITL_COMPACT:
+            self._compact_itl()
+
+    # ---- turning runs into rows ----
+    def _expand_runs(self) -> None:
+        runs, self._runs = self._runs, []
+        if not runs:
+            return
+        rows, gaps, counts = expand_runs(runs)
+        for name, col in self.run_cols.items():
+            col.frombytes(rows[name].astype(col.typecode, copy=False).tobytes())
+        self.itl_values.frombytes(gaps.tobytes())
+        self.itl_counts.frombytes(counts.tobytes())
+        if len(self.itl_values) >= ITL_COMPACT:
+            self._compact_itl()
+        if self.summary_only and len(self.run_cols["row"]) >= FOLD_ROWS:
+            self.fold()
+
+    def _compact_itl(self) -> None:
+        """Merge equal gaps (exact), or in summary-only mode bin them into the histogram."""
+        values, counts = _as_numpy(self.itl_values), _as_numpy(self.itl_counts)
         if self.summary_only:
-            self._itl_buffer[0].extend(gaps)
-            self._itl_buffer[1].extend(counts if counts is not None else repeat(1, len(gaps)))
-            if len(self._itl_buffer[0]) >= FOLD_ROWS:
-                self._fold_itl()
-        elif counts is None:
-            self.itl.update(gaps)
-        else:
-            itl = self.itl
-            for gap, count in zip(gaps, counts):
-                itl[gap] += count
+            self.folded.add_itl(values, counts)
+            np.add.at(self.itl_hist, itl_bin(values), counts)
+            self.itl_values, self.itl_counts = array("d"), array("q")
+            return
+        unique, inverse = np.unique(values, return_inverse=True)
+        merged = np.bincount(inverse, weights=counts, minlength=len(unique)).astype(np.int64)
+        self.itl_values, self.itl_counts = array("d", unique.tobytes()), array("q", merged.tobytes())
 
     # ---- summary-only folding ----
     def fold(self) -> None:
         """Fold the rows kept so far into running sums and drop them."""
-        if len(self.cols["start_s"]):
-            self.folded.add(rows_frame(self.cols))
-            for col in self.cols.values():
-                del col[:]
-        self._fold_itl()
-
-    def _fold_itl(self) -> None:
-        values, counts = (np.frombuffer(b, dtype=t) if len(b) else np.zeros(0, t)
-                          for b, t in zip(self._itl_buffer, (np.float64, np.int64)))
-        if len(values):
-            self.folded.add_itl(values, counts)
-            np.add.at(self.itl_hist, itl_bin(values), counts)
-            self._itl_buffer = (array("d"), array("q"))
+        self._expand_runs()
+        for cols in (self.cols, self.run_cols):
+            if len(cols["row"]):
+                self.folded.add(rows_frame(cols))
+                for col in cols.values():
+                    del col[:]
+        self._compact_itl()
 
     # ---- results ----
     def result(self, config: dict, meta: dict, requests: list[Request], slo: tuple[float | None, float | None]):
@@ -186,27 +192,84 @@ class Recorder:
             centers = itl_bin_centers()
             hit = np.nonzero(self.itl_hist)[0]
             itl = pd.DataFrame({"itl_s": centers[hit], "count": self.itl_hist[hit]})
-            empty = rows_frame({name: array(code) for name, code in ROW_FIELDS})
+            empty = rows_frame(_columns())
             return SimResult(config=config, meta={**meta, "step_sums": self.folded.as_dict()}, requests=req_df,
                              steps=steps_frame(empty), kv=kv_frame(empty), itl=itl)
-        rows = rows_frame(self.cols)
-        itl = pd.DataFrame(sorted(self.itl.items()), columns=["itl_s", "count"])
+        self._expand_runs()
+        self._compact_itl()
+        rows = pd.concat([rows_frame(self.cols), rows_frame(self.run_cols)], ignore_index=True)
+        rows = rows.sort_values("row", kind="stable", ignore_index=True)
+        itl = pd.DataFrame({"itl_s": _as_numpy(self.itl_values), "count": _as_numpy(self.itl_counts)})
         return SimResult(config=config, meta=meta, requests=req_df, steps=steps_frame(rows), kv=kv_frame(rows),
                          itl=itl)
 
 
+def _columns() -> dict[str, array]:
+    return {name: array(code) for name, code in ROW_FIELDS + (("row", "q"),)}
+
+
+def _as_numpy(col: array) -> np.ndarray:
+    dtype = {"d": np.float64, "q": np.int64, "b": np.int8}[col.typecode]
+    return np.frombuffer(col, dtype=dtype).copy() if len(col) else np.zeros(0, dtype)
+
+
+def expand_runs(runs: list[tuple]) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """Rows (as columns) and inter-token gaps of queued runs (see Recorder.run), with numpy.
+
+    Every value is the same float operation the step-by-step path performs: a step starts where the previous
+    one ended, context and stored tokens grow by one per live request, blocks add up within a run.
+    """
+    (row0, start, ends, costs, num_decode, live, context, used, running, waiting, usage, new_blocks, block_tokens,
+     preempted_total, first_gaps) = zip(*runs)
+    k = np.fromiter(map(len, ends), np.int64, len(runs))
+    total = int(k.sum())
+    offset = np.cumsum(k) - k
+    within = np.arange(total) - np.repeat(offset, k)
+    rep = lambda values, dtype=np.int64: np.repeat(np.asarray(values, dtype=dtype), k)
+    flat = lambda lists, dtype=np.float64: np.fromiter(chain.from_iterable(lists), dtype, total)
+    end = flat(ends)
+    begin = np.empty(total)
+    begin[1:] = end[:-1]
+    begin[offset] = start
+    live_rep = rep(live)
+    step_blocks = flat(new_blocks, np.int64)
+    blocks = np.cumsum(step_blocks)
+    blocks -= np.repeat(blocks[offset] - step_blocks[offset], k)          # cumulative within each run
+    grown = blocks * rep(block_tokens)
+    cap = rep([u.capacity_tokens for u in usage])
+    free = rep([u.free_tokens for u in usage]) - grown
+    largest = np.where(rep(block_tokens) > 0, free, rep([u.largest_free_hole_tokens for u in usage]))
+    zeros = np.zeros(total, np.int64)
+    rows = {"start_s": begin, "duration_s": flat(c.seconds for c in costs), "batch_size": rep(num_decode),
+            "num_prefill_tokens": zeros, "num_decode_tokens": rep(num_decode),
+            "context_tokens": rep(context) + within * live_rep, "flops": flat(c.flops for c in costs),
+            "bytes": flat(c.bytes for c in costs),
+            "bound": np.fromiter(map(BOUND_CODE.__getitem__, chain.from_iterable(c.bound for c in costs)), np.int8,
+                                 total),
+            **{f"{f}_s": flat(getattr(c, f"{f}_s") for c in costs) for f in FAMILIES},
+            "swap_s": np.zeros(total), "num_running": rep(running), "num_waiting": rep(waiting),
+            "num_preempted": zeros, "used_tokens": rep(used) + (within + 1) * live_rep,
+            "allocated_tokens": rep([u.allocated_tokens for u in usage]) + grown, "capacity_tokens": cap,
+            "free_tokens": free, "largest_free_hole_tokens": largest, "preemptions_total": rep(preempted_total),
+            "row": rep(row0) + within}
+    later = within > 0                                   # steps after a run's first: one gap per live request
+    idx = np.nonzero(later)[0]
+    first_vals = [e[0] - t for e, pairs in zip(ends, first_gaps) for t, _ in pairs]
+    first_counts = [c for pairs in first_gaps for _, c in pairs]
+    gaps = np.concatenate([np.asarray(first_vals, dtype=np.float64), end[idx] - end[idx - 1]])
+    counts = np.concatenate([np.asarray(first_counts, dtype=np.int64), live_rep[idx]])
+    return rows, gaps, counts
+
+
 def rows_frame(cols: dict[str, array]) -> pd.DataFrame:
-    """The recorded rows as one DataFrame (numpy views of the typed columns, bound as text)."""
-    data = {name: np.frombuffer(col, dtype={"d": np.float64, "q": np.int64, "b": np.int8}[col.typecode])
-            if len(col) else np.zeros(0, {"d": np.float64, "q": np.int64, "b": np.int8}[col.typecode])
-            for name, col in cols.items()}
-    data["bound"] = np.asarray(BOUNDS, dtype=object)[data["bound"]]
-    return pd.DataFrame(data, copy=True)
+    """The recorded rows as one DataFrame (copies of the typed columns; bound as its code)."""
+    return pd.DataFrame({name: _as_numpy(col) for name, col in cols.items()})
 
 
 def steps_frame(rows: pd.DataFrame) -> pd.DataFrame:
     out = rows.reindex(columns=[c for c in STEP_COLUMNS if c != "step"])
     out.insert(0, "step", np.arange(len(rows), dtype=np.int64))
+    out["bound"] = pd.Series(np.asarray(BOUNDS, dtype=object)[rows.bound.to_numpy()], index=out.index)
     return out
 
 

@@ -11,7 +11,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from simulator.batch import Batch
-from simulator.batching.lazy import DecodeRun
+from simulator.batching.lazy import DecodeRun, RunOutcome
 from simulator.kv_cache.base import KVCacheManager
 from simulator.request import Request, RequestStatus
 
@@ -33,14 +33,10 @@ class PolicyParams:
 
 @dataclass
 class StepOutcome:
-    """What a committed step (or run of steps) produced: finished requests, and inter-token gaps (seconds) of
-    non-first tokens: `itl_gaps[i]` occurred `itl_counts[i]` times (once each when `itl_counts` is None).
-    `new_blocks` lists, for a run, the KV blocks each of its steps allocated."""
+    """What a committed step produced: finished requests and inter-token gaps (seconds) of non-first tokens."""
 
     finished: list[Request] = field(default_factory=list)
     itl_gaps: list[float] = field(default_factory=list)
-    itl_counts: list[int] | None = None
-    new_blocks: list[int] | None = None
 
 
 class BatchingPolicy(ABC):
@@ -66,7 +62,7 @@ class BatchingPolicy(ABC):
         None when the next step is not such a step (the engine then calls schedule())."""
         return None
 
-    def commit_run(self, run: DecodeRun, ends_s: list[float]) -> StepOutcome:
+    def commit_run(self, run: DecodeRun, ends_s: list[float]) -> RunOutcome:
         """Commit the first len(ends_s) steps of `run`, step j ending at ends_s[j]."""
         raise NotImplementedError(f"{type(self).__name__} plans no runs")
 

@@ -12,7 +12,7 @@ from collections import deque
 
 from simulator.batch import Batch
 from simulator.batching.base import BatchingPolicy, StepOutcome
-from simulator.batching.lazy import DecodeRun, LazyDecoders
+from simulator.batching.lazy import DecodeRun, LazyDecoders, RunOutcome
 from simulator.request import Request, RequestStatus
 
 
@@ -179,19 +179,13 @@ class ContinuousBatching(BatchingPolicy):
         kv.reserve(-first)
         return fits
 
-    def commit_run(self, run: DecodeRun, ends_s: list[float]) -> StepOutcome:
+    def commit_run(self, run: DecodeRun, ends_s: list[float]) -> RunOutcome:
         lazy, n, k = self.lazy, run.num_decode, len(ends_s)
-        first = ends_s[0]
-        gaps, counts = [], []
-        if n > len(lazy.fresh):                    # requests that decoded in the previous run: one shared gap
-            gaps.append(first - lazy.last_end_s)
-            counts.append(n - len(lazy.fresh))
-        for req in lazy.fresh:
-            gaps.append(first - req.last_token_s)
-            counts.append(1)
-        for j in range(1, k):
-            gaps.append(ends_s[j] - ends_s[j - 1])
-            counts.append(n)
+        # First tokens of the run: requests that decoded in the previous run share its end as their last
+        # token time; requests tracked since then have their own.
+        first_gaps = [(req.last_token_s, 1) for req in lazy.fresh]
+        if n > len(lazy.fresh):
+            first_gaps.append((lazy.last_end_s, n - len(lazy.fresh)))
         new_blocks = lazy.new_blocks(k)
         self.kv_used_tokens += n * k
         done = lazy.advance(k, sum(new_blocks), ends_s[-1])
@@ -200,4 +194,4 @@ class ContinuousBatching(BatchingPolicy):
             req.status = RequestStatus.FINISHED
             req.finish_s = ends_s[-1]
             self._on_finish(req)
-        return StepOutcome(finished=done, itl_gaps=gaps, itl_counts=counts, new_blocks=new_blocks)
+        return RunOutcome(done, first_gaps, new_blocks)

@@ -40,6 +40,17 @@ class DecodeRun:
     num_waiting: int
 
 
+@dataclass
+class RunOutcome:
+    """What a committed run produced: finished requests (at its last step), the (last token time, requests)
+    pairs behind the gaps of its first tokens (each later step adds a gap per live request), and the KV blocks
+    each step allocated."""
+
+    finished: list[Request]
+    first_gaps: list[tuple[float, int]]
+    new_blocks: list[int]
+
+
 class LazyDecoders:
     """Running requests in decode, advanced together by runs; see the module docstring."""
 

@@ -7,8 +7,8 @@ released only then.
 from __future__ import annotations
 
 from simulator.batch import Batch
-from simulator.batching.base import BatchingPolicy, StepOutcome
-from simulator.batching.lazy import DecodeRun
+from simulator.batching.base import BatchingPolicy
+from simulator.batching.lazy import DecodeRun, RunOutcome
 from simulator.request import Request, RequestStatus
 
 
@@ -72,15 +72,10 @@ class RunToCompletionPolicy(BatchingPolicy):
         return DecodeRun(num_decode=len(self.batch), live=len(live), context_tokens=context, max_steps=steps,
                          used_tokens=self.kv_used_tokens, num_running=len(live), num_waiting=len(self.waiting))
 
-    def commit_run(self, run: DecodeRun, ends_s: list[float]) -> StepOutcome:
-        k, first, end = len(ends_s), ends_s[0], ends_s[-1]
-        out = StepOutcome(itl_counts=[], new_blocks=[0] * k)
-        for req in self.running:
-            out.itl_gaps.append(first - req.last_token_s)
-            out.itl_counts.append(1)
-        for j in range(1, k):
-            out.itl_gaps.append(ends_s[j] - ends_s[j - 1])
-            out.itl_counts.append(run.live)
+    def commit_run(self, run: DecodeRun, ends_s: list[float]) -> RunOutcome:
+        k, end = len(ends_s), ends_s[-1]
+        first_gaps = [(req.last_token_s, 1) for req in self.running]
+        done = []
         for req in list(self.running):
             req.num_computed_tokens += k
             req.num_output_tokens += k
@@ -88,10 +83,10 @@ class RunToCompletionPolicy(BatchingPolicy):
             if req.num_output_tokens == req.output_tokens:
                 req.status = RequestStatus.FINISHED
                 req.finish_s = end
-                out.finished.append(req)
+                done.append(req)
                 self._on_finish(req)
         self.kv_used_tokens += run.live * k
-        return out
+        return RunOutcome(done, first_gaps, [0] * k)
 
 
 class StaticBatching(RunToCompletionPolicy):
