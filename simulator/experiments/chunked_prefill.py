@@ -101,12 +101,14 @@ def figure(data: pd.DataFrame, caps: dict) -> go.Figure:
         if not math.isnan(cap):
             fig.add_trace(go.Scatter(x=[cap], y=[SLOS_S["strict"]], mode="markers+text", legendgroup=label,
                                      marker={"symbol": "star", "size": 14, "color": color}, showlegend=False,
-                                     text=[f"capacity {cap:.2g}"], textposition="top left"), row=1, col=1)
-    for name, slo in SLOS_S.items():
-        fig.add_hline(y=slo, line={"dash": "dash", "color": "gray"}, annotation_text=f"{name} SLO {slo} s",
-                      row=1, col=1)
-    fig.add_hline(y=MAX_SCHEDULING_DELAY_S, line={"dash": "dash", "color": "gray"}, annotation_text="2 s",
-                  row=1, col=2)
+                                     text=[f"capacity {cap:.2g}"], textposition="bottom center"), row=1, col=1)
+    lines = [(f"{name} SLO {slo} s", slo, 1) for name, slo in SLOS_S.items()]
+    for text, y, col in lines + [("2 s", MAX_SCHEDULING_DELAY_S, 2)]:
+        fig.add_hline(y=y, line={"dash": "dash", "color": "gray"}, row=1, col=col)
+        # Annotations on a log axis take log10 coordinates (plotly); place each label at its line's right end.
+        fig.add_annotation(x=1, xref=f"x{col if col > 1 else ''} domain", y=math.log10(y),
+                           yref=f"y{col if col > 1 else ''}", text=text, showarrow=False, xanchor="right",
+                           yanchor="bottom")
     fig.update_yaxes(type="log", title_text="P99 TBT (s), log", row=1, col=1)
     fig.update_yaxes(type="log", title_text="median scheduling delay (s), log", row=1, col=2)
     fig.update_xaxes(title_text="request rate (req/s)")
