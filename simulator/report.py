@@ -79,18 +79,21 @@ def _number(value: Any) -> float:
 
 
 def best_labels(frame: pd.DataFrame) -> dict[str, set[str]]:
-    """For each ranked column, the scenario labels holding its best value (ties all win; NaN never wins).
+    """For each ranked column, the scenario labels holding its best value as displayed: every cell that reads
+    the same as the best one wins (so 9.15 is never starred next to an unstarred 9.15); NaN never wins.
 
-    A column where every scenario has the same value has no best and is left out.
+    A column where every scenario shows the same value has no best and is left out.
     """
     best: dict[str, set[str]] = {}
     for col in SUMMARY_COLUMNS:
         values = frame[col.header].dropna()
-        flat = values.nunique() < 2 and len(values) == len(frame)
-        if not col.better or values.empty or flat:
+        if not col.better or values.empty:
             continue
-        target = values.max() if col.better == "max" else values.min()
-        best[col.header] = set(values.index[values == target])
+        shown = values.map(lambda v, c=col: format_value(c, v))
+        target = format_value(col, values.max() if col.better == "max" else values.min())
+        winners = set(shown.index[shown == target])
+        if len(winners) < len(frame):
+            best[col.header] = winners
     return best
 
 

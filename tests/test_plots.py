@@ -209,3 +209,9 @@ def test_report_is_deterministic_and_escapes_labels():
     evil = ReportInputs([("</script><b>x", make_fake_result(0, 20, 20))])
     text = render_report(evil)
     assert "</script><b>x" not in text and "&lt;/script&gt;&lt;b&gt;x" in text
+
+
+def test_best_is_decided_on_the_displayed_value():
+    frame = summary_frame([("a", {"tpot_p50_s": 0.0091503}), ("b", {"tpot_p50_s": 0.0091498}),
+                           ("c", {"tpot_p50_s": 0.0120})])
+    assert best_labels(frame)["TPOT p50 ms"] == {"a", "b"}  # both read 9.15
