@@ -1,16 +1,69 @@
-"""Step cost: price one engine step (a mixed batch of prefill chunks and decodes) on a GPU.
+"""Step cost: price one engine step (a mixed batch of prefill chunks and decodes) operator by operator.
 
-The interface the engine uses is `CostModel.step_cost(StepShape) -> StepCost`. A StepShape is hashable, so
-costs are memoized by shape.
+Every operator of a decoder layer (QKV, attention, output projection, MLP, norms / RoPE / activations, and
+the tensor-parallel all-reduces) plus the LM head on the sampled positions is a kernel priced by
+`hardware.roofline.kernel_time`: a fixed latency plus the FLOP time and the byte time blended near the ridge.
+Rates are the datasheet peaks times the GPU's calibration fractions (hardware/gpus.py); GEMMs also pay for
+wave quantization (tiles left idle in the last wave over the SMs). Eager steps pay a CPU launch cost per
+operator that CUDA graphs remove.
+
+The engine calls `CostModel.step_cost(StepShape) -> StepCost` once per step. It must be cheap: everything
+that depends only on the number of tokens (all GEMMs, elementwise kernels and communication) is computed once
+per token count and kept; only attention, which depends on each sequence's context, is priced per step.
+`CostModel.operators(shape)` lists the same numbers per operator (for `servesim explain`); the two agree.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 
 from hardware.gpus import GPUSpec
-from hardware.roofline import roofline_time
-from simulator.models import BYTES_PER_ELEMENT, ModelSpec
+from hardware.roofline import arithmetic_intensity, kernel_time
+from simulator.models import BYTES_PER_ELEMENT, KV_DTYPES, WEIGHT_BYTES_PER_PARAM, WEIGHT_DTYPES, ModelSpec
+
+FAMILIES = ("gemm", "attention", "elementwise", "communication", "overhead")
+ATTENTION_KINDS = ("flash", "naive")
+ACT_BYTES = 2.0          # activations stay bf16/fp16 whatever the weight format (W8A16 / W4A16 kernels)
+ATTN_TILE = 128          # FlashAttention query/key tile rows (FA2/FA3 use 128 on Hopper and Ampere)
+# vLLM captures CUDA graphs for decode batches up to 512 sequences by default (vllm/config: the largest
+# cudagraph capture size is 512); bigger batches run eagerly.
+CUDA_GRAPH_MAX_BATCH = 512
+# FLOPs per element of the elementwise kernels (RMSNorm: square, sum, scale, weight; RoPE: 2 mul + add;
+# SiLU*up: about 5). They never bound a step; they are counted so totals are honest.
+NORM_FLOPS, ROPE_FLOPS, ACT_FLOPS, ADD_FLOPS, SOFTMAX_FLOPS = 4, 3, 5, 1, 5
+
+
+@dataclass(frozen=True)
+class Elementwise:
+    """How an implementation runs the small operators: (kernels, element passes) for each, where element
+    passes count the tensor's elements read plus written (so bytes = passes x elements x 2)."""
+
+    norm: tuple[int, float]          # one RMSNorm
+    rope: tuple[int, float]          # RoPE on Q and K (per element of Q and K)
+    kv_write_kernels: int            # K and V copied into the cache (read at 16 bits, written at kv_dtype)
+    residual: tuple[int, float]      # one residual add (two per layer), 0 kernels when fused into the norm
+    act: tuple[int, float]           # SiLU(gate) * up, per element of the MLP width
+    attn_out: tuple[int, float]      # prefill attention output relaid out [seq, heads, dim] (per Q element)
+
+
+ELEMENTWISE: dict[str, Elementwise] = {
+    # vLLM's custom ops: fused_add_rms_norm (reads x and residual, writes both; the residual add is folded in),
+    # rotary_embedding in place on Q and K, reshape_and_cache, silu_and_mul; varlen attention writes its
+    # output in place (vllm/model_executor/layers/{layernorm,rotary_embedding,activation}.py).
+    "fused": Elementwise(norm=(1, 4), rope=(1, 2), kv_write_kernels=1, residual=(0, 0), act=(1, 3),
+                         attn_out=(0, 0)),
+    # Plain PyTorch ops, as in the measured reference steps: RMSNorm as x * rsqrt(mean(x^2) + eps) * w
+    # (pow, mean, add, rsqrt, mul, mul: 7 passes), rotate-half RoPE (neg, cat, mul, mul, add on Q and on K:
+    # 10 passes), two cache copies, a separate add per residual (3 passes), SiLU then mul (5 passes), and the
+    # attention output transposed back to [tokens, heads * dim] by a copy for prefill.
+    "unfused": Elementwise(norm=(6, 7), rope=(10, 10), kv_write_kernels=2, residual=(1, 3), act=(2, 5),
+                           attn_out=(1, 2)),
+}
+
+
+class CostModelError(ValueError):
+    """A cost model that cannot be built from its arguments; the message is one line."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,37 +109,346 @@ class StepCost:
         return dict(self.breakdown).get(family, 0.0)
 
 
+@dataclass(frozen=True, slots=True)
+class OperatorCost:
+    """One operator over the whole step (all layers): what `servesim explain` prints, one row each.
+
+    bound: 'compute' or 'memory' (the larger roofline term), or 'latency' when the kernel's fixed latency
+    (or, for overhead rows, CPU work) is more than either.
+    """
+
+    name: str
+    family: str
+    flops: float
+    bytes: float
+    seconds: float
+    bound: str
+    kernels: int = 1
+
+    @property
+    def intensity(self) -> float:
+        """FLOPs per byte of memory traffic."""
+        return arithmetic_intensity(self.flops, self.bytes)
+
+
+# An operator before it is wrapped: (name, family, flops, bytes, seconds, bound, kernels), per layer or per step.
+_Op = tuple
+
+
 class CostModel:
-    """Roofline cost of a step of `model` on `gpu` at the given precisions and tensor parallelism."""
+    """Operator-level roofline cost of a step of `model` on `gpu`.
+
+    Keyword options: dtype (weights), kv_dtype, tp (tensor parallel: weights and heads split, two all-reduces
+    per layer), pp (pipeline stages run one after another for a step, so a step's latency pays the hand-offs and
+    the bubbles), cuda_graphs with cuda_graph_max_batch (decode-only steps up to that batch replay a graph),
+    cuda_graph_prefill (also graph steps with prefill tokens, as vLLM V1's piecewise graphs or a fully captured
+    forward pass do), attention ('flash', or 'naive': the score matrix goes through HBM), bandwidth_scale and
+    flops_scale (what-if multipliers of the datasheet rates), step_overhead_s (default: the GPU entry's).
+    """
 
     def __init__(self, model: ModelSpec, gpu: GPUSpec, *, dtype: str = "bf16", kv_dtype: str = "bf16",
-                 tp: int = 1, cuda_graphs: bool = True) -> None:
+                 tp: int = 1, pp: int = 1, cuda_graphs: bool = True, cuda_graph_max_batch: int = CUDA_GRAPH_MAX_BATCH,
+                 cuda_graph_prefill: bool = False, attention: str = "flash", elementwise: str = "fused",
+                 bandwidth_scale: float = 1.0, flops_scale: float = 1.0, step_overhead_s: float | None = None) -> None:
+        _validate(model, gpu, dtype, kv_dtype, tp, pp, attention, elementwise, bandwidth_scale, flops_scale,
+                  cuda_graph_max_batch)
         self.model, self.gpu, self.dtype, self.kv_dtype = model, gpu, dtype, kv_dtype
-        self.tp, self.cuda_graphs = tp, cuda_graphs
-        self.step_cost = lru_cache(maxsize=65536)(self._step_cost)
+        self.tp, self.pp, self.attention, self.elementwise = tp, pp, attention, elementwise
+        self._impl = ELEMENTWISE[elementwise]
+        self.cuda_graphs, self.cuda_graph_max_batch, self.cuda_graph_prefill = (
+            cuda_graphs, cuda_graph_max_batch, cuda_graph_prefill)
+        self.bandwidth_scale, self.flops_scale = bandwidth_scale, flops_scale
+        self.step_overhead_s = gpu.step_overhead_s if step_overhead_s is None else step_overhead_s
+        self._init_rates(gpu)
+        self._init_dims(model)
+        self._dense: dict[int, tuple] = {}
+        self._head: dict[int, tuple] = {}
+        self.step_cost = lru_cache(maxsize=1 << 16)(self._step_cost)
+
+    # ------------------------------------------------------------------ setup
+    def _init_rates(self, gpu: GPUSpec) -> None:
+        """Achievable rates: datasheet peak x what-if scale x calibration fraction."""
+        self.peak_flops_per_s = gpu.matrix_flops_per_s(self.dtype) * self.flops_scale
+        self.peak_attn_flops_per_s = gpu.bf16_flops_per_s * self.flops_scale   # attention runs in 16-bit
+        self.peak_bytes_per_s = gpu.hbm_bytes_per_s * self.bandwidth_scale
+        self._gemm_rate = self.peak_flops_per_s * gpu.gemm_efficiency
+        self._attn_rate = self.peak_attn_flops_per_s * gpu.attention_efficiency
+        self._bw = self.peak_bytes_per_s * gpu.hbm_efficiency
+        self._gemm_bw = self.peak_bytes_per_s * gpu.gemm_hbm_efficiency
+        self._lat = gpu.kernel_floor_s
+        self._gemm_lat = gpu.gemm_floor_s
+        self._p = gpu.roofline_overlap
+        self._sms = gpu.num_sms
+        self._link = gpu.link_bytes_per_s * gpu.link_efficiency
+        self._coll_lat = gpu.collective_latency_s
+
+    def _init_dims(self, m: ModelSpec) -> None:
+        """Per-GPU widths after the tensor-parallel split (KV heads are replicated when fewer than tp)."""
+        tp = self.tp
+        self._h = m.hidden_size
+        # Pipeline stages hold num_layers / pp layers each but run one after another for a step, so a step's
+        # latency still covers every layer (each GPU idles (pp - 1) / pp of it: the bubble).
+        self._layers = float(m.num_layers)
+        self._qh = m.num_heads / tp
+        self._kvh = max(1.0, m.num_kv_heads / tp)
+        self._wb = WEIGHT_BYTES_PER_PARAM[self.dtype]
+        self._kvb = BYTES_PER_ELEMENT[self.kv_dtype]
+        if m.is_mla:
+            # Absorbed MLA: every head attends over the shared latent (+ RoPE key); values are the latent.
+            self._qk_dim, self._v_dim = m.kv_lora_rank + m.qk_rope_head_dim, m.kv_lora_rank
+            self._kv_elems = (m.kv_lora_rank + m.qk_rope_head_dim) * 1.0     # one shared latent, all heads
+        else:
+            self._qk_dim = self._v_dim = m.head_dim
+            self._kv_elems = 2.0 * self._kvh * m.head_dim
+        self._attn_weights = m.attention_matmul_params_per_layer() / tp
+        self._vocab = m.vocab_size / tp
+        self._inter = m.intermediate_size / tp
+        self._moe_fraction = m.num_moe_layers / m.num_layers if m.is_moe else 0.0
+
+    # ------------------------------------------------------------------ kernels
+    def _gemm(self, name: str, m_rows: float, n: float, k: float, weight_elems: float | None = None) -> _Op:
+        """One GEMM (M x N x K): weights N*K (or `weight_elems`) read once, activations in and out at 16 bits.
+
+        No wave-quantization term: cuBLAS picks tile shapes, split-K and stream-K so that small-M GEMMs fill the
+        SMs (a fixed 128x128 tiling would price M=128 x N=4096 at a quarter of the GPU, which the measured steps
+        contradict). Small-M GEMMs stream weights at gemm_hbm_efficiency; the fixed gemm_floor_s covers
+        prologue, tail and the split-K reduction.
+        """
+        flops = 2.0 * m_rows * n * k
+        w = n * k if weight_elems is None else weight_elems
+        num_bytes = w * self._wb + (m_rows * k + m_rows * n) * ACT_BYTES
+        seconds, bound = kernel_time(flops, num_bytes, self._gemm_rate, self._gemm_bw, self._gemm_lat, self._p)
+        return (name, "gemm", flops, num_bytes, seconds, bound, 1)
+
+    def _stream(self, name: str, family: str, flops: float, num_bytes: float, kernels: int = 1) -> _Op:
+        """A memory-streaming kernel (norm, RoPE, activation, residual add, copy)."""
+        seconds, bound = kernel_time(flops, num_bytes, self._gemm_rate, self._bw, self._lat * kernels, self._p)
+        return (name, family, flops, num_bytes, seconds, bound, kernels)
+
+    # ------------------------------------------------------------------ dense part (depends on tokens only)
+    def _layer_ops(self, t: int) -> list[_Op]:
+        """The operators of one decoder layer for t tokens, attention excluded (it is inserted after rope)."""
+        m, h, a, impl = self.model, self._h, ACT_BYTES, self._impl
+        qk_dims = self._qh * self._qk_dim + self._kvh * m.head_dim
+        ops = [self._stream("input_norm", "elementwise", NORM_FLOPS * t * h, impl.norm[1] * t * h * a, impl.norm[0])]
+        ops.append(self._qkv(t))
+        if m.qk_norm:
+            ops.append(self._stream("qk_norm", "elementwise", NORM_FLOPS * t * qk_dims, impl.norm[1] * t * qk_dims * a,
+                                    impl.norm[0]))
+        ops.append(self._stream("rope", "elementwise", ROPE_FLOPS * t * qk_dims, impl.rope[1] * t * qk_dims * a,
+                                impl.rope[0]))
+        ops.append(self._stream("kv_cache_write", "elementwise", 0.0, t * self._kv_elems * (a + self._kvb),
+                                impl.kv_write_kernels))
+        ops.append(self._gemm("o_proj", t, h, self._qh * self._v_dim))
+        extra_norms = m.norms_per_layer - 1
+        if impl.residual[0]:
+            ops.append(self._stream("residual_add", "elementwise", ADD_FLOPS * t * h * 2,
+                                    2 * impl.residual[1] * t * h * a, 2 * impl.residual[0]))
+        ops.append(self._stream("post_attn_norm", "elementwise", NORM_FLOPS * t * h * extra_norms,
+                                extra_norms * impl.norm[1] * t * h * a, extra_norms * impl.norm[0]))
+        ops.extend(self._mlp_ops(t))
+        if self.tp > 1:
+            ops.append(self._allreduce(t))
+        return ops
+
+    def _qkv(self, t: int) -> _Op:
+        """The fused QKV projection: all attention weights but the output projection's."""
+        m, h = self.model, self._h
+        o_weights = self._qh * self._v_dim * h
+        w = self._attn_weights - o_weights
+        return self._gemm("qkv_proj", t, w / h, h, w)
+
+    def _mlp_ops(self, t: int) -> list[_Op]:
+        """Gated MLP: fused gate+up GEMM, SiLU x up, down GEMM; MoE layers read only the experts hit."""
+        ops = []
+        if self._moe_fraction < 1.0:
+            f = 1.0 - self._moe_fraction
+            ops += [_scale(self._gemm("gate_up_proj", t, 2 * self._inter, self._h), f),
+                    _scale(self._stream("silu_mul", "elementwise", ACT_FLOPS * t * self._inter,
+                                        self._impl.act[1] * t * self._inter * ACT_BYTES, self._impl.act[0]), f),
+                    _scale(self._gemm("down_proj", t, self._h, self._inter), f)]
+        if self._moe_fraction > 0.0:
+            ops += [_scale(op, self._moe_fraction) for op in self._moe_ops(t)]
+        return ops
+
+    def _moe_ops(self, t: int) -> list[_Op]:
+        """Router, grouped expert GEMMs (weights of the distinct experts hit), shared experts."""
+        m, h = self.model, self._h
+        e, k = m.num_experts, m.num_experts_per_tok
+        inter = m.moe_intermediate_size / self.tp
+        # Expected distinct experts hit when t tokens each pick k of e uniformly: e * (1 - (1 - k/e)^t).
+        hit = e * (1.0 - (1.0 - k / e) ** t)
+        rows = t * k                                   # token-expert pairs
+        ops = [self._gemm("router", t, e, h)]
+        up = self._gemm("experts_gate_up", rows, 2 * inter, h, hit * 2 * inter * h)
+        down = self._gemm("experts_down", rows, h, inter, hit * inter * h)
+        ops += [up, self._stream("experts_silu_mul", "elementwise", ACT_FLOPS * rows * inter,
+                                 self._impl.act[1] * rows * inter * ACT_BYTES, self._impl.act[0]), down]
+        if m.num_shared_experts:
+            s = m.num_shared_experts * inter
+            ops += [self._gemm("shared_gate_up", t, 2 * s, h), self._gemm("shared_down", t, h, s)]
+        return ops
+
+    def _allreduce(self, t: int) -> _Op:
+        """Two ring all-reduces of the layer's output per layer (after attention and after the MLP)."""
+        payload = t * self._h * ACT_BYTES
+        wire = 2.0 * (self.tp - 1) / self.tp * payload
+        seconds = 2 * (self._coll_lat + wire / self._link)
+        bound = "latency" if self._coll_lat > wire / self._link else "memory"
+        return ("allreduce", "communication", 2 * t * self._h, 2 * wire, seconds, bound, 2)
+
+    def _dense_totals(self, t: int) -> tuple:
+        """(seconds per family, flops, bytes, seconds per bound, kernels) of all layers for t tokens, cached."""
+        hit = self._dense.get(t)
+        if hit is None:
+            ops = [_scale(op, self._layers) for op in self._layer_ops(t)]
+            ops.append(self._stream("embedding", "elementwise", 0.0, 2 * t * self._h * ACT_BYTES))
+            if self.pp > 1:
+                ops.append(self._pp_send(t))
+            hit = self._dense[t] = _totals(ops)
+        return hit
+
+    def _pp_send(self, t: int) -> _Op:
+        """Hand-offs between pipeline stages: (pp - 1) sends of the hidden states of the step's tokens."""
+        wire = t * self._h * ACT_BYTES
+        seconds = (self.pp - 1) * (self._coll_lat + wire / self._link)
+        return ("pipeline_send", "communication", 0.0, (self.pp - 1) * wire, seconds, "latency", self.pp - 1)
+
+    def _head_ops(self, s: int) -> list[_Op]:
+        """Final norm and LM head on the s sampled positions (vocabulary split over tp)."""
+        if s <= 0:
+            return []
+        h = self._h
+        return [self._stream("final_norm", "elementwise", NORM_FLOPS * s * h, self._impl.norm[1] * s * h * ACT_BYTES,
+                             self._impl.norm[0]),
+                self._gemm("lm_head", s, self._vocab, h, self._vocab * h * 2.0 / self._wb)]
+
+    def _head_totals(self, s: int) -> tuple:
+        hit = self._head.get(s)
+        if hit is None:
+            hit = self._head[s] = _totals(self._head_ops(s))
+        return hit
+
+    # ------------------------------------------------------------------ attention (depends on contexts)
+    def _attention_ops(self, shape: StepShape) -> list[_Op]:
+        """Attention of all layers: one prefill kernel for the prompt chunks, one decode kernel."""
+        ops = []
+        if shape.prefill:
+            ops += self._prefill_attention(shape.prefill)
+        if shape.num_decode:
+            ops.append(self._decode_attention(shape.num_decode, shape.decode_context_tokens))
+        return [_scale(op, self._layers) for op in ops]
+
+    def _decode_attention(self, num_seqs: int, context_tokens: int) -> _Op:
+        """Decode: each sequence's one query reads its whole KV cache; intensity ~ q_heads/kv_heads FLOP/byte."""
+        qh = self._qh
+        flops = 2.0 * qh * (self._qk_dim + self._v_dim) * context_tokens
+        num_bytes = context_tokens * self._kv_elems * self._kvb + num_seqs * qh * (self._qk_dim + self._v_dim) * 2
+        seconds, bound = kernel_time(flops, num_bytes, self._attn_rate, self._bw, self._gemm_lat, self._p)
+        return ("attention_decode", "attention", flops, num_bytes, seconds, bound, 1)
+
+    def _prefill_attention(self, prefill: tuple[tuple[int, int], ...]) -> list[_Op]:
+        """Causal attention of prompt chunks over their cached prefix plus themselves."""
+        qh, d_qk, d_v, a = self._qh, self._qk_dim, self._v_dim, ACT_BYTES
+        pairs = qk_pairs = kv_tokens = q_tokens = tiles = padded = 0.0
+        for n, c in prefill:
+            qk_pairs += n * (c + (n + 1) / 2.0)                  # causal: query i sees c + i keys
+            padded += n * (c + n / 2.0 + ATTN_TILE / 2.0)        # diagonal tiles are computed in full
+            pairs += n * (c + n)
+            kv_tokens += c + n
+            q_tokens += n
+            tiles += math.ceil(n / ATTN_TILE)
+        flops = 2.0 * qh * (d_qk + d_v) * qk_pairs
+        io = q_tokens * qh * (d_qk + d_v) * a + kv_tokens * self._kv_elems * self._kvb
+        if self.attention == "naive":
+            ops = self._naive_attention(io, qh * pairs)
+        else:
+            rate = self._attn_rate * (qk_pairs / padded)
+            if self._sms:
+                rate *= min(1.0, tiles * qh / self._sms)         # too few (query tile, head) blocks to fill the GPU
+            seconds, bound = kernel_time(flops, io, rate, self._bw, self._gemm_lat, self._p)
+            ops = [("attention_prefill", "attention", flops, io, seconds, bound, 1)]
+        kernels, passes = self._impl.attn_out
+        if kernels:
+            ops.append(self._stream("attention_out_copy", "elementwise", 0.0, passes * q_tokens * qh * d_v * a,
+                                    kernels))
+        return ops
+
+    def _naive_attention(self, io: float, scores: float) -> list[_Op]:
+        """Unfused attention: scores = QK^T written to HBM, softmax read and written, then P x V reads them.
+
+        Every (query, key) pair is computed (the causal mask only zeroes scores), in 16-bit.
+        """
+        s_bytes = scores * ACT_BYTES
+        qk_flops, pv_flops = 2.0 * scores * self._qk_dim, 2.0 * scores * self._v_dim
+        qk = kernel_time(qk_flops, io / 2 + s_bytes, self._attn_rate, self._bw, self._gemm_lat, self._p)
+        sm = kernel_time(SOFTMAX_FLOPS * scores, 2 * s_bytes, self._gemm_rate, self._bw, self._lat, self._p)
+        pv = kernel_time(pv_flops, io / 2 + s_bytes, self._attn_rate, self._bw, self._gemm_lat, self._p)
+        return [("attention_scores", "attention", qk_flops, io / 2 + s_bytes, qk[0], qk[1], 1),
+                ("attention_softmax", "attention", SOFTMAX_FLOPS * scores, 2 * s_bytes, sm[0], sm[1], 1),
+                ("attention_pv", "attention", pv_flops, io / 2 + s_bytes, pv[0], pv[1], 1)]
+
+    # ------------------------------------------------------------------ the step
+    def graphed(self, shape: StepShape) -> bool:
+        """Whether this step replays a CUDA graph (no per-kernel launch cost)."""
+        if not self.cuda_graphs or shape.num_seqs > self.cuda_graph_max_batch:
+            return False
+        return self.cuda_graph_prefill or not shape.prefill
 
     def _step_cost(self, shape: StepShape) -> StepCost:
-        m, g = self.model, self.gpu
-        tokens = shape.num_tokens
-        wbytes = BYTES_PER_ELEMENT[self.dtype]
-        kvb = m.kv_bytes_per_token(self.kv_dtype)
-        body_params = m.num_params(active=True) - m.vocab_size * m.hidden_size * (1 if m.tied_embeddings else 2)
-        gemm_flops = 2 * tokens * body_params + 2 * shape.num_sampled * m.vocab_size * m.hidden_size
-        gemm_bytes = (body_params + m.vocab_size * m.hidden_size) * wbytes
-        q_dim = m.num_heads * m.head_dim
-        attn_flops = 4 * m.num_layers * q_dim * (
-            shape.decode_context_tokens + sum(n * (c + (n + 1) / 2) for n, c in shape.prefill))
-        attn_bytes = kvb * (shape.decode_context_tokens + sum(n + c for n, c in shape.prefill))
-        rate = g.matrix_flops_per_s(self.dtype) * g.gemm_efficiency * self.tp
-        bw = g.hbm_bytes_per_s * g.hbm_efficiency * self.tp
-        gemm_s, gemm_bound = roofline_time(gemm_flops, gemm_bytes / self.tp * self.tp, rate, bw)
-        attn_s, _ = roofline_time(attn_flops, attn_bytes, rate, bw)
-        overhead_s = g.step_overhead_s
-        seconds = gemm_s + attn_s + overhead_s
-        return StepCost(seconds=seconds, flops=gemm_flops + attn_flops, bytes=gemm_bytes + attn_bytes,
-                        bound=gemm_bound,
-                        breakdown=(("gemm", gemm_s), ("attention", attn_s), ("overhead", overhead_s)))
+        t = shape.num_tokens
+        if t <= 0:
+            return StepCost(self.step_overhead_s, 0.0, 0.0, "latency", (("overhead", self.step_overhead_s),))
+        dense, head = self._dense_totals(t), self._head_totals(shape.num_sampled)
+        fam = {f: dense[0][i] + head[0][i] for i, f in enumerate(FAMILIES)}
+        flops, num_bytes = dense[1] + head[1], dense[2] + head[2]
+        by_bound = [dense[3][i] + head[3][i] for i in range(3)]
+        kernels = dense[4] + head[4]
+        for op in self._attention_ops(shape):
+            fam["attention"] += op[4]
+            flops += op[2]
+            num_bytes += op[3]
+            by_bound[_BOUND_INDEX[op[5]]] += op[4]
+            kernels += op[6]
+        gpu_s = sum(fam.values())
+        launch_s = self._launch_seconds(shape, kernels, gpu_s)
+        fam["overhead"] = self.step_overhead_s + launch_s
+        bound = _BOUNDS[max(range(3), key=by_bound.__getitem__)]
+        return StepCost(seconds=gpu_s + fam["overhead"], flops=flops, bytes=num_bytes, bound=bound,
+                        breakdown=tuple((f, fam[f]) for f in FAMILIES))
 
+    def _launch_seconds(self, shape: StepShape, kernels: float, gpu_s: float) -> float:
+        """Eager steps: the CPU issues operators at launch_overhead_s each; the GPU cannot finish before the
+        last is issued, and otherwise the CPU runs ahead (so the step takes the larger of the two)."""
+        if self.graphed(shape):
+            return 0.0
+        return max(0.0, kernels * self.gpu.launch_overhead_s - gpu_s)
+
+    def operators(self, shape: StepShape) -> list[OperatorCost]:
+        """Every operator of the step over all layers, in execution order, plus overhead rows.
+
+        Their seconds add up to `step_cost(shape).seconds`.
+        """
+        t = shape.num_tokens
+        ops = [] if t <= 0 else [_scale(op, self._layers) for op in self._layer_ops(t)]
+        if t > 0:
+            ops.insert(0, self._stream("embedding", "elementwise", 0.0, 2 * t * self._h * ACT_BYTES))
+            at = 1 + next(i for i, op in enumerate(ops) if op[0] == "kv_cache_write")
+            ops[at:at] = self._attention_ops(shape)
+            ops += self._head_ops(shape.num_sampled)
+            if self.pp > 1:
+                ops.append(self._pp_send(t))
+        rows = [OperatorCost(o[0], o[1], o[2], o[3], o[4], o[5], int(round(o[6]))) for o in ops]
+        gpu_s = sum(r.seconds for r in rows)
+        kernels = sum(o[6] for o in ops)
+        launch = self._launch_seconds(shape, kernels, gpu_s) if t > 0 else 0.0
+        if launch:
+            rows.append(OperatorCost("kernel_launch", "overhead", 0.0, 0.0, launch, "latency", 0))
+        if self.step_overhead_s:
+            rows.append(OperatorCost("step_overhead", "overhead", 0.0, 0.0, self.step_overhead_s, "latency", 0))
+        return rows
+
+    # ------------------------------------------------------------------ other engine-facing costs
     def swap_seconds(self, num_bytes: float) -> float:
         """Time to move KV bytes between GPU and host memory over the host link."""
         return num_bytes / self.gpu.host_link_bytes_per_s
@@ -96,3 +458,51 @@ class CostModel:
         m = self.model
         per_token = (4 * m.hidden_size + 2 * m.intermediate_size + m.num_heads * m.head_dim) * 2
         return max_num_batched_tokens * per_token / self.tp + m.vocab_size * 4 * 256
+
+
+_BOUNDS = ("compute", "memory", "latency")
+_BOUND_INDEX = {b: i for i, b in enumerate(_BOUNDS)}
+_FAMILY_INDEX = {f: i for i, f in enumerate(FAMILIES)}
+
+
+def _scale(op: _Op, k: float) -> _Op:
+    """An operator repeated k times (layers, or the share of MoE layers)."""
+    return (op[0], op[1], op[2] * k, op[3] * k, op[4] * k, op[5], op[6] * k)
+
+
+def _totals(ops: list[_Op]) -> tuple:
+    """(seconds per family, flops, bytes, seconds per bound, kernels) of a list of operators."""
+    fam, by_bound = [0.0] * len(FAMILIES), [0.0, 0.0, 0.0]
+    flops = num_bytes = kernels = 0.0
+    for op in ops:
+        fam[_FAMILY_INDEX[op[1]]] += op[4]
+        by_bound[_BOUND_INDEX[op[5]]] += op[4]
+        flops += op[2]
+        num_bytes += op[3]
+        kernels += op[6]
+    return fam, flops, num_bytes, by_bound, kernels
+
+
+def _validate(model: ModelSpec, gpu: GPUSpec, dtype: str, kv_dtype: str, tp: int, pp: int, attention: str,
+              elementwise: str, bandwidth_scale: float, flops_scale: float, cuda_graph_max_batch: int) -> None:
+    """One-line errors naming the bad argument and the valid choices."""
+    if dtype not in WEIGHT_DTYPES:
+        raise CostModelError(f"unknown weight dtype '{dtype}'; choose one of: {', '.join(WEIGHT_DTYPES)}")
+    if kv_dtype not in KV_DTYPES:
+        raise CostModelError(f"unknown KV cache dtype '{kv_dtype}'; choose one of: {', '.join(KV_DTYPES)}")
+    if attention not in ATTENTION_KINDS:
+        raise CostModelError(f"unknown attention '{attention}'; choose one of: {', '.join(ATTENTION_KINDS)}")
+    if elementwise not in ELEMENTWISE:
+        raise CostModelError(f"unknown elementwise '{elementwise}'; choose one of: {', '.join(ELEMENTWISE)}")
+    for name, value in (("tp", tp), ("pp", pp)):
+        if not isinstance(value, int) or value < 1:
+            raise CostModelError(f"{name} must be a positive integer, got {value!r}")
+    if model.num_heads % tp:
+        raise CostModelError(f"tp={tp} does not divide {model.name}'s {model.num_heads} attention heads")
+    if tp > 1 and gpu.link_bytes_per_s <= 0:
+        raise CostModelError(f"tp={tp} needs a GPU-to-GPU link, and {gpu.name} has none in its entry")
+    for name, value in (("bandwidth_scale", bandwidth_scale), ("flops_scale", flops_scale)):
+        if not value > 0:
+            raise CostModelError(f"{name} must be positive, got {value!r}")
+    if cuda_graph_max_batch < 0:
+        raise CostModelError(f"cuda_graph_max_batch must be >= 0, got {cuda_graph_max_batch}")
