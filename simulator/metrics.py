@@ -57,19 +57,21 @@ ITL_MIN_S, ITL_DECADES = 1e-7, 12    # histogram range 0.1 us .. 100 ks
 @dataclass
 class RunCosts:
     """The costs of a run's steps as columns: entry j of each list is step j's StepCost field (bound as text,
-    families by name), exactly as `CostModel.step_cost` gives them."""
+    families by name), exactly as `CostModel.step_cost` gives them. A family that is the same in every step of
+    the run may be one float instead of a list."""
 
     seconds: list[float] = field(default_factory=list)
     flops: list[float] = field(default_factory=list)
     bytes: list[float] = field(default_factory=list)
     bound: list[str] = field(default_factory=list)
-    gemm_s: list[float] = field(default_factory=list)
-    attention_s: list[float] = field(default_factory=list)
-    elementwise_s: list[float] = field(default_factory=list)
-    communication_s: list[float] = field(default_factory=list)
-    overhead_s: list[float] = field(default_factory=list)
+    gemm_s: list[float] | float = field(default_factory=list)
+    attention_s: list[float] | float = field(default_factory=list)
+    elementwise_s: list[float] | float = field(default_factory=list)
+    communication_s: list[float] | float = field(default_factory=list)
+    overhead_s: list[float] | float = field(default_factory=list)
 
     def append(self, cost: StepCost) -> None:
+        """Add one step (all columns must be lists)."""
         fam = dict(cost.breakdown)
         self.seconds.append(cost.seconds)
         self.flops.append(cost.flops)
@@ -80,11 +82,19 @@ class RunCosts:
 
     def truncate(self, num_steps: int) -> None:
         for name in self.__dataclass_fields__:
-            del getattr(self, name)[num_steps:]
+            column = getattr(self, name)
+            if isinstance(column, list):
+                del column[num_steps:]
 
     def extend(self, other: "RunCosts") -> None:
+        k, k_other = len(self.seconds), len(other.seconds)
         for name in self.__dataclass_fields__:
-            getattr(self, name).extend(getattr(other, name))
+            mine, theirs = getattr(self, name), getattr(other, name)
+            if not isinstance(mine, list) and not isinstance(theirs, list) and mine == theirs:
+                continue
+            mine = mine if isinstance(mine, list) else [mine] * k
+            mine.extend(theirs if isinstance(theirs, list) else [theirs] * k_other)
+            setattr(self, name, mine)
 
 
 class Recorder:
@@ -204,6 +214,13 @@ class Recorder:
                          itl=itl)
 
 
+def _per_step(values: list, k: np.ndarray, flat) -> np.ndarray:
+    """A RunCosts family over all steps of the runs: floats repeat over their run, lists are taken as they are."""
+    if not any(isinstance(v, list) for v in values):
+        return np.repeat(np.asarray(values, dtype=np.float64), k)
+    return flat(v if isinstance(v, list) else [v] * int(n) for v, n in zip(values, k))
+
+
 def _columns() -> dict[str, array]:
     return {name: array(code) for name, code in ROW_FIELDS + (("row", "q"),)}
 
@@ -246,7 +263,7 @@ def expand_runs(runs: list[tuple]) -> tuple[dict[str, np.ndarray], np.ndarray, n
             "bytes": flat(c.bytes for c in costs),
             "bound": np.fromiter(map(BOUND_CODE.__getitem__, chain.from_iterable(c.bound for c in costs)), np.int8,
                                  total),
-            **{f"{f}_s": flat(getattr(c, f"{f}_s") for c in costs) for f in FAMILIES},
+            **{f"{f}_s": _per_step([getattr(c, f"{f}_s") for c in costs], k, flat) for f in FAMILIES},
             "swap_s": np.zeros(total), "num_running": rep(running), "num_waiting": rep(waiting),
             "num_preempted": zeros, "used_tokens": rep(used) + (within + 1) * live_rep,
             "allocated_tokens": rep([u.allocated_tokens for u in usage]) + grown, "capacity_tokens": cap,

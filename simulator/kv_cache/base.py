@@ -7,14 +7,13 @@ bytes are slots x KV bytes per token, which the engine knows.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from simulator.request import Request
 
 
-@dataclass(frozen=True, slots=True)
-class KVUsage:
-    """A snapshot of KV memory, in token slots."""
+class KVUsage(NamedTuple):
+    """A snapshot of KV memory, in token slots (a named tuple: it is taken every engine step)."""
 
     allocated_tokens: int           # slots held by requests (reserved slabs, or whole blocks)
     capacity_tokens: int            # C: every slot the cache has
