@@ -3,9 +3,8 @@
 Every operator of a decoder layer (QKV, attention, output projection, MLP, norms / RoPE / activations, and
 the tensor-parallel all-reduces) plus the LM head on the sampled positions is a kernel priced by
 `hardware.roofline.kernel_time`: a fixed latency plus the FLOP time and the byte time blended near the ridge.
-Rates are the datasheet peaks times the GPU's calibration fractions (hardware/gpus.py); GEMMs also pay for
-wave quantization (tiles left idle in the last wave over the SMs). Eager steps pay a CPU launch cost per
-operator that CUDA graphs remove.
+Rates are the datasheet peaks times the GPU's calibration fractions (hardware/gpus.py). Eager steps pay a
+CPU launch cost per kernel that CUDA graphs remove.
 
 The engine calls `CostModel.step_cost(StepShape) -> StepCost` once per step. It must be cheap: everything
 that depends only on the number of tokens (all GEMMs, elementwise kernels and communication) is computed once
@@ -298,14 +297,14 @@ class CostModel:
         return ("allreduce", "communication", 2 * t * self._h, 2 * wire, seconds, bound, 2)
 
     def _dense_totals(self, t: int) -> tuple:
-        """(seconds per family, flops, bytes, seconds per bound, kernels) of all layers for t tokens, cached."""
+        """(seconds per family, flops, bytes, seconds per bound, eager excess) of all layers for t tokens."""
         hit = self._dense.get(t)
         if hit is None:
             ops = [_scale(op, self._layers) for op in self._layer_ops(t)]
             ops.append(self._stream("embedding", "elementwise", 0.0, 2 * t * self._h * ACT_BYTES))
             if self.pp > 1:
                 ops.append(self._pp_send(t))
-            hit = self._dense[t] = _totals(ops)
+            hit = self._dense[t] = _totals(ops, self.gpu.launch_overhead_s)
         return hit
 
     def _pp_send(self, t: int) -> _Op:
@@ -326,7 +325,7 @@ class CostModel:
     def _head_totals(self, s: int) -> tuple:
         hit = self._head.get(s)
         if hit is None:
-            hit = self._head[s] = _totals(self._head_ops(s))
+            hit = self._head[s] = _totals(self._head_ops(s), self.gpu.launch_overhead_s)
         return hit
 
     # ------------------------------------------------------------------ attention (depends on contexts)
@@ -403,26 +402,19 @@ class CostModel:
         fam = {f: dense[0][i] + head[0][i] for i, f in enumerate(FAMILIES)}
         flops, num_bytes = dense[1] + head[1], dense[2] + head[2]
         by_bound = [dense[3][i] + head[3][i] for i in range(3)]
-        kernels = dense[4] + head[4]
+        excess, launch = dense[4] + head[4], self.gpu.launch_overhead_s
         for op in self._attention_ops(shape):
-            fam["attention"] += op[4]
+            fam[op[1]] += op[4]
             flops += op[2]
             num_bytes += op[3]
             by_bound[_BOUND_INDEX[op[5]]] += op[4]
-            kernels += op[6]
+            excess += max(0.0, op[6] * launch - op[4])
         gpu_s = sum(fam.values())
-        launch_s = self._launch_seconds(shape, kernels, gpu_s)
+        launch_s = 0.0 if self.graphed(shape) else excess
         fam["overhead"] = self.step_overhead_s + launch_s
         bound = _BOUNDS[max(range(3), key=by_bound.__getitem__)]
         return StepCost(seconds=gpu_s + fam["overhead"], flops=flops, bytes=num_bytes, bound=bound,
                         breakdown=tuple((f, fam[f]) for f in FAMILIES))
-
-    def _launch_seconds(self, shape: StepShape, kernels: float, gpu_s: float) -> float:
-        """Eager steps: the CPU issues operators at launch_overhead_s each; the GPU cannot finish before the
-        last is issued, and otherwise the CPU runs ahead (so the step takes the larger of the two)."""
-        if self.graphed(shape):
-            return 0.0
-        return max(0.0, kernels * self.gpu.launch_overhead_s - gpu_s)
 
     def operators(self, shape: StepShape) -> list[OperatorCost]:
         """Every operator of the step over all layers, in execution order, plus overhead rows.
@@ -439,9 +431,7 @@ class CostModel:
             if self.pp > 1:
                 ops.append(self._pp_send(t))
         rows = [OperatorCost(o[0], o[1], o[2], o[3], o[4], o[5], int(round(o[6]))) for o in ops]
-        gpu_s = sum(r.seconds for r in rows)
-        kernels = sum(o[6] for o in ops)
-        launch = self._launch_seconds(shape, kernels, gpu_s) if t > 0 else 0.0
+        launch = 0.0 if self.graphed(shape) else _totals(ops, self.gpu.launch_overhead_s)[4]
         if launch:
             rows.append(OperatorCost("kernel_launch", "overhead", 0.0, 0.0, launch, "latency", 0))
         if self.step_overhead_s:
@@ -470,17 +460,22 @@ def _scale(op: _Op, k: float) -> _Op:
     return (op[0], op[1], op[2] * k, op[3] * k, op[4] * k, op[5], op[6] * k)
 
 
-def _totals(ops: list[_Op]) -> tuple:
-    """(seconds per family, flops, bytes, seconds per bound, kernels) of a list of operators."""
+def _totals(ops: list[_Op], launch_s: float) -> tuple:
+    """(seconds per family, flops, bytes, seconds per bound, eager excess) of a list of operators.
+
+    Eager excess: without a CUDA graph the CPU issues each kernel in launch_s, so an operator of k kernels
+    takes at least k * launch_s; its excess is what that adds to its GPU time. The CPU may not run ahead
+    across operators, which over-counts a little where long GEMMs follow runs of tiny kernels.
+    """
     fam, by_bound = [0.0] * len(FAMILIES), [0.0, 0.0, 0.0]
-    flops = num_bytes = kernels = 0.0
+    flops = num_bytes = excess = 0.0
     for op in ops:
         fam[_FAMILY_INDEX[op[1]]] += op[4]
         by_bound[_BOUND_INDEX[op[5]]] += op[4]
         flops += op[2]
         num_bytes += op[3]
-        kernels += op[6]
-    return fam, flops, num_bytes, by_bound, kernels
+        excess += max(0.0, op[6] * launch_s - op[4])
+    return fam, flops, num_bytes, by_bound, excess
 
 
 def _validate(model: ModelSpec, gpu: GPUSpec, dtype: str, kv_dtype: str, tp: int, pp: int, attention: str,

@@ -1,0 +1,229 @@
+"""Step cost model: roofline invariants on every catalog GPU, exact hand-checked pieces, options, errors, and
+the calibration's fidelity on the real H100 reference steps."""
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hardware.gpus import GPUS, get_gpu
+from hardware.roofline import kernel_time
+from simulator.cost_model import CostModel, CostModelError, StepShape
+from simulator.models import ModelSpec, get_model
+
+DATA = Path(__file__).resolve().parents[1] / "benchmarks" / "data"
+LLAMA = get_model("llama-3.1-8b")
+H100 = get_gpu("h100-sxm")
+
+
+def decode(batch: int, context: int) -> StepShape:
+    return StepShape(num_decode=batch, decode_context_tokens=batch * (context + 1), num_sampled=batch)
+
+
+def prefill(batch: int, tokens: int, cached: int = 0) -> StepShape:
+    return StepShape(prefill=((tokens, cached),) * batch, num_sampled=batch)
+
+
+def op(cm: CostModel, shape: StepShape, name: str):
+    return next(o for o in cm.operators(shape) if o.name == name)
+
+
+# ---------------------------------------------------------------- roofline invariants on every GPU
+@pytest.mark.parametrize("gpu", sorted(GPUS))
+def test_decode_batch_one_is_memory_bound(gpu):
+    cost = CostModel(LLAMA, GPUS[gpu]).step_cost(decode(1, 1024))
+    assert cost.bound == "memory"
+    assert cost.flops / cost.bytes < 2.0          # about 1 FLOP per weight byte at batch 1
+
+
+@pytest.mark.parametrize("gpu", sorted(GPUS))
+def test_prefill_of_4k_tokens_is_compute_bound(gpu):
+    cost = CostModel(LLAMA, GPUS[gpu]).step_cost(prefill(1, 4096))
+    assert cost.bound == "compute"
+
+
+@pytest.mark.parametrize("gpu", sorted(GPUS))
+def test_doubling_bandwidth_never_slows_and_decode_gains_less_than_2x(gpu):
+    base, fast = CostModel(LLAMA, GPUS[gpu]), CostModel(LLAMA, GPUS[gpu], bandwidth_scale=2.0)
+    for shape in (decode(1, 128), decode(64, 2048), prefill(1, 512), prefill(4, 2048)):
+        assert fast.step_cost(shape).seconds <= base.step_cost(shape).seconds
+    speedup = base.step_cost(decode(1, 1024)).seconds / fast.step_cost(decode(1, 1024)).seconds
+    assert 1.0 < speedup < 2.0                    # latency floors and per-step overhead do not scale
+
+
+@pytest.mark.parametrize("gpu", sorted(GPUS))
+def test_step_time_is_monotonic_in_batch_and_context(gpu):
+    cm = CostModel(LLAMA, GPUS[gpu])
+    for context in (0, 512, 4096):
+        times = [cm.step_cost(decode(b, context)).seconds for b in (1, 2, 8, 32, 128, 256, 512, 1024)]
+        assert times == sorted(times)
+    for batch in (1, 16, 256):
+        times = [cm.step_cost(decode(batch, c)).seconds for c in (0, 100, 1000, 8000, 32000)]
+        assert times == sorted(times)
+    times = [cm.step_cost(prefill(1, n)).seconds for n in (1, 16, 128, 1024, 8192)]
+    assert times == sorted(times)
+
+
+@settings(max_examples=60, deadline=None)
+@given(batch=st.integers(1, 600), context=st.integers(0, 30000), chunk=st.integers(0, 4096),
+       cached=st.integers(0, 8000), bw=st.floats(1.0, 8.0), fs=st.floats(1.0, 8.0))
+def test_faster_hardware_never_slows_a_mixed_step(batch, context, chunk, cached, bw, fs):
+    shape = StepShape(prefill=((chunk, cached),) if chunk else (), num_decode=batch,
+                      decode_context_tokens=batch * (context + 1), num_sampled=batch + bool(chunk))
+    base = CostModel(LLAMA, H100).step_cost(shape).seconds
+    assert CostModel(LLAMA, H100, bandwidth_scale=bw).step_cost(shape).seconds <= base
+    assert CostModel(LLAMA, H100, flops_scale=fs).step_cost(shape).seconds <= base
+
+
+# ---------------------------------------------------------------- exact pieces
+def test_kernel_time_is_latency_plus_blended_roofline():
+    assert kernel_time(2e12, 1e9, 1e12, 1e12, 0.0, float("inf")) == (2.0, "compute")
+    seconds, bound = kernel_time(3e12, 4e12, 1e12, 1e12, 1e-3, 2.0)     # (3^2 + 4^2)^(1/2) = 5
+    assert seconds == pytest.approx(5.001) and bound == "memory"
+    assert kernel_time(1.0, 1.0, 1e12, 1e12, 5e-6, 6.0)[1] == "latency"
+    assert kernel_time(0.0, 0.0, 1e12, 1e12, 5e-6, 6.0) == (5e-6, "latency")
+
+
+def test_decode_attention_flops_and_bytes_by_hand():
+    # 2 layers, 4 query heads of 8 over 2 KV heads: per context token per layer, QK^T and PV take
+    # 2 * 4 heads * (8 + 8) = 128 FLOPs and the cache holds 2 (K, V) * 2 heads * 8 * 2 bytes = 64 bytes.
+    tiny = ModelSpec(name="tiny", hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
+                     intermediate_size=64, vocab_size=100)
+    cm = CostModel(tiny, H100)
+    att = op(cm, decode(3, 99), "attention_decode")            # 3 sequences attending 100 tokens each
+    assert att.flops == 2 * 128 * 300
+    assert att.bytes == 2 * (64 * 300 + 3 * 4 * 16 * 2)         # KV reads + Q in and O out
+    assert att.intensity == pytest.approx(att.flops / att.bytes)
+
+
+def test_qkv_weights_bytes_by_hand():
+    cm = CostModel(LLAMA, H100)
+    qkv = op(cm, decode(1, 10), "qkv_proj")
+    weights = 4096 * (4096 + 2 * 1024)                          # hidden x (q + k + v) of Llama-3-8B
+    assert qkv.bytes == 32 * (weights * 2 + (4096 + 6144) * 2)   # 32 layers, bf16, activations in and out
+    assert qkv.flops == 32 * 2 * weights
+
+
+def test_step_cost_is_memoized():
+    cm = CostModel(LLAMA, H100)
+    assert cm.step_cost(decode(8, 100)) is cm.step_cost(decode(8, 100))
+
+
+# ---------------------------------------------------------------- operators agree with step_cost
+MODELS_FOR_SUM = ["llama-3.1-8b", "llama-2-7b", "mixtral-8x7b", "deepseek-v3", "qwen3-8b", "gemma-2-9b"]
+
+
+@pytest.mark.parametrize("name", MODELS_FOR_SUM)
+@pytest.mark.parametrize("options", [{}, {"tp": 2}, {"cuda_graphs": False}, {"attention": "naive"},
+                                     {"elementwise": "unfused", "pp": 2}, {"dtype": "int4", "kv_dtype": "fp8"}])
+def test_operators_add_up_to_the_step(name, options):
+    cm = CostModel(get_model(name), H100, **options)
+    for shape in (decode(1, 10), decode(300, 2000), prefill(2, 700, 300),
+                  StepShape(prefill=((512, 0), (64, 4096)), num_decode=40, decode_context_tokens=40 * 900,
+                            num_sampled=41)):
+        cost, ops = cm.step_cost(shape), cm.operators(shape)
+        assert sum(o.seconds for o in ops) == pytest.approx(cost.seconds, rel=1e-12)
+        assert sum(o.flops for o in ops) == pytest.approx(cost.flops, rel=1e-12)
+        assert sum(o.bytes for o in ops) == pytest.approx(cost.bytes, rel=1e-12)
+        families = {f: sum(o.seconds for o in ops if o.family == f) for f in dict(cost.breakdown)}
+        assert families == pytest.approx(dict(cost.breakdown), rel=1e-12)
+
+
+# ---------------------------------------------------------------- options
+def test_tp_halves_weight_bytes_and_adds_communication():
+    one, two = CostModel(LLAMA, H100), CostModel(LLAMA, H100, tp=2)
+    shape = decode(1, 100)
+    for name in ("qkv_proj", "o_proj", "gate_up_proj", "down_proj", "lm_head"):
+        assert op(two, shape, name).bytes == pytest.approx(op(one, shape, name).bytes / 2, rel=2e-3)
+    assert one.step_cost(shape).family_seconds("communication") == 0.0
+    assert two.step_cost(shape).family_seconds("communication") > 0.0
+    assert op(two, shape, "allreduce").kernels == 2 * 32      # two all-reduces per layer
+
+
+def test_cuda_graphs_off_is_slower_for_decode_and_limit_applies():
+    on, off = CostModel(LLAMA, H100), CostModel(LLAMA, H100, cuda_graphs=False)
+    assert off.step_cost(decode(8, 512)).seconds > on.step_cost(decode(8, 512)).seconds
+    assert on.graphed(decode(512, 10)) and not on.graphed(decode(513, 10))
+    assert not on.graphed(prefill(1, 10))                    # prefill steps run eagerly by default
+    assert CostModel(LLAMA, H100, cuda_graph_prefill=True).graphed(prefill(1, 10))
+
+
+def test_naive_attention_moves_more_bytes_than_flash_for_long_prefill():
+    flash, naive = CostModel(LLAMA, H100), CostModel(LLAMA, H100, attention="naive")
+    shape = prefill(1, 8192)
+    f = op(flash, shape, "attention_prefill")
+    n_bytes = sum(o.bytes for o in naive.operators(shape) if o.family == "attention")
+    assert n_bytes > 10 * f.bytes                             # the 8192 x 8192 scores per head go through HBM
+    assert naive.step_cost(shape).seconds > flash.step_cost(shape).seconds
+
+
+def test_moe_decode_reads_only_the_experts_hit():
+    mixtral = get_model("mixtral-8x7b")
+    cm = CostModel(mixtral, H100)
+    one = cm.step_cost(decode(1, 100))
+    assert one.bytes < 0.5 * mixtral.weight_bytes("bf16")      # 2 of 8 experts per layer
+    up = op(cm, decode(1, 100), "experts_gate_up")
+    assert up.bytes == pytest.approx(32 * (2 * 2 * 14336 * 4096 * 2 + 2 * (4096 + 2 * 14336) * 2))
+    big = op(cm, decode(64, 100), "experts_gate_up")          # 64 tokens hit all 8 experts almost surely
+    expected_hit = 8 * (1 - (1 - 2 / 8) ** 64)
+    assert big.bytes == pytest.approx(32 * (expected_hit * 2 * 14336 * 4096 * 2 + 128 * (4096 + 2 * 14336) * 2))
+
+
+def test_fp8_kv_halves_kv_bytes():
+    bf, f8 = CostModel(LLAMA, H100), CostModel(LLAMA, H100, kv_dtype="fp8")
+    shape = decode(16, 8000)
+    q_o = 32 * 16 * 32 * 256 * 2                               # Q in and O out stay 16-bit
+    assert op(f8, shape, "attention_decode").bytes - q_o == pytest.approx(
+        (op(bf, shape, "attention_decode").bytes - q_o) / 2)
+    assert f8.step_cost(shape).seconds < bf.step_cost(shape).seconds
+
+
+def test_int4_weights_shrink_decode_time():
+    bf, i4 = CostModel(LLAMA, H100), CostModel(LLAMA, H100, dtype="int4")
+    assert i4.step_cost(decode(1, 512)).seconds < 0.7 * bf.step_cost(decode(1, 512)).seconds
+
+
+def test_eager_step_pays_launch_overhead_when_cpu_bound():
+    # With launches slower than any kernel, every operator takes its kernel count times the launch cost.
+    gpu = replace(H100, launch_overhead_s=1e-2)
+    cm = CostModel(LLAMA, gpu, cuda_graphs=False, step_overhead_s=0.0)
+    ops = [o for o in cm.operators(decode(1, 10)) if o.family != "overhead"]
+    kernels = 32 * 10 + 1 + 2                 # 10 per layer (fused ops), embedding, final norm + LM head
+    assert sum(o.kernels for o in ops) == kernels
+    assert cm.step_cost(decode(1, 10)).seconds == pytest.approx(kernels * 1e-2)
+
+
+# ---------------------------------------------------------------- errors
+@pytest.mark.parametrize("kwargs, message", [
+    ({"dtype": "fp4"}, "unknown weight dtype 'fp4'; choose one of: bf16"),
+    ({"kv_dtype": "int4"}, "unknown KV cache dtype 'int4'; choose one of"),
+    ({"attention": "paged"}, "unknown attention 'paged'; choose one of: flash, naive"),
+    ({"elementwise": "xla"}, "unknown elementwise 'xla'; choose one of: fused, unfused"),
+    ({"tp": 3}, "tp=3 does not divide llama-3.1-8b's 32 attention heads"),
+    ({"tp": 0}, "tp must be a positive integer, got 0"),
+    ({"bandwidth_scale": 0.0}, "bandwidth_scale must be positive, got 0.0"),
+])
+def test_bad_inputs_give_one_line_errors(kwargs, message):
+    with pytest.raises(CostModelError) as err:
+        CostModel(LLAMA, H100, **kwargs)
+    assert message in str(err.value) and "\n" not in str(err.value)
+    assert isinstance(err.value, ValueError)
+
+
+def test_tp_without_a_link_is_an_error():
+    with pytest.raises(CostModelError, match="needs a GPU-to-GPU link"):
+        CostModel(LLAMA, replace(H100, link_bytes_per_s=0.0), tp=2)
+
+
+# ---------------------------------------------------------------- fidelity on the real H100 reference
+def test_h100_reference_mape_within_5_percent():
+    from benchmarks.fidelity_steps import predict, read_inputs
+    df = read_inputs([str(DATA / "h100_llama-3-8b_steps.csv")])
+    ape = ((predict(df) - df["graph_ms_median"]).abs() / df["graph_ms_median"] * 100)
+    for phase in ("decode", "prefill"):
+        assert ape[df["phase"] == phase].mean() <= 5.0
+    assert math.isfinite(ape.max()) and ape.max() < 10.0
