@@ -18,10 +18,11 @@ from workloads.spec import RequestSpec
 
 def resolve_hardware(cfg: SimConfig) -> tuple[ModelSpec, GPUSpec]:
     """The model and GPU a config names (presets, or user files when given)."""
-    gpu = resolve_gpu(cfg.gpu, cfg.gpu_file)
+    # A user file overrides the (defaulted) catalog name, as --gpu-file / --model-config document.
+    gpu = resolve_gpu(None if cfg.gpu_file else cfg.gpu, cfg.gpu_file)
     if cfg.bandwidth_scale != 1.0 or cfg.flops_scale != 1.0:
         gpu = scale_gpu(gpu, bandwidth=cfg.bandwidth_scale, flops=cfg.flops_scale)
-    return resolve_model(cfg.model, cfg.model_config), gpu
+    return resolve_model(None if cfg.model_config else cfg.model, cfg.model_config), gpu
 
 
 def scale_gpu(gpu: GPUSpec, *, bandwidth: float = 1.0, flops: float = 1.0) -> GPUSpec:

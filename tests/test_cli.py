@@ -119,3 +119,18 @@ def test_catalog_commands():
     models = invoke("models", "--format", "json")
     rows = json.loads(models.output)
     assert any(r["model"] == "llama-3.1-8b" and r["kv_kib_per_token_bf16"] == 128 for r in rows)
+
+
+def test_gpu_file_and_model_config_override_the_defaults(tmp_path):
+    gpu = tmp_path / "gpu.toml"
+    gpu.write_text('name = "half-h100"\nbase = "h100-sxm"\nhbm_bytes_per_s = "1.675 TB/s"\n')
+    model = tmp_path / "config.json"
+    model.write_text(json.dumps({"hidden_size": 2048, "num_hidden_layers": 16, "num_attention_heads": 32,
+                                 "num_key_value_heads": 8, "intermediate_size": 8192, "vocab_size": 128256,
+                                 "max_position_embeddings": 8192}))
+    out = tmp_path / "o"
+    result = invoke("run", *TINY, "--gpu-file", str(gpu), "--model-config", str(model), "--out", str(out))
+    assert result.exit_code == 0, result.output
+    resolved = json.loads((out / "config.json").read_text())["resolved"]
+    assert resolved["gpu"]["name"] == "half-h100" and resolved["gpu"]["hbm_bytes_per_s"] == 1.675e12
+    assert resolved["model"]["hidden_size"] == 2048 and resolved["model"]["num_layers"] == 16
