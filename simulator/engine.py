@@ -5,10 +5,12 @@ workload is a sorted list, so arrivals need no events of their own); an idle ser
 arrival or the policy's next deadline. The serve loop asks the batching policy for a batch, prices it with
 the cost model, holds the GPU for that long, then commits the step and records it.
 
-Fast path: when the policy can plan a run of identical decode steps (nothing can change before the run's last
-step: no request finishes earlier, no block is missing, and no arrival lands before the last step starts),
-the loop prices all its steps, holds the GPU once for their sum, and commits them at once. Step end times are
-the same running float sums as step by step, so every timestamp is identical to the last bit (tests compare).
+Fast path: arrivals are the only outside events, so between two arrivals the serve loop commits steps ahead of
+the clock and then holds the GPU once, until the end of the step during which the next request arrives. And
+when the policy can plan a run of identical decode steps (no request finishes before the run's last step, no
+block is missing, no arrival lands before its last step starts), the run is priced and committed at once,
+its requests advanced lazily. Step end times are the same running float sums as step by step, so every
+timestamp is identical to the last bit (tests compare both paths).
 """
 from __future__ import annotations
 
@@ -126,29 +128,85 @@ class Engine:
         while True:
             self._admit_arrivals(env.now)
             if self.fast_path:
-                run = policy.plan_run(env.now)
-                if run is not None:
-                    yield from self._run(run)
+                end, delays = self._advance(env.now)
+                if delays:
+                    yield from self._hold(env.now, end, delays)
                     continue
-            batch = policy.schedule(env.now)
-            if batch is None:
-                if policy.workload_ended and not policy.has_work():
-                    return
-                yield from self._idle()
-                continue
-            yield from self._step(batch)
+            else:
+                batch = policy.schedule(env.now)
+                if batch is not None:
+                    start, priced = env.now, self._price(batch)
+                    yield env.timeout(priced[1])
+                    self._commit(batch, priced, start, env.now)
+                    continue
+            if policy.workload_ended and not policy.has_work():
+                return
+            yield from self._idle()
 
-    def _step(self, batch):
-        """One step, step by step: price, hold the GPU, commit, record."""
-        env, policy, cost_model = self.env, self.policy, self.parts.cost_model
-        start = env.now
+    # ---- the fast path: commit steps ahead of the clock, then hold the GPU once ----
+    def _advance(self, now: float) -> tuple[float, list[float]]:
+        """Commit steps from `now` on, as the step-by-step path would take them, until one ends at or after the
+        next arrival (which may change the next batch) or nothing can run. Nothing else happens in the
+        simulation meanwhile: arrivals are the only outside events. Returns the end time and every step's
+        duration (empty if nothing could run)."""
+        policy, arrival, delays, t = self.policy, self._next_arrival_s, [], now
+        while t < arrival:
+            run = policy.plan_run(t)
+            if run is not None:
+                t = self._run(run, t, delays)
+                continue
+            batch = policy.schedule(t)
+            if batch is None:
+                break
+            priced = self._price(batch)
+            end = t + priced[1]
+            self._commit(batch, priced, t, end)
+            delays.append(priced[1])
+            t = end
+        return t, delays
+
+    def _hold(self, now: float, end: float, delays: list[float]):
+        """Advance the clock to `end` with one timeout, or one per step where one sum would round differently
+        from the running sum of the steps' durations."""
+        if now + (end - now) == end:
+            yield self.env.timeout(end - now)
+        else:
+            for delay in delays:
+                yield self.env.timeout(delay)
+        assert self.env.now == end
+
+    def _run(self, run: DecodeRun, start: float, delays: list[float]) -> float:
+        """Commit a run of decode steps from `start`; return its end."""
+        policy = self.policy
+        costs, ends = self._price_run(run, start)
+        usage = policy.kv.usage()
+        outcome = policy.commit_run(run, ends)
+        self.num_runs += 1
+        self.num_run_steps += len(ends)
+        self.num_steps += len(ends)
+        self.recorder.run(start, ends, costs, run, usage, outcome.new_blocks, policy.kv.growth_block_tokens,
+                          outcome.first_gaps)
+        delays.extend(costs.seconds)
+        self.num_done += len(outcome.finished)
+        if self.progress:
+            self.progress(ends[-1], self.num_done, len(self.specs))
+        return ends[-1]
+
+    # ---- one step ----
+    def _price(self, batch) -> tuple:
+        """(cost, seconds the step holds the GPU, swap seconds, shape, queues, used KV tokens, KV usage), all
+        taken when the step starts."""
+        policy, cost_model = self.policy, self.parts.cost_model
         shape = batch.shape()
         cost = cost_model.step_cost(shape)
         swap_s = cost_model.swap_seconds(batch.swap_bytes) if batch.swap_bytes else 0.0
-        queues = (len(policy.running), policy.num_waiting)
-        used, usage = policy.kv_used_tokens + batch.num_batched_tokens, policy.kv.usage()
-        yield env.timeout(cost.seconds + swap_s)
-        outcome = policy.commit(batch, start, env.now)
+        return (cost, cost.seconds + swap_s, swap_s, shape, (len(policy.running), policy.num_waiting),
+                policy.kv_used_tokens + batch.num_batched_tokens, policy.kv.usage())
+
+    def _commit(self, batch, priced: tuple, start: float, end: float) -> None:
+        """Commit a step that ran from `start` to `end`, and record it."""
+        cost, _, swap_s, shape, queues, used, usage = priced
+        outcome = self.policy.commit(batch, start, end)
         self.num_steps += 1
         self.recorder.step(start, cost, swap_s, (batch.batch_size, shape.num_prefill_tokens, shape.num_decode,
                                                  shape.decode_context_tokens + sum(c for _, c in shape.prefill)),
@@ -157,7 +215,7 @@ class Engine:
             self.recorder.itl_gaps(outcome.itl_gaps)
         self.num_done += len(outcome.finished)
         if self.progress:
-            self.progress(env.now, self.num_done, len(self.specs))
+            self.progress(end, self.num_done, len(self.specs))
 
     def _idle(self):
         """Sleep until the next arrival or the policy's deadline; a stall with nothing to wait for is a bug."""
@@ -170,28 +228,6 @@ class Engine:
         yield self.env.timeout(max(0.0, wake - now))
         if wake == self._next_arrival_s:
             self._admit_arrivals(wake)       # even if now + (wake - now) rounded below it
-
-    def _run(self, run: DecodeRun):
-        """Advance a run of decode steps with one SimPy timeout (or one per step where one sum is not exact)."""
-        env, policy = self.env, self.policy
-        start = env.now
-        costs, ends = self._price_run(run, start)
-        usage = policy.kv.usage()
-        delay = ends[-1] - start
-        if start + delay == ends[-1]:
-            yield env.timeout(delay)
-        else:                                      # rounding: hold step by step so env.now matches exactly
-            for seconds in costs.seconds:
-                yield env.timeout(seconds)
-        outcome = policy.commit_run(run, ends)
-        self.num_runs += 1
-        self.num_run_steps += len(ends)
-        self.num_steps += len(ends)
-        self.recorder.run(start, ends, costs, run, usage, outcome.new_blocks, policy.kv.growth_block_tokens,
-                          outcome.first_gaps)
-        self.num_done += len(outcome.finished)
-        if self.progress:
-            self.progress(env.now, self.num_done, len(self.specs))
 
     def _price_run(self, run: DecodeRun, start: float) -> tuple[RunCosts, list[float]]:
         """Price the run's steps and add up their end times; stop after the first step that ends at or after

@@ -18,6 +18,7 @@ from array import array
 from collections import Counter
 from dataclasses import dataclass, field
 from itertools import chain, repeat
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -161,15 +162,16 @@ class Recorder:
         runs, self._runs = self._runs, []
         if not runs:
             return
-        rows, gaps, counts = expand_runs(runs)
-        for name, col in self.run_cols.items():
-            col.frombytes(rows[name].astype(col.typecode, copy=False).tobytes())
+        rows, gaps, counts = expand_runs(runs, full=not self.summary_only)
+        if self.summary_only:
+            self.folded.add(rows)
+        else:
+            for name, col in self.run_cols.items():
+                col.frombytes(rows[name].astype(col.typecode, copy=False).tobytes())
         self.itl_values.frombytes(gaps.tobytes())
         self.itl_counts.frombytes(counts.tobytes())
         if len(self.itl_values) >= ITL_COMPACT:
             self._compact_itl()
-        if self.summary_only and len(self.run_cols["row"]) >= FOLD_ROWS:
-            self.fold()
 
     def _compact_itl(self) -> None:
         """Merge equal gaps (exact), or in summary-only mode bin them into the histogram."""
@@ -189,7 +191,7 @@ class Recorder:
         self._expand_runs()
         for cols in (self.cols, self.run_cols):
             if len(cols["row"]):
-                self.folded.add(rows_frame(cols))
+                self.folded.add({name: _as_numpy(col) for name, col in cols.items()})
                 for col in cols.values():
                     del col[:]
         self._compact_itl()
@@ -230,8 +232,9 @@ def _as_numpy(col: array) -> np.ndarray:
     return np.frombuffer(col, dtype=dtype).copy() if len(col) else np.zeros(0, dtype)
 
 
-def expand_runs(runs: list[tuple]) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
-    """Rows (as columns) and inter-token gaps of queued runs (see Recorder.run), with numpy.
+def expand_runs(runs: list[tuple], full: bool = True) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """Rows (as columns) and inter-token gaps of queued runs (see Recorder.run), with numpy; without `full`,
+    only the columns the summary's sums need.
 
     Every value is the same float operation the step-by-step path performs: a step starts where the previous
     one ended, context and stored tokens grow by one per live request, blocks add up within a run.
@@ -247,7 +250,8 @@ def expand_runs(runs: list[tuple]) -> tuple[dict[str, np.ndarray], np.ndarray, n
     end = flat(ends)
     begin = np.empty(total)
     begin[1:] = end[:-1]
-    begin[offset] = start
+    if total:
+        begin[offset] = start
     live_rep = rep(live)
     step_blocks = flat(new_blocks, np.int64)
     blocks = np.cumsum(step_blocks)
@@ -256,19 +260,20 @@ def expand_runs(runs: list[tuple]) -> tuple[dict[str, np.ndarray], np.ndarray, n
     cap = rep([u.capacity_tokens for u in usage])
     free = rep([u.free_tokens for u in usage]) - grown
     largest = np.where(rep(block_tokens) > 0, free, rep([u.largest_free_hole_tokens for u in usage]))
-    zeros = np.zeros(total, np.int64)
-    rows = {"start_s": begin, "duration_s": flat(c.seconds for c in costs), "batch_size": rep(num_decode),
-            "num_prefill_tokens": zeros, "num_decode_tokens": rep(num_decode),
-            "context_tokens": rep(context) + within * live_rep, "flops": flat(c.flops for c in costs),
-            "bytes": flat(c.bytes for c in costs),
-            "bound": np.fromiter(map(BOUND_CODE.__getitem__, chain.from_iterable(c.bound for c in costs)), np.int8,
-                                 total),
-            **{f"{f}_s": _per_step([getattr(c, f"{f}_s") for c in costs], k, flat) for f in FAMILIES},
-            "swap_s": np.zeros(total), "num_running": rep(running), "num_waiting": rep(waiting),
-            "num_preempted": zeros, "used_tokens": rep(used) + (within + 1) * live_rep,
+    rows = {"duration_s": flat(c.seconds for c in costs), "flops": flat(c.flops for c in costs),
+            "bytes": flat(c.bytes for c in costs), "num_running": rep(running), "num_waiting": rep(waiting),
+            "used_tokens": rep(used) + (within + 1) * live_rep,
             "allocated_tokens": rep([u.allocated_tokens for u in usage]) + grown, "capacity_tokens": cap,
-            "free_tokens": free, "largest_free_hole_tokens": largest, "preemptions_total": rep(preempted_total),
-            "row": rep(row0) + within}
+            "free_tokens": free, "largest_free_hole_tokens": largest}
+    if full:
+        zeros = np.zeros(total, np.int64)
+        rows.update({"start_s": begin, "batch_size": rep(num_decode), "num_prefill_tokens": zeros,
+                     "num_decode_tokens": rep(num_decode), "context_tokens": rep(context) + within * live_rep,
+                     "bound": np.fromiter(map(BOUND_CODE.__getitem__, chain.from_iterable(c.bound for c in costs)),
+                                          np.int8, total),
+                     **{f"{f}_s": _per_step([getattr(c, f"{f}_s") for c in costs], k, flat) for f in FAMILIES},
+                     "swap_s": np.zeros(total), "num_preempted": zeros, "preemptions_total": rep(preempted_total),
+                     "row": rep(row0) + within})
     later = within > 0                                   # steps after a run's first: one gap per live request
     idx = np.nonzero(later)[0]
     first_vals = [e[0] - t for e, pairs in zip(ends, first_gaps) for t, _ in pairs]
@@ -290,21 +295,26 @@ def steps_frame(rows: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def kv_frame(rows: pd.DataFrame) -> pd.DataFrame:
+def kv_frame(rows) -> pd.DataFrame:
     """KV samples, one per step at its start; the ratios of METRICS.md (external only while requests wait)."""
-    cap = rows.capacity_tokens.to_numpy()
-    used, alloc = rows.used_tokens.to_numpy(), rows.allocated_tokens.to_numpy()
-    free, largest = rows.free_tokens.to_numpy(), rows.largest_free_hole_tokens.to_numpy()
-    external = np.zeros(len(rows))
-    holes = (rows.num_waiting.to_numpy() > 0) & (free > 0)
+    return pd.DataFrame({"time_s": rows["start_s"], "used_tokens": rows["used_tokens"],
+                         "allocated_tokens": rows["allocated_tokens"], "capacity_tokens": rows["capacity_tokens"],
+                         "free_tokens": rows["free_tokens"], "largest_free_hole_tokens": rows["largest_free_hole_tokens"],
+                         **kv_ratios(rows), "num_running": rows["num_running"], "num_waiting": rows["num_waiting"],
+                         "preemptions_total": rows["preemptions_total"]})
+
+
+def kv_ratios(rows) -> dict[str, np.ndarray]:
+    """utilization, internal and external fragmentation of each KV sample (columns of `rows`)."""
+    cap = np.asarray(rows["capacity_tokens"])
+    used, alloc = np.asarray(rows["used_tokens"]), np.asarray(rows["allocated_tokens"])
+    free, largest = np.asarray(rows["free_tokens"]), np.asarray(rows["largest_free_hole_tokens"])
+    external = np.zeros(len(cap))
+    holes = (np.asarray(rows["num_waiting"]) > 0) & (free > 0)
     external[holes] = 1.0 - largest[holes] / free[holes]
-    return pd.DataFrame({"time_s": rows.start_s.to_numpy(), "used_tokens": used, "allocated_tokens": alloc,
-                         "capacity_tokens": cap, "free_tokens": free, "largest_free_hole_tokens": largest,
-                         "utilization": used / cap if len(rows) else np.zeros(0),
-                         "internal_fragmentation": (alloc - used) / cap if len(rows) else np.zeros(0),
-                         "external_fragmentation": external, "num_running": rows.num_running.to_numpy(),
-                         "num_waiting": rows.num_waiting.to_numpy(),
-                         "preemptions_total": rows.preemptions_total.to_numpy()})
+    return {"utilization": used / cap if len(cap) else np.zeros(0),
+            "internal_fragmentation": (alloc - used) / cap if len(cap) else np.zeros(0),
+            "external_fragmentation": external}
 
 
 def itl_bin(values: np.ndarray) -> np.ndarray:
@@ -335,17 +345,20 @@ class StepSums:
     itl_sum_s: float = 0.0
     itl_max_s: float = float("nan")
 
-    def add(self, rows: pd.DataFrame) -> None:
-        kv = kv_frame(rows)
-        w = rows.duration_s.to_numpy()
-        self.num_steps += len(rows)
+    def add(self, rows) -> None:
+        """Add rows given as columns (those expand_runs gives without `full`, at least)."""
+        ratios = kv_ratios(rows)
+        w = np.asarray(rows["duration_s"])
+        if not len(w):
+            return
+        self.num_steps += len(w)
         self.busy_s += float(w.sum())
-        self.flops += float(rows.flops.sum())
-        self.bytes += float(rows.bytes.sum())
+        self.flops += float(np.sum(rows["flops"]))
+        self.bytes += float(np.sum(rows["bytes"]))
         for col in self.weighted:
-            self.weighted[col] += float((kv[col].to_numpy() * w).sum())
-        self.kv_utilization_max = max(self.kv_utilization_max, float(kv.utilization.max()))
-        self.max_running = max(self.max_running, int(kv.num_running.max()))
+            self.weighted[col] += float((ratios[col] * w).sum())
+        self.kv_utilization_max = max(self.kv_utilization_max, float(ratios["utilization"].max()))
+        self.max_running = max(self.max_running, int(np.max(rows["num_running"])))
 
     def add_itl(self, values: np.ndarray, counts: np.ndarray) -> None:
         self.itl_count += int(counts.sum())
@@ -361,17 +374,21 @@ class StepSums:
 
 
 def requests_frame(requests: list[Request], slo: tuple[float | None, float | None]) -> pd.DataFrame:
-    rows = []
-    for r in sorted(requests, key=lambda r: r.request_id):
-        rows.append((r.request_id, r.arrival_s, r.prompt_tokens, r.output_tokens,
-                     "finished" if r.status == RequestStatus.FINISHED else "rejected", r.reject_reason,
-                     r.scheduled_s, r.first_token_s, r.finish_s, r.num_preemptions, r.recomputed_tokens,
-                     r.swapped_bytes))
-    df = pd.DataFrame(rows, columns=["request_id", "arrival_s", "prompt_tokens", "output_tokens", "status",
-                                     "reject_reason", "scheduled_s", "first_token_s", "finish_s",
-                                     "num_preemptions", "recomputed_tokens", "swapped_bytes"])
-    for col in ("scheduled_s", "first_token_s", "finish_s"):
-        df[col] = df[col].astype(float)
+    """One row per request, by request_id (built column by column: a million requests take about a second)."""
+    reqs = sorted(requests, key=attrgetter("request_id"))
+    column = lambda attr, dtype: np.fromiter(map(attrgetter(attr), reqs), dtype, len(reqs))
+    optional = lambda attr: np.array([np.nan if v is None else v for v in map(attrgetter(attr), reqs)], np.float64)
+    df = pd.DataFrame({
+        "request_id": column("request_id", np.int64), "arrival_s": column("arrival_s", np.float64),
+        "prompt_tokens": column("prompt_tokens", np.int64), "output_tokens": column("output_tokens", np.int64),
+        "status": pd.Series(["finished" if r.status == RequestStatus.FINISHED else "rejected" for r in reqs],
+                            dtype=None if reqs else object),
+        "reject_reason": pd.Series([r.reject_reason for r in reqs], dtype=None if reqs else object),
+        "scheduled_s": optional("scheduled_s"),
+        "first_token_s": optional("first_token_s"), "finish_s": optional("finish_s"),
+        "num_preemptions": column("num_preemptions", np.int64),
+        "recomputed_tokens": column("recomputed_tokens", np.int64),
+        "swapped_bytes": column("swapped_bytes", np.float64)})
     df["ttft_s"] = df.first_token_s - df.arrival_s
     df["e2e_s"] = df.finish_s - df.arrival_s
     df["queueing_s"] = df.scheduled_s - df.arrival_s
