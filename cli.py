@@ -361,6 +361,41 @@ def experiment(name: Annotated[Optional[str], typer.Argument(help="The experimen
     typer.echo(f"wrote {folder}/figure.html, data.csv and claims.json", err=True)
 
 
+@app.command()
+def explain(
+        gpu: Annotated[str, typer.Option(help="Catalog GPU (see `servesim gpus`).")] = "h100-sxm",
+        model: Annotated[str, typer.Option(help="Model preset (see `servesim models`).")] = "llama-3.1-8b",
+        phase: Annotated[str, typer.Option(help="prefill or decode.")] = "decode",
+        batch: Annotated[int, typer.Option(help="Sequences in the step.")] = 1,
+        prompt: Annotated[int, typer.Option(help="Prompt tokens per sequence (prefill).")] = 1024,
+        context: Annotated[int, typer.Option(help="Cached tokens per sequence (decode).")] = 1024,
+        tp: Annotated[int, typer.Option(help="Tensor-parallel GPUs.")] = 1,
+        dtype: Annotated[str, typer.Option(help="Weight precision.")] = "bf16",
+        kv_dtype: Annotated[str, typer.Option(help="KV-cache precision.")] = "bf16",
+        cuda_graphs: Annotated[bool, typer.Option(help="CUDA graphs for decode-only steps.")] = True,
+        bandwidth_scale: Annotated[float, typer.Option(help="What-if: multiply memory bandwidth.")] = 1.0,
+        flops_scale: Annotated[float, typer.Option(help="What-if: multiply matrix FLOP rates.")] = 1.0,
+        attention: Annotated[str, typer.Option(help="flash, or naive (scores through HBM).")] = "flash",
+        html: Annotated[Optional[Path], typer.Option(help="Also write a roofline chart here.")] = None) -> None:
+    """Explain one step operator by operator: FLOPs, bytes, intensity, bound, time, share; roofline with --html."""
+    from hardware.gpus import resolve_gpu
+    from simulator.cost_model import CostModel
+    from simulator.explain import explain_step, format_explain_table, roofline_figure, step_shape
+    from simulator.models import resolve_model
+    with cli_errors():
+        cost_model = CostModel(resolve_model(model, None), resolve_gpu(gpu, None), dtype=dtype, kv_dtype=kv_dtype,
+                               tp=tp, cuda_graphs=cuda_graphs, attention=attention,
+                               bandwidth_scale=bandwidth_scale, flops_scale=flops_scale)
+        tokens = prompt if phase == "prefill" else context
+        table = explain_step(cost_model, phase, batch, tokens)
+        figure = roofline_figure(cost_model, cost_model.operators(step_shape(phase, batch, tokens))) if html else None
+        if html:
+            figure.write_html(str(html), include_plotlyjs=True)
+    typer.echo(format_explain_table(table, cost_model))
+    if html:
+        typer.echo(f"wrote {html}", err=True)
+
+
 def main() -> None:
     app()
 
