@@ -227,3 +227,9 @@ def test_h100_reference_mape_within_5_percent():
     for phase in ("decode", "prefill"):
         assert ape[df["phase"] == phase].mean() <= 5.0
     assert math.isfinite(ape.max()) and ape.max() < 10.0
+
+
+def test_published_fastertransformer_gpt13b_a100_within_15_percent():
+    from benchmarks.fidelity_published import predictions
+    for phase, (predicted, measured) in predictions().items():
+        assert abs(predicted / measured - 1) <= 0.15, phase
