@@ -1,7 +1,7 @@
 """The Python API that the CLI and notebooks call: simulate(config) -> SimResult, compare(...) -> {label: SimResult}."""
 from __future__ import annotations
 
-from dataclasses import asdict, replace
+from dataclasses import asdict
 
 from hardware.gpus import GPUSpec, resolve_gpu
 from simulator.batching import PolicyParams, make_policy
@@ -20,16 +20,7 @@ def resolve_hardware(cfg: SimConfig) -> tuple[ModelSpec, GPUSpec]:
     """The model and GPU a config names (presets, or user files when given)."""
     # A user file overrides the (defaulted) catalog name, as --gpu-file / --model-config document.
     gpu = resolve_gpu(None if cfg.gpu_file else cfg.gpu, cfg.gpu_file)
-    if cfg.bandwidth_scale != 1.0 or cfg.flops_scale != 1.0:
-        gpu = scale_gpu(gpu, bandwidth=cfg.bandwidth_scale, flops=cfg.flops_scale)
     return resolve_model(None if cfg.model_config else cfg.model, cfg.model_config), gpu
-
-
-def scale_gpu(gpu: GPUSpec, *, bandwidth: float = 1.0, flops: float = 1.0) -> GPUSpec:
-    """A what-if GPU: memory bandwidth and matrix rates scaled, everything else (overheads, capacity) kept."""
-    return replace(gpu, name=f"{gpu.name} (bw x{bandwidth:g}, flops x{flops:g})",
-                   hbm_bytes_per_s=gpu.hbm_bytes_per_s * bandwidth, bf16_flops_per_s=gpu.bf16_flops_per_s * flops,
-                   fp8_flops_per_s=gpu.fp8_flops_per_s * flops, int8_ops_per_s=gpu.int8_ops_per_s * flops)
 
 
 def build_parts(cfg: SimConfig) -> EngineParts:
@@ -40,8 +31,9 @@ def build_parts(cfg: SimConfig) -> EngineParts:
     if cfg.max_model_len > model.max_model_len:
         raise ValueError(f"max-model-len {cfg.max_model_len} exceeds {model.name}'s context of "
                          f"{model.max_model_len} tokens")
-    cost_model = CostModel(model, gpu, dtype=cfg.dtype, kv_dtype=cfg.kv_dtype, tp=cfg.tp,
-                           cuda_graphs=cfg.cuda_graphs)
+    cost_model = CostModel(model, gpu, dtype=cfg.dtype, kv_dtype=cfg.kv_dtype, tp=cfg.tp, pp=cfg.pp,
+                           cuda_graphs=cfg.cuda_graphs, attention=cfg.attention,
+                           bandwidth_scale=cfg.bandwidth_scale, flops_scale=cfg.flops_scale)
     plan = plan_memory(cfg, model, gpu, cost_model.activation_workspace_bytes(cfg.token_budget))
     kv = make_kv_cache(cfg.kv, plan.capacity_tokens, block_size=cfg.block_size, max_model_len=cfg.max_model_len,
                        reservation=cfg.kv_reservation)
@@ -52,8 +44,8 @@ def build_parts(cfg: SimConfig) -> EngineParts:
     policy = make_policy(cfg.batching, kv, params)
     meta = {"model": asdict(model), "gpu": asdict(gpu), "memory": asdict(plan),
             "kv_capacity_tokens": plan.capacity_tokens, "max_num_batched_tokens": cfg.token_budget,
-            "peak_flops_per_s": gpu.matrix_flops_per_s(cfg.dtype) * cfg.tp,
-            "peak_bytes_per_s": gpu.hbm_bytes_per_s * cfg.tp}
+            "peak_flops_per_s": gpu.matrix_flops_per_s(cfg.dtype) * cfg.flops_scale * cfg.tp * cfg.pp,
+            "peak_bytes_per_s": gpu.hbm_bytes_per_s * cfg.bandwidth_scale * cfg.tp * cfg.pp}
     return EngineParts(policy=policy, cost_model=cost_model, max_model_len=cfg.max_model_len,
                        config=cfg.to_dict(), meta=meta, slo=(cfg.slo_ttft_s, cfg.slo_tpot_s))
 

@@ -27,7 +27,9 @@ class SimConfig:
     dtype: str = "bf16"                    # weight precision
     kv_dtype: str = "bf16"
     tp: int = 1
+    pp: int = 1                            # pipeline stages (layers split; one batch flows through them in turn)
     cuda_graphs: bool = True
+    attention: str = "flash"               # 'flash' (FlashAttention IO) or 'naive' (scores materialized in HBM)
     bandwidth_scale: float = 1.0           # what-if: the GPU's memory bandwidth times this
     flops_scale: float = 1.0               # what-if: the GPU's matrix rates times this
     # workload
@@ -66,7 +68,7 @@ class SimConfig:
     fast_path: bool = True                 # advance runs of identical decode steps at once (identical results)
 
     def __post_init__(self) -> None:
-        _check_positive(self, ("rate", "tp", "max_num_seqs", "batch_size", "max_batch_size",
+        _check_positive(self, ("rate", "tp", "pp", "max_num_seqs", "batch_size", "max_batch_size",
                                "block_size", "rate_scale", "bandwidth_scale", "flops_scale"))
         _check_optional_positive(self, ("max_model_len", "num_requests", "duration_s", "max_num_batched_tokens", "num_gpu_blocks",
                                         "kv_capacity_tokens", "slo_ttft_s", "slo_tpot_s"))
@@ -74,6 +76,7 @@ class SimConfig:
             raise ConfigError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
         if self.max_wait_s < 0 or self.swap_space_gb < 0:
             raise ConfigError("max_wait_s and swap_space_gb must not be negative")
+        _check_choice("attention", self.attention, ("flash", "naive"))
         _check_choice("preemption", self.preemption, ("recompute", "swap"))
         _check_choice("kv_reservation", self.kv_reservation, ("max-model-len", "request"))
         if self.num_gpu_blocks is not None and self.kv_capacity_tokens is not None:

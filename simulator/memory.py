@@ -1,7 +1,7 @@
 """GPU memory plan: how much KV cache fits once weights and activations are placed.
 
 KV capacity = GPU memory x gpu_memory_utilization - weights - activation workspace, over KV bytes per token
-(all per GPU under tensor parallelism). `num_gpu_blocks` / `kv_capacity_tokens` override it, as vLLM's
+(all per GPU under tensor and pipeline parallelism). `num_gpu_blocks` / `kv_capacity_tokens` override it, as vLLM's
 num_gpu_blocks_override does.
 """
 from __future__ import annotations
@@ -32,9 +32,10 @@ class MemoryPlan:
         return self.capacity_tokens * self.kv_bytes_per_token
 
 
-def kv_bytes_per_token_per_gpu(model: ModelSpec, kv_dtype: str, tp: int) -> float:
-    """KV heads split across TP ranks (replicated when fewer heads than ranks); an MLA latent is replicated."""
-    full = model.kv_bytes_per_token(kv_dtype)
+def kv_bytes_per_token_per_gpu(model: ModelSpec, kv_dtype: str, tp: int, pp: int = 1) -> float:
+    """KV heads split across TP ranks (replicated when fewer heads than ranks; an MLA latent is replicated);
+    layers split across PP stages."""
+    full = model.kv_bytes_per_token(kv_dtype) / pp
     if model.is_mla:
         return full
     heads_per_gpu = -(-model.num_kv_heads // tp)
@@ -43,9 +44,9 @@ def kv_bytes_per_token_per_gpu(model: ModelSpec, kv_dtype: str, tp: int) -> floa
 
 def plan_memory(cfg: SimConfig, model: ModelSpec, gpu: GPUSpec, activation_bytes: float) -> MemoryPlan:
     """Place weights and workspace, then give the rest to KV (or take the user's override)."""
-    kv_per_token = kv_bytes_per_token_per_gpu(model, cfg.kv_dtype, cfg.tp)
+    kv_per_token = kv_bytes_per_token_per_gpu(model, cfg.kv_dtype, cfg.tp, cfg.pp)
     usable = gpu.hbm_bytes * cfg.gpu_memory_utilization
-    weights = model.weight_bytes(cfg.dtype) / cfg.tp
+    weights = model.weight_bytes(cfg.dtype) / (cfg.tp * cfg.pp)
     free = usable - weights - activation_bytes
     if cfg.num_gpu_blocks is not None:
         capacity = cfg.num_gpu_blocks * cfg.block_size
