@@ -68,3 +68,63 @@ def test_fast_path_matches_step_by_step(batching, kv, rows, chunked, swap, block
                          max_batch_size=4, max_wait_s=0.05, kv_bytes_per_token=1.0, swap_space_bytes=300,
                          chunked_prefill=chunked, preemption="swap" if swap else "recompute")
     assert_identical(fast, slow)
+
+
+# ---------------------------------------------------------------- the real cost model, ShareGPT lengths
+SCENARIOS = {
+    "continuous-paged": {},
+    "continuous-contiguous": {"kv": "contiguous"},
+    "static-contiguous": {"batching": "static", "kv": "contiguous", "batch_size": 16},
+    "dynamic-paged": {"batching": "dynamic", "max_batch_size": 16, "max_wait_s": 0.05},
+    "eager-steps": {"cuda_graphs": False},
+    # memory pressure: a small KV cache and a rate above capacity, so requests are preempted
+    "recompute-pressure": {"kv_capacity_tokens": 60_000, "rate": 30.0},
+    "chunked-swap-pressure": {"chunked_prefill": True, "preemption": "swap", "kv_capacity_tokens": 60_000,
+                              "rate": 30.0, "swap_space_gb": 0.5},
+}
+
+
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+def test_real_scenarios_match_step_by_step(name):
+    knobs = dict(SCENARIOS[name])
+    cfg = SimConfig(num_requests=250, rate=knobs.pop("rate", 8.0), seed=3, **knobs)
+    fast, slow = both_real(cfg)
+    assert_identical(fast, slow)
+    assert fast.summary() == slow.summary()
+    # the fast path really ran: most steps went in runs (a test that cannot fail otherwise)
+    assert fast.meta["run_steps"] > 0.5 * fast.meta["engine_steps"]
+    assert slow.meta["run_steps"] == 0
+    if "pressure" in name:
+        assert fast.summary()["preemptions"] > 0
+
+
+def test_run_batches_and_compaction_do_not_change_results(monkeypatch):
+    # Runs are expanded into rows in batches and equal gaps merged in bulk; tiny thresholds exercise both.
+    import simulator.metrics as metrics
+    cfg = SimConfig(num_requests=120, rate=8.0, seed=4)
+    specs = workload(cfg)
+    reference = Engine(build_parts(cfg), specs).run()
+    monkeypatch.setattr(metrics, "RUN_BATCH", 3)
+    monkeypatch.setattr(metrics, "ITL_COMPACT", 7)
+    assert_identical(Engine(build_parts(cfg), specs).run(), reference)
+
+
+def test_summary_only_matches_the_full_summary(monkeypatch):
+    # Summary-only folds rows into sums (tiny fold size here to fold many times): sums in another order, so
+    # equal to rounding; ITL percentiles come from 0.1%-wide bins; everything else is identical.
+    import simulator.metrics as metrics
+    monkeypatch.setattr(metrics, "FOLD_ROWS", 50)
+    monkeypatch.setattr(metrics, "RUN_BATCH", 7)
+    cfg = SimConfig(num_requests=200, rate=8.0, seed=5, kv_capacity_tokens=80_000)
+    full = Engine(build_parts(cfg), workload(cfg)).run()
+    brief = Engine(build_parts(cfg.replace(summary_only=True)), workload(cfg)).run()
+    assert len(brief.steps) == 0 and len(brief.kv) == 0
+    pd.testing.assert_frame_equal(brief.requests, full.requests, check_exact=True)
+    a, b = full.summary(), brief.summary()
+    for key, value in a.items():
+        if key.startswith("itl_p"):
+            assert b[key] == pytest.approx(value, rel=1.5e-3), key
+        elif isinstance(value, float):
+            assert b[key] == pytest.approx(value, rel=1e-9, abs=1e-15), key
+        else:
+            assert b[key] == value, key
