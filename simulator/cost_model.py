@@ -252,7 +252,7 @@ class CostModel:
 
     def _qkv(self, t: int) -> _Op:
         """The fused QKV projection: all attention weights but the output projection's."""
-        m, h = self.model, self._h
+        h = self._h
         o_weights = self._qh * self._v_dim * h
         w = self._attn_weights - o_weights
         return self._gemm("qkv_proj", t, w / h, h, w)

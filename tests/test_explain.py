@@ -1,8 +1,6 @@
 """servesim explain: the per-operator table, the roofline chart and the command, with the textbook facts."""
 from __future__ import annotations
 
-import math
-
 import pytest
 from typer.testing import CliRunner
 
