@@ -16,7 +16,7 @@ from typing import Annotated, Any, Callable, Optional
 
 import typer
 
-from simulator.options import SCENARIO_OPTIONS, ScenarioOption
+from simulator.options import SCENARIO_OPTIONS, ScenarioOption, parse_bool
 
 app = typer.Typer(help="servesim: simulate LLM inference serving on a roofline GPU model, answer what-if "
                        "questions in seconds.", no_args_is_help=True, add_completion=False,
@@ -372,7 +372,7 @@ def explain(
         tp: Annotated[int, typer.Option(help="Tensor-parallel GPUs.")] = 1,
         dtype: Annotated[str, typer.Option(help="Weight precision.")] = "bf16",
         kv_dtype: Annotated[str, typer.Option(help="KV-cache precision.")] = "bf16",
-        cuda_graphs: Annotated[bool, typer.Option(help="CUDA graphs for decode-only steps.")] = True,
+        cuda_graphs: Annotated[str, typer.Option(help="CUDA graphs for decode-only steps: on or off.")] = "on",
         bandwidth_scale: Annotated[float, typer.Option(help="What-if: multiply memory bandwidth.")] = 1.0,
         flops_scale: Annotated[float, typer.Option(help="What-if: multiply matrix FLOP rates.")] = 1.0,
         attention: Annotated[str, typer.Option(help="flash, or naive (scores through HBM).")] = "flash",
@@ -384,7 +384,7 @@ def explain(
     from simulator.models import resolve_model
     with cli_errors():
         cost_model = CostModel(resolve_model(model, None), resolve_gpu(gpu, None), dtype=dtype, kv_dtype=kv_dtype,
-                               tp=tp, cuda_graphs=cuda_graphs, attention=attention,
+                               tp=tp, cuda_graphs=parse_bool(cuda_graphs), attention=attention,
                                bandwidth_scale=bandwidth_scale, flops_scale=flops_scale)
         tokens = prompt if phase == "prefill" else context
         table = explain_step(cost_model, phase, batch, tokens)
