@@ -26,14 +26,13 @@ PNG_WIDTH = 1300
 
 
 def claims_table(result: ExperimentResult, with_name: bool = False) -> str:
-    """A markdown table of one experiment's claims."""
-    head = ("| experiment " if with_name else "") + "| claim | published | servesim | held |"
-    rule = ("|---" if with_name else "") + "|---|---|---|---|"
-    lines = [head, rule]
+    """A markdown table of one experiment's claims (the summary names the experiment instead of the check)."""
+    cols = ["experiment"] * with_name + ["claim", "published", "servesim", "held"] + ["check"] * (not with_name)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for c in result.claims:
-        name = f"| `{result.name}` " if with_name else ""
-        cell = c.claim.replace("|", "/")
-        lines.append(f"{name}| {cell} | {c.published} | {c.measured_text} | {'yes' if c.held else '**no**'} |")
+        cells = [f"`{result.name}`"] * with_name + [c.claim, c.published, c.measured_text,
+                                                      "yes" if c.held else "**no**"] + [c.check] * (not with_name)
+        lines.append("| " + " | ".join(cell.replace("|", "/") for cell in cells) + " |")
     return "\n".join(lines)
 
 

@@ -23,6 +23,7 @@ from simulator.config import SimConfig
 from simulator.cost_model import CostModel, StepShape
 from simulator.experiments.base import Experiment, ExperimentResult, claim
 from simulator.experiments.common import Job, fixed_requests, run_jobs
+from simulator.explain import roofline_figure
 from simulator.metrics import SimResult
 
 BASE = SimConfig(gpu="h100-sxm", model="llama-3.1-8b")
@@ -169,20 +170,21 @@ def figure(ops, thr, ttft, ridge, cm) -> go.Figure:
 
 def _roofline(fig: go.Figure, ops: pd.DataFrame, ridge: float, cm: CostModel) -> None:
     """Attained FLOP/s of each operator against its intensity, under the datasheet roofline."""
-    x = np.logspace(-1, 4, 60)
-    fig.add_trace(go.Scatter(x=x, y=np.minimum(cm.peak_flops_per_s, x * cm.peak_bytes_per_s) / 1e12, mode="lines",
-                             line={"color": "black"}, name=f"roofline (ridge {ridge:.0f} FLOP/B)",
-                             legendgroup="roof"), row=1, col=1)
+    # The roofs are `servesim explain`'s (datasheet peak, and achievable after the calibration fractions).
+    for trace in roofline_figure(cm, cm.operators(decode_shape(1))).data:
+        if trace.mode == "lines":
+            fig.add_trace(trace.update(legendgroup="roof", name=f"{trace.name} (ridge {ridge:.0f} FLOP/B)"
+                                       if trace.name == "peak roof" else trace.name), row=1, col=1)
     cases = (("prefill", 1, 1024, "#EF553B"), ("decode", 1, DECODE_CONTEXT, "#00CC96"),
              ("decode", 64, DECODE_CONTEXT, "#636EFA"))
     for phase, batch, tokens, color in cases:
         sel = ops[(ops.phase == phase) & (ops.batch == batch) & (ops.tokens == tokens) & (ops.flops > 0)]
-        fig.add_trace(go.Scatter(x=sel.intensity, y=sel.flops / sel.seconds / 1e12, mode="markers",
+        fig.add_trace(go.Scatter(x=sel.intensity, y=sel.flops / sel.seconds, mode="markers",
                                  marker={"color": color, "size": 9}, text=sel.operator, legendgroup="roof",
                                  name=f"{phase} batch {batch}" + (f", {tokens} tokens" if phase == "prefill" else ""),
-                                 hovertemplate="%{text}: %{x:.1f} FLOP/B, %{y:.1f} TFLOP/s"), row=1, col=1)
+                                 hovertemplate="%{text}: %{x:.1f} FLOP/B, %{y:.3g} FLOP/s"), row=1, col=1)
     fig.update_xaxes(type="log", title_text="arithmetic intensity (FLOP/byte, log)", row=1, col=1)
-    fig.update_yaxes(type="log", title_text="attained TFLOP/s (log)", row=1, col=1)
+    fig.update_yaxes(type="log", title_text="attained FLOP/s (log)", row=1, col=1)
 
 
 EXPERIMENT = Experiment(
