@@ -36,6 +36,10 @@ class Batch:
 
     def shape(self) -> StepShape:
         """Reduce the batch to what its cost depends on (hashable, for memoized pricing)."""
+        return StepShape(*self.shape_fields())
+
+    def shape_fields(self) -> tuple[tuple[tuple[int, int], ...], int, int, int]:
+        """StepShape's fields (prefill, num_decode, decode_context_tokens, num_sampled) as a plain tuple."""
         prefill: list[tuple[int, int]] = []
         num_decode = len(self.padding_context_tokens)
         decode_context = sum(self.padding_context_tokens) + num_decode
@@ -48,5 +52,4 @@ class Batch:
             else:
                 prefill.append((n, req.num_computed_tokens))
                 num_sampled += req.num_computed_tokens + n == req.num_tokens
-        return StepShape(prefill=tuple(prefill), num_decode=num_decode, decode_context_tokens=decode_context,
-                         num_sampled=num_sampled)
+        return tuple(prefill), num_decode, decode_context, num_sampled

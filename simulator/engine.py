@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import gc
 import time
+from bisect import bisect_left
+from itertools import accumulate
 from dataclasses import dataclass
 from functools import partial
 from typing import Callable, Iterable
@@ -30,6 +32,7 @@ from simulator.request import Request, RequestStatus
 from workloads.spec import RequestSpec
 
 ProgressFn = Callable[[float, int, int], None]   # (simulated seconds, requests done, requests total)
+INF = float("inf")
 
 
 def step_by_step_costs(cost_model, num_seqs: int, context_tokens: int, context_step: int, num_steps: int) -> RunCosts:
@@ -76,6 +79,7 @@ class Engine:
         cost_model = parts.cost_model
         self._decode_costs = getattr(cost_model, "decode_run_costs", None) or partial(step_by_step_costs, cost_model)
         self._step_s = 0.0                       # the latest run step's duration (to guess how many to price)
+        self._step_costs: dict[tuple, object] = {}   # StepShape fields -> StepCost
 
     def run(self) -> SimResult:
         wall = time.perf_counter()
@@ -194,23 +198,28 @@ class Engine:
 
     # ---- one step ----
     def _price(self, batch) -> tuple:
-        """(cost, seconds the step holds the GPU, swap seconds, shape, queues, used KV tokens, KV usage), all
-        taken when the step starts."""
+        """(cost, seconds the step holds the GPU, swap seconds, shape counts, queues, used KV tokens, KV usage),
+        all taken when the step starts."""
         policy, cost_model = self.policy, self.parts.cost_model
-        shape = batch.shape()
-        cost = cost_model.step_cost(shape)
+        fields = batch.shape_fields()
+        cost = self._step_costs.get(fields)
+        if cost is None:                          # a plain-tuple key is cheaper to hash than a StepShape
+            cost = cost_model.step_cost(StepShape(*fields))
+            if len(self._step_costs) < 1 << 16:
+                self._step_costs[fields] = cost
+        prefill, num_decode, decode_context, _ = fields
+        counts = (batch.batch_size, sum(n for n, _ in prefill), num_decode,
+                  decode_context + sum(c for _, c in prefill))
         swap_s = cost_model.swap_seconds(batch.swap_bytes) if batch.swap_bytes else 0.0
-        return (cost, cost.seconds + swap_s, swap_s, shape, (len(policy.running), policy.num_waiting),
+        return (cost, cost.seconds + swap_s, swap_s, counts, (len(policy.running), policy.num_waiting),
                 policy.kv_used_tokens + batch.num_batched_tokens, policy.kv.usage())
 
     def _commit(self, batch, priced: tuple, start: float, end: float) -> None:
         """Commit a step that ran from `start` to `end`, and record it."""
-        cost, _, swap_s, shape, queues, used, usage = priced
+        cost, _, swap_s, counts, queues, used, usage = priced
         outcome = self.policy.commit(batch, start, end)
         self.num_steps += 1
-        self.recorder.step(start, cost, swap_s, (batch.batch_size, shape.num_prefill_tokens, shape.num_decode,
-                                                 shape.decode_context_tokens + sum(c for _, c in shape.prefill)),
-                           queues, batch.num_preempted, used, usage)
+        self.recorder.step(start, cost, swap_s, counts, queues, batch.num_preempted, used, usage)
         if outcome.itl_gaps:
             self.recorder.itl_gaps(outcome.itl_gaps)
         self.num_done += len(outcome.finished)
@@ -233,23 +242,22 @@ class Engine:
         """Price the run's steps and add up their end times; stop after the first step that ends at or after
         the next arrival (the arrival may change the step after it) or at the run's limit."""
         arrival, done = self._next_arrival_s, 0
-        costs, ends, t = None, [], start
+        costs, ends = None, [start]                     # ends[j] is the end of step j - 1
         while done < run.max_steps:
             want = run.max_steps - done
-            if arrival != float("inf") and self._step_s > 0:    # steps until the arrival, at the last pace
-                want = min(want, max(1, int((arrival - t) / self._step_s) + 2))
+            if arrival != INF and self._step_s > 0:     # steps until the arrival, at the latest pace
+                want = min(want, max(1, int((arrival - ends[-1]) / self._step_s) + 2))
             chunk = self._decode_costs(run.num_decode, run.context_tokens + done * run.live, run.live, want)
             if costs is None:
                 costs = chunk
             else:
                 costs.extend(chunk)
-            for seconds in chunk.seconds:
-                t = t + seconds
-                ends.append(t)
-                if t >= arrival:
-                    costs.truncate(len(ends))
-                    self._step_s = seconds
-                    return costs, ends
-            done += want
+            ends.extend(accumulate(chunk.seconds, initial=ends.pop()))   # running sums, as step by step
             self._step_s = chunk.seconds[-1]
-        return costs, ends
+            past = bisect_left(ends, arrival, done + 1)                 # the first step ending at/after it
+            if past < len(ends):
+                del ends[past + 1:]
+                costs.truncate(past)
+                break
+            done += want
+        return costs, ends[1:]

@@ -49,7 +49,7 @@ ROW_FIELDS = (("start_s", "d"), ("duration_s", "d"), ("batch_size", "q"), ("num_
 BOUNDS = ("compute", "memory", "latency")
 BOUND_CODE = {b: i for i, b in enumerate(BOUNDS)}
 FOLD_ROWS = 1 << 16                  # summary-only: fold rows into sums this often
-RUN_BATCH = 4096                     # runs queued before they are expanded into rows
+RUN_BATCH = 256                     # runs queued before they are expanded into rows
 ITL_COMPACT = 1 << 20                # gaps kept before equal ones are merged (or binned, summary-only)
 ITL_BINS_PER_DECADE = 2303           # ln(10) / ln(1.001): bins 0.1% wide
 ITL_MIN_S, ITL_DECADES = 1e-7, 12    # histogram range 0.1 us .. 100 ks
@@ -110,7 +110,8 @@ class Recorder:
         self.summary_only = summary_only
         self.cols = _columns()                  # step-by-step rows
         self.run_cols = _columns()              # rows expanded from runs
-        self._appenders = tuple(self.cols[name].append for name, _ in ROW_FIELDS + (("row", "q"),))
+        self._step_rows: list[tuple] = []       # step-by-step rows not yet in the columns
+        self._cost_parts: dict[int, tuple] = {}  # id(StepCost) -> (the cost, its row fields)
         self._runs: list[tuple] = []            # runs not yet expanded
         self.num_rows = 0                       # steps recorded so far
         self.preemptions_total = 0
@@ -121,16 +122,26 @@ class Recorder:
     def step(self, start_s: float, cost: StepCost, swap_s: float, shape_counts: tuple[int, int, int, int],
              queues: tuple[int, int], num_preempted: int, used_tokens: int, usage: KVUsage) -> None:
         """One step's row: its cost and shape, the queues and the KV usage sampled at its start (before this
-        step's preemptions count in preemptions_total)."""
-        fam = dict(cost.breakdown)
-        row = (start_s, cost.seconds + swap_s, *shape_counts, cost.flops, cost.bytes, BOUND_CODE[cost.bound],
-               *(fam.get(f, 0.0) for f in FAMILIES), swap_s, *queues, num_preempted, used_tokens,
-               usage.allocated_tokens, usage.capacity_tokens, usage.free_tokens, usage.largest_free_hole_tokens,
-               self.preemptions_total, self.num_rows)
-        for append, value in zip(self._appenders, row):
-            append(value)
+        step's preemptions count in preemptions_total). Rows wait in a list and go into the columns in bulk."""
+        part = self._cost_parts.get(id(cost))
+        if part is None or part[0] is not cost:           # the entry pins `cost`, so its id is not reused
+            fam = dict(cost.breakdown)
+            part = (cost, cost.flops, cost.bytes, BOUND_CODE[cost.bound], *(fam.get(f, 0.0) for f in FAMILIES))
+            if len(self._cost_parts) >= 1 << 14:
+                self._cost_parts.clear()
+            self._cost_parts[id(cost)] = part
+        self._step_rows.append((start_s, cost.seconds + swap_s, *shape_counts, *part[1:], swap_s, *queues,
+                                num_preempted, used_tokens, *usage, self.preemptions_total, self.num_rows))
         self.num_rows += 1
         self.preemptions_total += num_preempted
+        if len(self._step_rows) >= RUN_BATCH:
+            self._flush_steps()
+
+    def _flush_steps(self) -> None:
+        rows, self._step_rows = self._step_rows, []
+        if rows:
+            for col, values in zip(self.cols.values(), zip(*rows)):
+                col.extend(values)
         if self.summary_only and len(self.cols["row"]) >= FOLD_ROWS:
             self.fold()
 
@@ -178,7 +189,8 @@ class Recorder:
         values, counts = _as_numpy(self.itl_values), _as_numpy(self.itl_counts)
         if self.summary_only:
             self.folded.add_itl(values, counts)
-            np.add.at(self.itl_hist, itl_bin(values), counts)
+            self.itl_hist += np.bincount(itl_bin(values), weights=counts,
+                                         minlength=len(self.itl_hist)).astype(np.int64)
             self.itl_values, self.itl_counts = array("d"), array("q")
             return
         unique, inverse = np.unique(values, return_inverse=True)
@@ -188,6 +200,9 @@ class Recorder:
     # ---- summary-only folding ----
     def fold(self) -> None:
         """Fold the rows kept so far into running sums and drop them."""
+        rows, self._step_rows = self._step_rows, []
+        for col, values in zip(self.cols.values(), zip(*rows)):
+            col.extend(values)
         self._expand_runs()
         for cols in (self.cols, self.run_cols):
             if len(cols["row"]):
@@ -207,6 +222,7 @@ class Recorder:
             empty = rows_frame(_columns())
             return SimResult(config=config, meta={**meta, "step_sums": self.folded.as_dict()}, requests=req_df,
                              steps=steps_frame(empty), kv=kv_frame(empty), itl=itl)
+        self._flush_steps()
         self._expand_runs()
         self._compact_itl()
         rows = pd.concat([rows_frame(self.cols), rows_frame(self.run_cols)], ignore_index=True)

@@ -147,8 +147,10 @@ class ContinuousBatching(BatchingPolicy):
         lazy, n = self.lazy, len(self.running)
         if not n or lazy.num_tracked != n or n > self.params.max_num_batched_tokens:
             return None
+        if not self.params.chunked_prefill and (self.waiting or self.swapped) and self._next_step_admits():
+            return None                            # the next step admits: step by step
         steps = lazy.steps_kv_allows(lazy.steps_to_finish(), n)
-        if not steps or self._next_step_admits():
+        if not steps or (self.params.chunked_prefill and self._next_step_admits()):
             return None                            # the next step preempts or admits: step by step
         return DecodeRun(num_decode=n, live=n, context_tokens=self.kv_used_tokens + n, max_steps=steps,
                          used_tokens=self.kv_used_tokens, num_running=n, num_waiting=len(self.waiting))
