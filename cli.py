@@ -5,10 +5,7 @@ import contextlib
 import functools
 import inspect
 import json
-import os
-import shutil
 import sys
-import tempfile
 import typing
 from enum import Enum
 from pathlib import Path
@@ -150,15 +147,9 @@ def _simulate_with_progress(cfg, quiet: bool):
 
 def write_results(result, out: Path) -> Path:
     """Save into a temporary sibling folder, then move the files in: no partial output on failure."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
+    from simulator.outputs import staged
+    with staged(out) as tmp:
         result.save(tmp)
-        out.mkdir(exist_ok=True)
-        for item in tmp.iterdir():
-            os.replace(item, out / item.name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

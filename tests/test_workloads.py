@@ -30,7 +30,6 @@ from workloads import (
 )
 from workloads.arrivals import ConstantArrivals, GammaArrivals, PoissonArrivals, arrival_times_s
 from workloads.lengths import (
-    EmpiricalLength,
     FixedLength,
     LognormalLength,
     UniformLength,

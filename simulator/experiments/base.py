@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,16 +100,9 @@ def claim(text: str, published: str, measured: float, fmt: str, *, lo: float | N
 
 def write_outputs(result: ExperimentResult, folder: Path) -> Path:
     """figure.html, data.csv and claims.json into `folder`, via a temporary sibling: no partial output."""
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    try:
+    from simulator.outputs import staged
+    with staged(Path(folder)) as tmp:
         result.figure.write_html(tmp / "figure.html", include_plotlyjs=True, full_html=True)
         result.data.to_csv(tmp / "data.csv", index=False)
         (tmp / "claims.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
-        folder.mkdir(exist_ok=True)
-        for item in tmp.iterdir():
-            os.replace(item, folder / item.name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return folder
+    return Path(folder)
