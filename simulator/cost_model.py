@@ -14,7 +14,7 @@ per token count and kept; only attention, which depends on each sequence's conte
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 from hardware.gpus import GPUSpec
@@ -162,6 +162,7 @@ class CostModel:
         self._init_dims(model)
         self._dense: dict[int, tuple] = {}
         self._head: dict[int, tuple] = {}
+        self._decode: dict[int, tuple] = {}
         self.step_cost = lru_cache(maxsize=1 << 16)(self._step_cost)
 
     # ------------------------------------------------------------------ setup
@@ -449,6 +450,72 @@ class CostModel:
         per_token = (4 * m.hidden_size + 2 * m.intermediate_size + m.num_heads * m.head_dim) * 2
         return max_num_batched_tokens * per_token / self.tp + m.vocab_size * 4 * 256
 
+    # ------------------------------------------------------------------ decode runs (the engine's fast path)
+    def decode_run_costs(self, num_seqs: int, context_tokens: int, context_step: int, max_steps: int,
+                         start_s: float = 0.0, stop_s: float = float("inf")) -> RunCosts:
+        """Decode-only steps one after another from `start_s`: step j decodes `num_seqs` sequences attending
+        `context_tokens + j * context_step` tokens. Stops after `max_steps`, or after the first step that ends at
+        or after `stop_s`; `ends` holds the running sums of the step times, added as the engine adds them.
+
+        Each step's numbers are bit-for-bit those of step_cost(StepShape((), num_seqs, context, num_seqs)) (a
+        test checks): the same float operations in the same order, with everything that does not depend on
+        the context taken once per batch size. It stays a Python loop on purpose: the roofline blend raises to
+        the power `roofline_overlap`, and numpy's vectorized power differs from the C library's pow (which
+        Python uses) in the last bit for a few percent of inputs, so vectorized step times would drift from
+        step-by-step ones.
+        """
+        fam, flops0, bytes0, bounds0, excess0, graphed, f1, seq_bytes = self._decode_constants(num_seqs)
+        g, a0, e, c, o = fam
+        layers, kv_elems, kvb, rate, bw, lat, p = (self._layers, self._kv_elems, self._kvb, self._attn_rate, self._bw,
+                                                   self._gemm_lat, self._p)
+        launch, step_s, inv_p = self._layers * self.gpu.launch_overhead_s, self.step_overhead_s, 1.0 / p
+        out = RunCosts(gemm_s=g, elementwise_s=e, communication_s=c, overhead_s=step_s + 0.0 if graphed else [])
+        seconds, ends, attention, overhead = out.seconds, out.ends, out.attention_s, out.overhead_s
+        t = start_s
+        for j in range(max_steps):
+            ctx = context_tokens + j * context_step
+            aflops = f1 * ctx                                    # as _decode_attention computes them
+            abytes = ctx * kv_elems * kvb + seq_bytes
+            s, which = _kernel_seconds(aflops, abytes, rate, bw, lat, p, inv_p)
+            s *= layers                                          # _scale(op, layers)
+            att = a0 + s
+            gpu_s = 0 + g + att + e + c + o                      # sum(fam.values()), in FAMILIES order
+            if graphed:
+                step = gpu_s + overhead
+            else:
+                over = step_s + (excess0 + max(0.0, launch - s))
+                overhead.append(over)
+                step = gpu_s + over
+            bc, bm, bl = bounds0                                 # seconds per bound; the first largest names it
+            if which == 0:
+                bc = bc + s
+            elif which == 1:
+                bm = bm + s
+            else:
+                bl = bl + s
+            out.bound.append("compute" if bc >= bm and bc >= bl else "memory" if bm >= bl else "latency")
+            out.flops.append(flops0 + aflops * layers)
+            out.bytes.append(bytes0 + abytes * layers)
+            attention.append(att)
+            seconds.append(step)
+            t = t + step
+            ends.append(t)
+            if t >= stop_s:
+                break
+        return out
+
+    def _decode_constants(self, num_seqs: int) -> tuple:
+        """What every decode-only step of `num_seqs` sequences shares whatever the context (kept per size)."""
+        hit = self._decode.get(num_seqs)
+        if hit is None:
+            dense, head = self._dense_totals(num_seqs), self._head_totals(num_seqs)
+            hit = self._decode[num_seqs] = (
+                [dense[0][i] + head[0][i] for i in range(len(FAMILIES))], dense[1] + head[1], dense[2] + head[2],
+                tuple(dense[3][i] + head[3][i] for i in range(3)), dense[4] + head[4],
+                self.graphed(StepShape((), num_seqs, 0, num_seqs)), 2.0 * self._qh * (self._qk_dim + self._v_dim),
+                num_seqs * self._qh * (self._qk_dim + self._v_dim) * 2)
+        return hit
+
 
 _BOUNDS = ("compute", "memory", "latency")
 _BOUND_INDEX = {b: i for i, b in enumerate(_BOUNDS)}
@@ -501,3 +568,48 @@ def _validate(model: ModelSpec, gpu: GPUSpec, dtype: str, kv_dtype: str, tp: int
             raise CostModelError(f"{name} must be positive, got {value!r}")
     if cuda_graph_max_batch < 0:
         raise CostModelError(f"cuda_graph_max_batch must be >= 0, got {cuda_graph_max_batch}")
+
+
+# ---------------------------------------------------------------------- decode runs (the engine's fast path)
+@dataclass
+class RunCosts:
+    """The costs of a run of decode steps as columns: entry j of each list is step j's StepCost field (bound as
+    text, families by name), `ends[j]` when step j ends. A family that is the same in every step of the run
+    may be one float instead of a list."""
+
+    seconds: list[float] = field(default_factory=list)
+    ends: list[float] = field(default_factory=list)
+    flops: list[float] = field(default_factory=list)
+    bytes: list[float] = field(default_factory=list)
+    bound: list[str] = field(default_factory=list)
+    gemm_s: list[float] | float = field(default_factory=list)
+    attention_s: list[float] | float = field(default_factory=list)
+    elementwise_s: list[float] | float = field(default_factory=list)
+    communication_s: list[float] | float = field(default_factory=list)
+    overhead_s: list[float] | float = field(default_factory=list)
+
+    def append(self, cost: StepCost, end_s: float) -> None:
+        """Add one step that ends at `end_s` (every column must be a list)."""
+        fam = dict(cost.breakdown)
+        self.seconds.append(cost.seconds)
+        self.ends.append(end_s)
+        self.flops.append(cost.flops)
+        self.bytes.append(cost.bytes)
+        self.bound.append(cost.bound)
+        for f in FAMILIES:
+            getattr(self, f"{f}_s").append(fam.get(f, 0.0))
+
+
+def _kernel_seconds(flops: float, num_bytes: float, flops_per_s: float, bytes_per_s: float, latency_s: float,
+                    overlap: float, inv_overlap: float) -> tuple[float, int]:
+    """hardware.roofline.kernel_time with the bound as an index into _BOUNDS (same operations, same result)."""
+    compute_s = flops / flops_per_s if flops else 0.0
+    memory_s = num_bytes / bytes_per_s if num_bytes else 0.0
+    if compute_s >= memory_s:
+        big, small, which = compute_s, memory_s, 0
+    else:
+        big, small, which = memory_s, compute_s, 1
+    if big <= 0.0:
+        return latency_s, 2
+    body = big if overlap == float("inf") else big * (1.0 + (small / big) ** overlap) ** inv_overlap
+    return latency_s + body, 2 if latency_s > big else which

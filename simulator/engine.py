@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import gc
 import time
-from bisect import bisect_left
-from itertools import accumulate
 from dataclasses import dataclass
 from functools import partial
 from typing import Callable, Iterable
@@ -26,8 +24,8 @@ import simpy
 
 from simulator.batching import BatchingPolicy
 from simulator.batching.lazy import DecodeRun
-from simulator.cost_model import CostModel, StepShape
-from simulator.metrics import Recorder, RunCosts, SimResult
+from simulator.cost_model import CostModel, RunCosts, StepShape
+from simulator.metrics import Recorder, SimResult
 from simulator.request import Request, RequestStatus
 from workloads.spec import RequestSpec
 
@@ -35,12 +33,16 @@ ProgressFn = Callable[[float, int, int], None]   # (simulated seconds, requests 
 INF = float("inf")
 
 
-def step_by_step_costs(cost_model, num_seqs: int, context_tokens: int, context_step: int, num_steps: int) -> RunCosts:
-    """Decode-only steps j = 0..num_steps-1 attending context_tokens + j * context_step tokens, priced one
-    step_cost() at a time (for cost models without a `decode_run_costs` of their own)."""
-    costs = RunCosts()
-    for j in range(num_steps):
-        costs.append(cost_model.step_cost(StepShape((), num_seqs, context_tokens + j * context_step, num_seqs)))
+def step_by_step_costs(cost_model, num_seqs: int, context_tokens: int, context_step: int, max_steps: int,
+                       start_s: float = 0.0, stop_s: float = INF) -> RunCosts:
+    """CostModel.decode_run_costs for cost models without one: one step_cost() per step."""
+    costs, t = RunCosts(), start_s
+    for j in range(max_steps):
+        cost = cost_model.step_cost(StepShape((), num_seqs, context_tokens + j * context_step, num_seqs))
+        t = t + cost.seconds
+        costs.append(cost, t)
+        if t >= stop_s:
+            break
     return costs
 
 
@@ -78,7 +80,6 @@ class Engine:
             self.policy.enable_fast_path()
         cost_model = parts.cost_model
         self._decode_costs = getattr(cost_model, "decode_run_costs", None) or partial(step_by_step_costs, cost_model)
-        self._step_s = 0.0                       # the latest run step's duration (to guess how many to price)
         self._step_costs: dict[tuple, object] = {}   # StepShape fields -> StepCost
 
     def run(self) -> SimResult:
@@ -180,21 +181,24 @@ class Engine:
         assert self.env.now == end
 
     def _run(self, run: DecodeRun, start: float, delays: list[float]) -> float:
-        """Commit a run of decode steps from `start`; return its end."""
+        """Commit a run of decode steps from `start`; return its end. The run stops after the first step that
+        ends at or after the next arrival (which may change the step after it), or at the policy's limit."""
         policy = self.policy
-        costs, ends = self._price_run(run, start)
+        costs = self._decode_costs(run.num_decode, run.context_tokens, run.live, run.max_steps, start,
+                                   self._next_arrival_s)
         usage = policy.kv.usage()
-        outcome = policy.commit_run(run, ends)
+        outcome = policy.commit_run(run, costs.ends)
+        k = len(costs.ends)
         self.num_runs += 1
-        self.num_run_steps += len(ends)
-        self.num_steps += len(ends)
-        self.recorder.run(start, ends, costs, run, usage, outcome.new_blocks, policy.kv.growth_block_tokens,
+        self.num_run_steps += k
+        self.num_steps += k
+        self.recorder.run(start, costs, run, usage, outcome.new_blocks, policy.kv.growth_block_tokens,
                           outcome.first_gaps)
         delays.extend(costs.seconds)
         self.num_done += len(outcome.finished)
         if self.progress:
-            self.progress(ends[-1], self.num_done, len(self.specs))
-        return ends[-1]
+            self.progress(costs.ends[-1], self.num_done, len(self.specs))
+        return costs.ends[-1]
 
     # ---- one step ----
     def _price(self, batch) -> tuple:
@@ -237,27 +241,3 @@ class Engine:
         yield self.env.timeout(max(0.0, wake - now))
         if wake == self._next_arrival_s:
             self._admit_arrivals(wake)       # even if now + (wake - now) rounded below it
-
-    def _price_run(self, run: DecodeRun, start: float) -> tuple[RunCosts, list[float]]:
-        """Price the run's steps and add up their end times; stop after the first step that ends at or after
-        the next arrival (the arrival may change the step after it) or at the run's limit."""
-        arrival, done = self._next_arrival_s, 0
-        costs, ends = None, [start]                     # ends[j] is the end of step j - 1
-        while done < run.max_steps:
-            want = run.max_steps - done
-            if arrival != INF and self._step_s > 0:     # steps until the arrival, at the latest pace
-                want = min(want, max(1, int((arrival - ends[-1]) / self._step_s) + 2))
-            chunk = self._decode_costs(run.num_decode, run.context_tokens + done * run.live, run.live, want)
-            if costs is None:
-                costs = chunk
-            else:
-                costs.extend(chunk)
-            ends.extend(accumulate(chunk.seconds, initial=ends.pop()))   # running sums, as step by step
-            self._step_s = chunk.seconds[-1]
-            past = bisect_left(ends, arrival, done + 1)                 # the first step ending at/after it
-            if past < len(ends):
-                del ends[past + 1:]
-                costs.truncate(past)
-                break
-            done += want
-        return costs, ends[1:]

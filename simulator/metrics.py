@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from simulator.cost_model import StepCost
+from simulator.cost_model import RunCosts, StepCost
 from simulator.kv_cache.base import KVUsage
 from simulator.request import Request, RequestStatus
 
@@ -53,49 +53,6 @@ RUN_BATCH = 256                     # runs queued before they are expanded into 
 ITL_COMPACT = 1 << 20                # gaps kept before equal ones are merged (or binned, summary-only)
 ITL_BINS_PER_DECADE = 2303           # ln(10) / ln(1.001): bins 0.1% wide
 ITL_MIN_S, ITL_DECADES = 1e-7, 12    # histogram range 0.1 us .. 100 ks
-
-
-@dataclass
-class RunCosts:
-    """The costs of a run's steps as columns: entry j of each list is step j's StepCost field (bound as text,
-    families by name), exactly as `CostModel.step_cost` gives them. A family that is the same in every step of
-    the run may be one float instead of a list."""
-
-    seconds: list[float] = field(default_factory=list)
-    flops: list[float] = field(default_factory=list)
-    bytes: list[float] = field(default_factory=list)
-    bound: list[str] = field(default_factory=list)
-    gemm_s: list[float] | float = field(default_factory=list)
-    attention_s: list[float] | float = field(default_factory=list)
-    elementwise_s: list[float] | float = field(default_factory=list)
-    communication_s: list[float] | float = field(default_factory=list)
-    overhead_s: list[float] | float = field(default_factory=list)
-
-    def append(self, cost: StepCost) -> None:
-        """Add one step (all columns must be lists)."""
-        fam = dict(cost.breakdown)
-        self.seconds.append(cost.seconds)
-        self.flops.append(cost.flops)
-        self.bytes.append(cost.bytes)
-        self.bound.append(cost.bound)
-        for f in FAMILIES:
-            getattr(self, f"{f}_s").append(fam.get(f, 0.0))
-
-    def truncate(self, num_steps: int) -> None:
-        for name in self.__dataclass_fields__:
-            column = getattr(self, name)
-            if isinstance(column, list):
-                del column[num_steps:]
-
-    def extend(self, other: "RunCosts") -> None:
-        k, k_other = len(self.seconds), len(other.seconds)
-        for name in self.__dataclass_fields__:
-            mine, theirs = getattr(self, name), getattr(other, name)
-            if not isinstance(mine, list) and not isinstance(theirs, list) and mine == theirs:
-                continue
-            mine = mine if isinstance(mine, list) else [mine] * k
-            mine.extend(theirs if isinstance(theirs, list) else [theirs] * k_other)
-            setattr(self, name, mine)
 
 
 class Recorder:
@@ -145,8 +102,8 @@ class Recorder:
         if self.summary_only and len(self.cols["row"]) >= FOLD_ROWS:
             self.fold()
 
-    def run(self, start_s: float, ends_s: list[float], costs: RunCosts, run, usage: KVUsage, new_blocks: list[int],
-            block_tokens: int, first_gaps: list[tuple[float, int]]) -> None:
+    def run(self, start_s: float, costs: RunCosts, run, usage: KVUsage, new_blocks: list[int], block_tokens: int,
+            first_gaps: list[tuple[float, int]]) -> None:
         """A run of decode steps, recorded as the step-by-step path would record each of its steps.
 
         `usage` is the KV snapshot before the run; `new_blocks[j]` blocks of `block_tokens` tokens are allocated
@@ -154,10 +111,10 @@ class Recorder:
         memory). `first_gaps` lists (last token time, requests) for the run's first tokens; every later step
         adds one gap per live request.
         """
-        self._runs.append((self.num_rows, start_s, ends_s, costs, run.num_decode, run.live, run.context_tokens,
+        self._runs.append((self.num_rows, start_s, costs.ends, costs, run.num_decode, run.live, run.context_tokens,
                            run.used_tokens, run.num_running, run.num_waiting, usage, new_blocks, block_tokens,
                            self.preemptions_total, first_gaps))
-        self.num_rows += len(ends_s)
+        self.num_rows += len(costs.ends)
         if len(self._runs) >= RUN_BATCH:
             self._expand_runs()
 

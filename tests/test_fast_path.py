@@ -128,3 +128,47 @@ def test_summary_only_matches_the_full_summary(monkeypatch):
             assert b[key] == pytest.approx(value, rel=1e-9, abs=1e-15), key
         else:
             assert b[key] == value, key
+
+
+# ---------------------------------------------------------------- decode runs priced at once
+COST_MODELS = {
+    "llama-h100": ("llama-3.1-8b", "h100-sxm", {}),
+    "llama-eager-unfused": ("llama-3.1-8b", "h100-sxm", {"cuda_graphs": False, "elementwise": "unfused"}),
+    "llama-tp2-fp8kv": ("llama-3.1-8b", "a100-80gb", {"tp": 2, "kv_dtype": "fp8"}),
+    "llama-pp2-slow-memory": ("llama-3.1-8b", "h100-sxm", {"pp": 2, "bandwidth_scale": 0.5}),
+    "mla-tp8": ("deepseek-v3", "h200", {"tp": 8}),
+    "moe-naive-small-graphs": ("mixtral-8x7b", "h100-sxm", {"attention": "naive", "cuda_graph_max_batch": 64}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(COST_MODELS))
+@settings(max_examples=40, deadline=None)
+@given(num_seqs=st.integers(1, 700), context_per_seq=st.integers(1, 9000), step=st.integers(1, 700),
+       num_steps=st.integers(1, 6), start=st.floats(0, 1e5, allow_nan=False))
+def test_decode_run_costs_equal_step_cost_bit_for_bit(name, num_seqs, context_per_seq, step, num_steps, start):
+    from hardware.gpus import get_gpu
+    from simulator.cost_model import FAMILIES, CostModel, StepShape
+    from simulator.models import get_model
+    model, gpu, options = COST_MODELS[name]
+    cm = CostModel(get_model(model), get_gpu(gpu), **options)
+    context = num_seqs * context_per_seq
+    run, t = cm.decode_run_costs(num_seqs, context, step, num_steps, start), start
+    assert len(run.seconds) == num_steps
+    for j in range(num_steps):
+        cost = cm.step_cost(StepShape((), num_seqs, context + j * step, num_seqs))
+        t = t + cost.seconds
+        family = lambda f: getattr(run, f"{f}_s")[j] if isinstance(getattr(run, f"{f}_s"), list) else getattr(run, f"{f}_s")
+        assert (run.seconds[j], run.ends[j], run.flops[j], run.bytes[j], run.bound[j]) == \
+            (cost.seconds, t, cost.flops, cost.bytes, cost.bound)
+        assert tuple((f, family(f)) for f in FAMILIES) == cost.breakdown
+
+
+def test_decode_run_costs_stop_at_the_first_step_ending_at_or_after_stop():
+    from hardware.gpus import get_gpu
+    from simulator.cost_model import CostModel
+    from simulator.models import get_model
+    cm = CostModel(get_model("llama-3.1-8b"), get_gpu("h100-sxm"))
+    full = cm.decode_run_costs(32, 32_000, 32, 10, 1.0)
+    cut = cm.decode_run_costs(32, 32_000, 32, 10, 1.0, stop_s=full.ends[3])      # exactly the 4th end
+    assert cut.ends == full.ends[:4] and cut.seconds == full.seconds[:4]
+    assert cm.decode_run_costs(32, 32_000, 32, 10, 1.0, stop_s=full.ends[3] - 1e-12).ends == full.ends[:4]
