@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gc
 import time
+from itertools import chain
 from dataclasses import dataclass
 from functools import partial
 from typing import Callable, Iterable
@@ -106,10 +107,11 @@ class Engine:
         """Hand the policy every request that has arrived by `until_s` (an arrival at the very end of a step is
         seen by the next schedule), or reject it with a reason."""
         pending, i, policy = self._pending, self._num_arrived, self.policy
+        fits = min(self.parts.max_model_len, policy.kv.max_request_tokens() + 1)   # prompt + output at most
         while i < len(pending) and pending[i].arrival_s <= until_s:
             req = Request(pending[i])
             self.requests.append(req)
-            reason = self._reject_reason(req)
+            reason = "" if req.prompt_tokens + req.output_tokens <= fits else self._reject_reason(req)
             if reason:
                 req.status, req.reject_reason = RequestStatus.REJECTED, reason
                 self.num_done += 1
@@ -149,11 +151,11 @@ class Engine:
             yield from self._idle()
 
     # ---- the fast path: commit steps ahead of the clock, then hold the GPU once ----
-    def _advance(self, now: float) -> tuple[float, list[float]]:
+    def _advance(self, now: float) -> tuple[float, list]:
         """Commit steps from `now` on, as the step-by-step path would take them, until one ends at or after the
         next arrival (which may change the next batch) or nothing can run. Nothing else happens in the
         simulation meanwhile: arrivals are the only outside events. Returns the end time and every step's
-        duration (empty if nothing could run)."""
+        duration, a sequence per run or step (empty if nothing could run)."""
         policy, arrival, delays, t = self.policy, self._next_arrival_s, [], now
         while t < arrival:
             run = policy.plan_run(t)
@@ -166,21 +168,21 @@ class Engine:
             priced = self._price(batch)
             end = t + priced[1]
             self._commit(batch, priced, t, end)
-            delays.append(priced[1])
+            delays.append((priced[1],))
             t = end
         return t, delays
 
-    def _hold(self, now: float, end: float, delays: list[float]):
-        """Advance the clock to `end` with one timeout, or one per step where one sum would round differently
-        from the running sum of the steps' durations."""
+    def _hold(self, now: float, end: float, delays: list):
+        """Advance the clock to `end` with one timeout, or one per step (`delays` holds the steps' durations,
+        a sequence per run or step) where one sum would round differently from their running sum."""
         if now + (end - now) == end:
             yield self.env.timeout(end - now)
         else:
-            for delay in delays:
+            for delay in chain.from_iterable(delays):
                 yield self.env.timeout(delay)
         assert self.env.now == end
 
-    def _run(self, run: DecodeRun, start: float, delays: list[float]) -> float:
+    def _run(self, run: DecodeRun, start: float, delays: list) -> float:
         """Commit a run of decode steps from `start`; return its end. The run stops after the first step that
         ends at or after the next arrival (which may change the step after it), or at the policy's limit."""
         policy = self.policy
@@ -194,7 +196,7 @@ class Engine:
         self.num_steps += k
         self.recorder.run(start, costs, run, usage, outcome.new_blocks, policy.kv.growth_block_tokens,
                           outcome.first_gaps)
-        delays.extend(costs.seconds)
+        delays.append(costs.seconds)
         self.num_done += len(outcome.finished)
         if self.progress:
             self.progress(costs.ends[-1], self.num_done, len(self.specs))

@@ -46,6 +46,9 @@ ROW_FIELDS = (("start_s", "d"), ("duration_s", "d"), ("batch_size", "q"), ("num_
               ("overhead_s", "d"), ("swap_s", "d"), ("num_running", "q"), ("num_waiting", "q"),
               ("num_preempted", "q"), ("used_tokens", "q"), ("allocated_tokens", "q"), ("capacity_tokens", "q"),
               ("free_tokens", "q"), ("largest_free_hole_tokens", "q"), ("preemptions_total", "q"))
+# What a summary-only step row keeps (the columns StepSums.add reads), in order.
+SUM_FIELDS = ("duration_s", "flops", "bytes", "num_running", "num_waiting", "used_tokens", "allocated_tokens",
+              "capacity_tokens", "free_tokens", "largest_free_hole_tokens")
 BOUNDS = ("compute", "memory", "latency")
 BOUND_CODE = {b: i for i, b in enumerate(BOUNDS)}
 FOLD_ROWS = 1 << 16                  # summary-only: fold rows into sums this often
@@ -79,28 +82,34 @@ class Recorder:
     def step(self, start_s: float, cost: StepCost, swap_s: float, shape_counts: tuple[int, int, int, int],
              queues: tuple[int, int], num_preempted: int, used_tokens: int, usage: KVUsage) -> None:
         """One step's row: its cost and shape, the queues and the KV usage sampled at its start (before this
-        step's preemptions count in preemptions_total). Rows wait in a list and go into the columns in bulk."""
-        part = self._cost_parts.get(id(cost))
-        if part is None or part[0] is not cost:           # the entry pins `cost`, so its id is not reused
-            fam = dict(cost.breakdown)
-            part = (cost, cost.flops, cost.bytes, BOUND_CODE[cost.bound], *(fam.get(f, 0.0) for f in FAMILIES))
-            if len(self._cost_parts) >= 1 << 14:
-                self._cost_parts.clear()
-            self._cost_parts[id(cost)] = part
-        self._step_rows.append((start_s, cost.seconds + swap_s, *shape_counts, *part[1:], swap_s, *queues,
-                                num_preempted, used_tokens, *usage, self.preemptions_total, self.num_rows))
+        step's preemptions count in preemptions_total). Rows wait in a list and go into the columns in bulk;
+        summary-only rows keep just what the sums need."""
         self.num_rows += 1
+        if self.summary_only:
+            self._step_rows.append((cost.seconds + swap_s, cost.flops, cost.bytes, *queues, used_tokens, *usage))
+        else:
+            part = self._cost_parts.get(id(cost))
+            if part is None or part[0] is not cost:       # the entry pins `cost`, so its id is not reused
+                fam = dict(cost.breakdown)
+                part = (cost, cost.flops, cost.bytes, BOUND_CODE[cost.bound], *(fam.get(f, 0.0) for f in FAMILIES))
+                if len(self._cost_parts) >= 1 << 14:
+                    self._cost_parts.clear()
+                self._cost_parts[id(cost)] = part
+            self._step_rows.append((start_s, cost.seconds + swap_s, *shape_counts, *part[1:], swap_s, *queues,
+                                    num_preempted, used_tokens, *usage, self.preemptions_total, self.num_rows - 1))
         self.preemptions_total += num_preempted
         if len(self._step_rows) >= RUN_BATCH:
             self._flush_steps()
 
     def _flush_steps(self) -> None:
         rows, self._step_rows = self._step_rows, []
-        if rows:
-            for col, values in zip(self.cols.values(), zip(*rows)):
-                col.extend(values)
-        if self.summary_only and len(self.cols["row"]) >= FOLD_ROWS:
-            self.fold()
+        if not rows:
+            return
+        if self.summary_only:
+            self.folded.add(dict(zip(SUM_FIELDS, map(np.asarray, zip(*rows)))))
+            return
+        for col, values in zip(self.cols.values(), zip(*rows)):
+            col.extend(values)
 
     def run(self, start_s: float, costs: RunCosts, run, usage: KVUsage, new_blocks: list[int], block_tokens: int,
             first_gaps: list[tuple[float, int]]) -> None:
@@ -157,9 +166,7 @@ class Recorder:
     # ---- summary-only folding ----
     def fold(self) -> None:
         """Fold the rows kept so far into running sums and drop them."""
-        rows, self._step_rows = self._step_rows, []
-        for col, values in zip(self.cols.values(), zip(*rows)):
-            col.extend(values)
+        self._flush_steps()
         self._expand_runs()
         for cols in (self.cols, self.run_cols):
             if len(cols["row"]):

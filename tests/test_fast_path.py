@@ -172,3 +172,17 @@ def test_decode_run_costs_stop_at_the_first_step_ending_at_or_after_stop():
     cut = cm.decode_run_costs(32, 32_000, 32, 10, 1.0, stop_s=full.ends[3])      # exactly the 4th end
     assert cut.ends == full.ends[:4] and cut.seconds == full.seconds[:4]
     assert cm.decode_run_costs(32, 32_000, 32, 10, 1.0, stop_s=full.ends[3] - 1e-12).ends == full.ends[:4]
+
+
+def test_hold_splits_when_one_sum_would_round_differently():
+    # 0.0049... + (0.0994... - 0.0049...) is not 0.0994... in floats: the clock must then take the steps one by one.
+    now, delays = 0.004954350870919409, [0.02247455323943691, 0.03257964863613815, 0.03943616755677566]
+    end = now
+    for d in delays:
+        end = end + d
+    assert now + (end - now) != end
+    eng = engine(specs_from([(0.0, 10, 2)]), True)
+    eng.env.run(until=now)
+    eng.env.process(eng._hold(now, end, [delays[:2], delays[2:]]))
+    eng.env.run()
+    assert eng.env.now == end

@@ -192,7 +192,7 @@ class ContinuousBatching(BatchingPolicy):
         self.kv_used_tokens += n * k
         done = lazy.advance(k, sum(new_blocks), ends_s[-1])
         for req in done:
-            lazy.sync(req)
+            lazy.sync(req, finishing=True)
             req.status = RequestStatus.FINISHED
             req.finish_s = ends_s[-1]
             self._on_finish(req)

@@ -77,8 +77,9 @@ class LazyDecoders:
         self.fresh.append(req)
         self.num_tracked += 1
 
-    def sync(self, req: Request) -> None:
-        """Bring `req`'s counters and KV blocks level and stop tracking it."""
+    def sync(self, req: Request, *, finishing: bool = False) -> None:
+        """Bring `req`'s counters and KV blocks level and stop tracking it (a `finishing` request is freed next,
+        so the blocks reserved for its growth go back to the pool unnamed)."""
         if req.lazy_id < 0:
             return
         lag = self.step - req.lazy_step
@@ -88,7 +89,7 @@ class LazyDecoders:
             req.num_computed_tokens += lag
             req.num_output_tokens += lag
             req.last_token_s = self.last_end_s
-            self.kv.settle(req, req.num_computed_tokens)
+            self.kv.settle(req, req.num_computed_tokens, keep=not finishing)
         req.lazy_id = -1
         self.num_tracked -= 1
 

@@ -85,5 +85,6 @@ class KVCacheManager(ABC):
         (a negative count gives back what an earlier call took)."""
         assert num_blocks == 0, f"{type(self).__name__} cannot grow running requests"
 
-    def settle(self, req: Request, num_tokens: int) -> None:
-        """Hand `req` the reserved blocks it grew into, so it holds `num_tokens` tokens (see `reserve`)."""
+    def settle(self, req: Request, num_tokens: int, *, keep: bool = True) -> None:
+        """Hand `req` the reserved blocks it grew into, so it holds `num_tokens` tokens (see `reserve`); with
+        `keep` False the request is about to be freed, so they go straight back to the pool instead."""

@@ -55,11 +55,12 @@ class PagedKVCache(KVCacheManager):
         self.reserved_blocks += num_blocks
         assert self.reserved_blocks >= 0
 
-    def settle(self, req: Request, num_tokens: int) -> None:
+    def settle(self, req: Request, num_tokens: int, *, keep: bool = True) -> None:
         need = self._blocks_needed(req, num_tokens)
         assert need <= self.reserved_blocks, f"settle beyond the reservation: {req}"
         self.reserved_blocks -= need
-        self._take(req, need)
+        if keep:
+            self._take(req, need)
 
     def free(self, req: Request) -> None:
         table = self.block_tables.pop(req.request_id, None)
