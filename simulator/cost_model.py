@@ -464,45 +464,48 @@ class CostModel:
         Python uses) in the last bit for a few percent of inputs, so vectorized step times would drift from
         step-by-step ones.
         """
-        fam, flops0, bytes0, bounds0, excess0, graphed, f1, seq_bytes = self._decode_constants(num_seqs)
+        fam, flops0, bytes0, (bc0, bm0, bl0), excess0, graphed, f1, seq_bytes = self._decode_constants(num_seqs)
         g, a0, e, c, o = fam
         layers, kv_elems, kvb, rate, bw, lat, p = (self._layers, self._kv_elems, self._kvb, self._attn_rate, self._bw,
                                                    self._gemm_lat, self._p)
         launch, step_s, inv_p = self._layers * self.gpu.launch_overhead_s, self.step_overhead_s, 1.0 / p
-        out = RunCosts(gemm_s=g, elementwise_s=e, communication_s=c, overhead_s=step_s + 0.0 if graphed else [])
-        seconds, ends, attention, overhead = out.seconds, out.ends, out.attention_s, out.overhead_s
+        blend = p != INF
+        seconds, ends, flops, nbytes, bound, attention, overhead = [], [], [], [], [], [], []
         t = start_s
         for j in range(max_steps):
             ctx = context_tokens + j * context_step
             aflops = f1 * ctx                                    # as _decode_attention computes them
             abytes = ctx * kv_elems * kvb + seq_bytes
-            s, which = _kernel_seconds(aflops, abytes, rate, bw, lat, p, inv_p)
+            # hardware.roofline.kernel_time, inlined; `which` indexes _BOUNDS
+            compute_s = aflops / rate if aflops else 0.0
+            memory_s = abytes / bw if abytes else 0.0
+            big, small, which = (compute_s, memory_s, 0) if compute_s >= memory_s else (memory_s, compute_s, 1)
+            if big <= 0.0:
+                s, which = lat, 2
+            else:
+                s = lat + (big * (1.0 + (small / big) ** p) ** inv_p if blend else big)
+                which = 2 if lat > big else which
             s *= layers                                          # _scale(op, layers)
             att = a0 + s
             gpu_s = 0 + g + att + e + c + o                      # sum(fam.values()), in FAMILIES order
             if graphed:
-                step = gpu_s + overhead
+                step = gpu_s + (step_s + 0.0)
             else:
                 over = step_s + (excess0 + max(0.0, launch - s))
                 overhead.append(over)
                 step = gpu_s + over
-            bc, bm, bl = bounds0                                 # seconds per bound; the first largest names it
-            if which == 0:
-                bc = bc + s
-            elif which == 1:
-                bm = bm + s
-            else:
-                bl = bl + s
-            out.bound.append("compute" if bc >= bm and bc >= bl else "memory" if bm >= bl else "latency")
-            out.flops.append(flops0 + aflops * layers)
-            out.bytes.append(bytes0 + abytes * layers)
+            bc, bm, bl = ((bc0 + s, bm0, bl0) if which == 0 else (bc0, bm0 + s, bl0) if which == 1
+                          else (bc0, bm0, bl0 + s))
+            bound.append("compute" if bc >= bm and bc >= bl else "memory" if bm >= bl else "latency")
+            flops.append(flops0 + aflops * layers)
+            nbytes.append(bytes0 + abytes * layers)
             attention.append(att)
             seconds.append(step)
             t = t + step
             ends.append(t)
             if t >= stop_s:
                 break
-        return out
+        return RunCosts(seconds, ends, flops, nbytes, bound, g, attention, e, c, step_s + 0.0 if graphed else overhead)
 
     def _decode_constants(self, num_seqs: int) -> tuple:
         """What every decode-only step of `num_seqs` sequences shares whatever the context (kept per size)."""
@@ -518,6 +521,7 @@ class CostModel:
 
 
 _BOUNDS = ("compute", "memory", "latency")
+INF = float("inf")
 _BOUND_INDEX = {b: i for i, b in enumerate(_BOUNDS)}
 _FAMILY_INDEX = {f: i for i, f in enumerate(FAMILIES)}
 
@@ -598,18 +602,3 @@ class RunCosts:
         self.bound.append(cost.bound)
         for f in FAMILIES:
             getattr(self, f"{f}_s").append(fam.get(f, 0.0))
-
-
-def _kernel_seconds(flops: float, num_bytes: float, flops_per_s: float, bytes_per_s: float, latency_s: float,
-                    overlap: float, inv_overlap: float) -> tuple[float, int]:
-    """hardware.roofline.kernel_time with the bound as an index into _BOUNDS (same operations, same result)."""
-    compute_s = flops / flops_per_s if flops else 0.0
-    memory_s = num_bytes / bytes_per_s if num_bytes else 0.0
-    if compute_s >= memory_s:
-        big, small, which = compute_s, memory_s, 0
-    else:
-        big, small, which = memory_s, compute_s, 1
-    if big <= 0.0:
-        return latency_s, 2
-    body = big if overlap == float("inf") else big * (1.0 + (small / big) ** overlap) ** inv_overlap
-    return latency_s + body, 2 if latency_s > big else which

@@ -279,7 +279,8 @@ def kv_frame(rows) -> pd.DataFrame:
     """KV samples, one per step at its start; the ratios of METRICS.md (external only while requests wait)."""
     return pd.DataFrame({"time_s": rows["start_s"], "used_tokens": rows["used_tokens"],
                          "allocated_tokens": rows["allocated_tokens"], "capacity_tokens": rows["capacity_tokens"],
-                         "free_tokens": rows["free_tokens"], "largest_free_hole_tokens": rows["largest_free_hole_tokens"],
+                         "free_tokens": rows["free_tokens"],
+                         "largest_free_hole_tokens": rows["largest_free_hole_tokens"],
                          **kv_ratios(rows), "num_running": rows["num_running"], "num_waiting": rows["num_waiting"],
                          "preemptions_total": rows["preemptions_total"]})
 

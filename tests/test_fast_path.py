@@ -157,7 +157,8 @@ def test_decode_run_costs_equal_step_cost_bit_for_bit(name, num_seqs, context_pe
     for j in range(num_steps):
         cost = cm.step_cost(StepShape((), num_seqs, context + j * step, num_seqs))
         t = t + cost.seconds
-        family = lambda f: getattr(run, f"{f}_s")[j] if isinstance(getattr(run, f"{f}_s"), list) else getattr(run, f"{f}_s")
+        column = lambda f: getattr(run, f"{f}_s")
+        family = lambda f: column(f)[j] if isinstance(column(f), list) else column(f)
         assert (run.seconds[j], run.ends[j], run.flops[j], run.bytes[j], run.bound[j]) == \
             (cost.seconds, t, cost.flops, cost.bytes, cost.bound)
         assert tuple((f, family(f)) for f in FAMILIES) == cost.breakdown
