@@ -183,17 +183,32 @@ class Recorder:
             centers = itl_bin_centers()
             hit = np.nonzero(self.itl_hist)[0]
             itl = pd.DataFrame({"itl_s": centers[hit], "count": self.itl_hist[hit]})
-            empty = rows_frame(_columns())
+            empty = {name: _as_numpy(col) for name, col in _columns().items()}
             return SimResult(config=config, meta={**meta, "step_sums": self.folded.as_dict()}, requests=req_df,
                              steps=steps_frame(empty), kv=kv_frame(empty), itl=itl)
         self._flush_steps()
         self._expand_runs()
         self._compact_itl()
-        rows = pd.concat([rows_frame(self.cols), rows_frame(self.run_cols)], ignore_index=True)
-        rows = rows.sort_values("row", kind="stable", ignore_index=True)
+        rows = self._rows_in_order()
         itl = pd.DataFrame({"itl_s": _as_numpy(self.itl_values), "count": _as_numpy(self.itl_counts)})
         return SimResult(config=config, meta=meta, requests=req_df, steps=steps_frame(rows), kv=kv_frame(rows),
                          itl=itl)
+
+
+    def _rows_in_order(self) -> dict[str, np.ndarray]:
+        """Every row, step-by-step and expanded ones, in step order; each column is copied once and the typed
+        columns are dropped as they are used (a long run holds millions of rows)."""
+        order = np.argsort(np.concatenate([_view(self.cols["row"]), _view(self.run_cols["row"])]), kind="stable")
+        rows = {}
+        for name in self.cols:
+            rows[name] = np.concatenate([_view(self.cols[name]), _view(self.run_cols[name])])[order]
+            self.cols[name], self.run_cols[name] = array(self.cols[name].typecode), array(self.run_cols[name].typecode)
+        return rows
+
+
+def _view(col: array) -> np.ndarray:
+    dtype = {"d": np.float64, "q": np.int64, "b": np.int8}[col.typecode]
+    return np.frombuffer(col, dtype=dtype) if len(col) else np.zeros(0, dtype)
 
 
 def _per_step(values: list, k: np.ndarray, flat) -> np.ndarray:
@@ -263,16 +278,13 @@ def expand_runs(runs: list[tuple], full: bool = True) -> tuple[dict[str, np.ndar
     return rows, gaps, counts
 
 
-def rows_frame(cols: dict[str, array]) -> pd.DataFrame:
-    """The recorded rows as one DataFrame (copies of the typed columns; bound as its code)."""
-    return pd.DataFrame({name: _as_numpy(col) for name, col in cols.items()})
-
-
-def steps_frame(rows: pd.DataFrame) -> pd.DataFrame:
-    out = rows.reindex(columns=[c for c in STEP_COLUMNS if c != "step"])
-    out.insert(0, "step", np.arange(len(rows), dtype=np.int64))
-    out["bound"] = pd.Series(np.asarray(BOUNDS, dtype=object)[rows.bound.to_numpy()], index=out.index)
-    return out
+def steps_frame(rows: dict[str, np.ndarray]) -> pd.DataFrame:
+    """The steps frame from rows in step order (bound codes become text)."""
+    n = len(rows["start_s"])
+    data = {"step": np.arange(n, dtype=np.int64)}
+    for name in STEP_COLUMNS[1:]:
+        data[name] = pd.Series(np.asarray(BOUNDS, dtype=object)[rows[name]]) if name == "bound" else rows[name]
+    return pd.DataFrame(data, copy=False)                # the arrays are fresh; pandas copies on write
 
 
 def kv_frame(rows) -> pd.DataFrame:
@@ -282,7 +294,7 @@ def kv_frame(rows) -> pd.DataFrame:
                          "free_tokens": rows["free_tokens"],
                          "largest_free_hole_tokens": rows["largest_free_hole_tokens"],
                          **kv_ratios(rows), "num_running": rows["num_running"], "num_waiting": rows["num_waiting"],
-                         "preemptions_total": rows["preemptions_total"]})
+                         "preemptions_total": rows["preemptions_total"]}, copy=False)
 
 
 def kv_ratios(rows) -> dict[str, np.ndarray]:
