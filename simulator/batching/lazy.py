@@ -133,7 +133,8 @@ class LazyDecoders:
         return self.phases[self.step % self.block_tokens] if self.block_tokens else 0
 
     def advance(self, num_steps: int, new_blocks: int, end_s: float) -> list[Request]:
-        """Account a run of `num_steps` steps ending at `end_s`; return the requests it finished, in seat order."""
+        """Account a run of `num_steps` steps ending at `end_s`; return the requests it finished, in seat order
+        (heap entries of one finish step come off by seat)."""
         self.step += num_steps
         self.last_end_s = end_s
         self.kv.reserve(new_blocks)
@@ -145,5 +146,4 @@ class LazyDecoders:
             if lazy_id == req.lazy_id:
                 assert self.step == req.lazy_step + req.output_tokens - req.num_output_tokens, "run overshot a finish"
                 done.append(req)
-        done.sort(key=lambda r: r.seat)
         return done
