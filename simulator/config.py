@@ -64,6 +64,8 @@ class SimConfig:
     slo_ttft_s: float | None = None
     slo_tpot_s: float | None = None
     summary_only: bool = False             # keep histograms and running sums, not per-step and per-token rows
+    max_request_rows: int = 1_000_000      # per-request rows kept in memory; more stream to Parquet
+    request_rows_path: str | None = None   # where they stream (None: a temporary file, named in the results)
     # speed
     fast_path: bool = True                 # advance runs of identical decode steps at once (identical results)
 
@@ -71,7 +73,7 @@ class SimConfig:
         _check_positive(self, ("rate", "tp", "pp", "max_num_seqs", "batch_size", "max_batch_size",
                                "block_size", "rate_scale", "bandwidth_scale", "flops_scale"))
         _check_optional_positive(self, ("max_model_len", "num_requests", "duration_s", "max_num_batched_tokens", "num_gpu_blocks",
-                                        "kv_capacity_tokens", "slo_ttft_s", "slo_tpot_s"))
+                                        "kv_capacity_tokens", "slo_ttft_s", "slo_tpot_s", "max_request_rows"))
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ConfigError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
         if self.max_wait_s < 0 or self.swap_space_gb < 0:

@@ -27,6 +27,7 @@ from simulator.batching import BatchingPolicy
 from simulator.batching.lazy import DecodeRun
 from simulator.cost_model import CostModel, RunCosts, StepShape
 from simulator.metrics import Recorder, SimResult
+from simulator.request_log import RequestLog
 from simulator.request import Request, RequestStatus
 from workloads.spec import RequestSpec
 
@@ -69,8 +70,12 @@ class Engine:
         self.specs = list(specs)
         self.progress = progress
         self.env = simpy.Environment()
-        self.recorder = Recorder(summary_only=parts.config.get("summary_only", False))
-        self.requests: list[Request] = []
+        config = parts.config
+        self.recorder = Recorder(summary_only=config.get("summary_only", False))
+        self.log = RequestLog(config.get("max_request_rows"), config.get("request_rows_path"), parts.slo)
+        self.requests: list[Request] = []        # every request, unless summary-only or rows may stream
+        self._keep_requests = not self.recorder.summary_only and (self.log.max_rows is None
+                                                                   or len(self.specs) <= self.log.max_rows)
         self.num_done = 0
         self.fast_path = parts.config.get("fast_path", True) if fast_path is None else fast_path
         self._next_arrival_s = float("inf")     # the earliest arrival not yet handed to the policy
@@ -97,11 +102,15 @@ class Engine:
         finally:
             if collecting:
                 gc.enable()
+        requests = self.log.frame()
         meta = {**self.parts.meta, "preemptions_recompute": self.policy.num_preemptions["recompute"],
-                "preemptions_swap": self.policy.num_preemptions["swap"],
-                "wall_s": time.perf_counter() - wall, "engine_steps": self.num_steps,
+                "preemptions_swap": self.policy.num_preemptions["swap"], "engine_steps": self.num_steps,
                 "run_steps": self.num_run_steps, "runs": self.num_runs}
-        return self.recorder.result(self.parts.config, meta, self.requests, self.parts.slo)
+        if self.log.sums is not None:
+            meta.update(request_rows_path=self.log.path, request_sums=self.log.sums.as_dict())
+        result = self.recorder.result(self.parts.config, meta, requests)
+        result.meta["wall_s"] = time.perf_counter() - wall
+        return result
 
     def _admit_arrivals(self, until_s: float) -> None:
         """Hand the policy every request that has arrived by `until_s` (an arrival at the very end of a step is
@@ -110,10 +119,12 @@ class Engine:
         fits = min(self.parts.max_model_len, policy.kv.max_request_tokens() + 1)   # prompt + output at most
         while i < len(pending) and pending[i].arrival_s <= until_s:
             req = Request(pending[i])
-            self.requests.append(req)
+            if self._keep_requests:
+                self.requests.append(req)
             reason = "" if req.prompt_tokens + req.output_tokens <= fits else self._reject_reason(req)
             if reason:
                 req.status, req.reject_reason = RequestStatus.REJECTED, reason
+                self.log.add(req)
                 self.num_done += 1
             else:
                 policy.add_request(req)
@@ -197,6 +208,8 @@ class Engine:
         self.recorder.run(start, costs, run, usage, outcome.new_blocks, policy.kv.growth_block_tokens,
                           outcome.first_gaps)
         delays.append(costs.seconds)
+        for req in outcome.finished:
+            self.log.add(req)
         self.num_done += len(outcome.finished)
         if self.progress:
             self.progress(costs.ends[-1], self.num_done, len(self.specs))
@@ -228,6 +241,8 @@ class Engine:
         self.recorder.step(start, cost, swap_s, counts, queues, batch.num_preempted, used, usage)
         if outcome.itl_gaps:
             self.recorder.itl_gaps(outcome.itl_gaps)
+        for req in outcome.finished:
+            self.log.add(req)
         self.num_done += len(outcome.finished)
         if self.progress:
             self.progress(end, self.num_done, len(self.specs))

@@ -18,7 +18,6 @@ from array import array
 from collections import Counter
 from dataclasses import dataclass, field
 from itertools import chain, repeat
-from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,6 @@ import pandas as pd
 
 from simulator.cost_model import RunCosts, StepCost
 from simulator.kv_cache.base import KVUsage
-from simulator.request import Request, RequestStatus
 
 STEP_COLUMNS = ("step", "start_s", "duration_s", "batch_size", "num_prefill_tokens", "num_decode_tokens",
                 "context_tokens", "flops", "bytes", "bound", "gemm_s", "attention_s", "elementwise_s",
@@ -38,7 +36,18 @@ KV_COLUMNS = ("time_s", "used_tokens", "allocated_tokens", "capacity_tokens", "f
 REQUEST_COLUMNS = ("request_id", "arrival_s", "prompt_tokens", "output_tokens", "status", "reject_reason",
                    "scheduled_s", "first_token_s", "finish_s", "ttft_s", "tpot_s", "e2e_s", "queueing_s",
                    "num_preemptions", "recomputed_tokens", "swapped_bytes", "met_slo")
+# What a request's row holds when it is taken (request_log.py); requests_frame derives the latencies.
+RAW_REQUEST_COLUMNS = ("request_id", "arrival_s", "prompt_tokens", "output_tokens", "status", "reject_reason",
+                       "scheduled_s", "first_token_s", "finish_s", "num_preemptions", "recomputed_tokens",
+                       "swapped_bytes")
 FAMILIES = ("gemm", "attention", "elementwise", "communication", "overhead")
+_LAT = lambda name: tuple(f"{name}_{k}_s" for k in ("mean", "p50", "p90", "p99", "max"))   # noqa: E731
+SUMMARY_KEYS = ("num_requests", "completed", "rejected", "duration_s", "request_throughput",
+                "output_token_throughput", "total_token_throughput", *_LAT("ttft"), *_LAT("tpot"), *_LAT("itl"),
+                *_LAT("e2e"), "goodput", "slo_attainment", "kv_utilization_mean", "internal_fragmentation_mean",
+                "external_fragmentation_mean", "kv_utilization_max", "max_concurrent_requests", "preemptions",
+                "preemptions_recompute", "preemptions_swap", "preemption_rate_per_s", "mfu", "mbu", "busy_s",
+                "num_steps", "rejected_reasons")
 # What one row holds, in append order: (name, array typecode). 'bound' is a code into BOUNDS.
 ROW_FIELDS = (("start_s", "d"), ("duration_s", "d"), ("batch_size", "q"), ("num_prefill_tokens", "q"),
               ("num_decode_tokens", "q"), ("context_tokens", "q"), ("flops", "d"), ("bytes", "d"), ("bound", "b"),
@@ -176,8 +185,8 @@ class Recorder:
         self._compact_itl()
 
     # ---- results ----
-    def result(self, config: dict, meta: dict, requests: list[Request], slo: tuple[float | None, float | None]):
-        req_df = requests_frame(requests, slo)
+    def result(self, config: dict, meta: dict, req_df: pd.DataFrame) -> "SimResult":
+        """The SimResult of the run, with the requests frame the engine's RequestLog made."""
         if self.summary_only:
             self.fold()
             centers = itl_bin_centers()
@@ -366,22 +375,13 @@ class StepSums:
                 "itl_count": self.itl_count, "itl_sum_s": self.itl_sum_s, "itl_max_s": self.itl_max_s}
 
 
-def requests_frame(requests: list[Request], slo: tuple[float | None, float | None]) -> pd.DataFrame:
-    """One row per request, by request_id (built column by column: a million requests take about a second)."""
-    reqs = sorted(requests, key=attrgetter("request_id"))
-    column = lambda attr, dtype: np.fromiter(map(attrgetter(attr), reqs), dtype, len(reqs))
-    optional = lambda attr: np.array([np.nan if v is None else v for v in map(attrgetter(attr), reqs)], np.float64)
-    df = pd.DataFrame({
-        "request_id": column("request_id", np.int64), "arrival_s": column("arrival_s", np.float64),
-        "prompt_tokens": column("prompt_tokens", np.int64), "output_tokens": column("output_tokens", np.int64),
-        "status": pd.Series(["finished" if r.status == RequestStatus.FINISHED else "rejected" for r in reqs],
-                            dtype=None if reqs else object),
-        "reject_reason": pd.Series([r.reject_reason for r in reqs], dtype=None if reqs else object),
-        "scheduled_s": optional("scheduled_s"),
-        "first_token_s": optional("first_token_s"), "finish_s": optional("finish_s"),
-        "num_preemptions": column("num_preemptions", np.int64),
-        "recomputed_tokens": column("recomputed_tokens", np.int64),
-        "swapped_bytes": column("swapped_bytes", np.float64)})
+def requests_frame(columns: dict[str, np.ndarray], slo: tuple[float | None, float | None]) -> pd.DataFrame:
+    """One row per request, by request_id, from the columns of RAW_REQUEST_COLUMNS (times NaN where unset,
+    status and reject_reason as text), with the derived latencies."""
+    order = np.argsort(columns["request_id"], kind="stable")
+    df = pd.DataFrame({name: pd.Series(np.asarray(columns[name])[order],
+                                       dtype=object if name in ("status", "reject_reason") and not len(order) else None)
+                       for name in RAW_REQUEST_COLUMNS})
     df["ttft_s"] = df.first_token_s - df.arrival_s
     df["e2e_s"] = df.finish_s - df.arrival_s
     df["queueing_s"] = df.scheduled_s - df.arrival_s
@@ -477,22 +477,10 @@ class SimResult:
 
 def summarize(res: SimResult) -> dict[str, Any]:
     req = res.requests
-    done = req[req.status == "finished"]
-    first_arrival = req.arrival_s.min() if len(req) else 0.0
-    duration = float(done.finish_s.max() - first_arrival) if len(done) else 0.0
+    out = _request_summary(req) if "request_sums" not in res.meta else _streamed_summary(res.meta["request_sums"])
+    duration = out["duration_s"]
     per_s = (lambda x: x / duration) if duration > 0 else (lambda x: float("nan"))
-    out: dict[str, Any] = {
-        "num_requests": int(len(req)), "completed": int(len(done)), "rejected": int((req.status == "rejected").sum()),
-        "duration_s": duration, "request_throughput": per_s(len(done)),
-        "output_token_throughput": per_s(float(done.output_tokens.sum())),
-        "total_token_throughput": per_s(float(done.prompt_tokens.sum() + done.output_tokens.sum())),
-    }
-    out.update(_stats("ttft", done.ttft_s))
-    out.update(_stats("tpot", done.tpot_s))
     out.update(_itl_stats(res.itl))
-    out.update(_stats("e2e", done.e2e_s))
-    met = int(req.met_slo.sum())
-    out.update({"goodput": per_s(met), "slo_attainment": met / len(req) if len(req) else float("nan")})
     sums = res.meta.get("step_sums") or _step_sums(res.steps, res.kv)
     if "itl_count" in sums and sums["itl_count"]:        # summary-only: exact mean and max, binned percentiles
         out["itl_mean_s"] = sums["itl_sum_s"] / sums["itl_count"]
@@ -503,7 +491,6 @@ def summarize(res: SimResult) -> dict[str, Any]:
         out[key] = sums[f"{col}_mean"]
     out["kv_utilization_max"] = sums["kv_utilization_max"]
     out["max_concurrent_requests"] = sums["max_running"]
-    out["preemptions"] = int(req.num_preemptions.sum())
     out["preemptions_recompute"] = int(res.meta.get("preemptions_recompute", 0))
     out["preemptions_swap"] = int(res.meta.get("preemptions_swap", 0))
     out["preemption_rate_per_s"] = per_s(out["preemptions"])
@@ -512,8 +499,37 @@ def summarize(res: SimResult) -> dict[str, Any]:
     out["mbu"] = float(sums["bytes"] / (busy * peak_bw)) if busy and peak_bw else 0.0
     out["busy_s"] = busy
     out["num_steps"] = sums["num_steps"]
-    out["rejected_reasons"] = dict(Counter(req.loc[req.status == "rejected", "reject_reason"]))
-    return out
+    return {key: out[key] for key in SUMMARY_KEYS}
+
+
+def _request_summary(req: pd.DataFrame) -> dict[str, Any]:
+    """The summary's request statistics, from the requests frame."""
+    done = req[req.status == "finished"]
+    first_arrival = req.arrival_s.min() if len(req) else 0.0
+    duration = float(done.finish_s.max() - first_arrival) if len(done) else 0.0
+    per_s = (lambda x: x / duration) if duration > 0 else (lambda x: float("nan"))
+    met = int(req.met_slo.sum())
+    return {"num_requests": int(len(req)), "completed": int(len(done)), "rejected": int((req.status == "rejected").sum()),
+            "duration_s": duration, "request_throughput": per_s(len(done)),
+            "output_token_throughput": per_s(float(done.output_tokens.sum())),
+            "total_token_throughput": per_s(float(done.prompt_tokens.sum() + done.output_tokens.sum())),
+            **_stats("ttft", done.ttft_s), **_stats("tpot", done.tpot_s), **_stats("e2e", done.e2e_s),
+            "goodput": per_s(met), "slo_attainment": met / len(req) if len(req) else float("nan"),
+            "preemptions": int(req.num_preemptions.sum()),
+            "rejected_reasons": dict(Counter(req.loc[req.status == "rejected", "reject_reason"]))}
+
+
+def _streamed_summary(sums: dict[str, Any]) -> dict[str, Any]:
+    """The same from the sums of rows that streamed to Parquet (percentiles from 0.1% bins)."""
+    n, done = sums["num_requests"], sums["completed"]
+    duration = sums["last_finish_s"] - sums["first_arrival_s"] if done else 0.0
+    per_s = (lambda x: x / duration) if duration > 0 else (lambda x: float("nan"))
+    latency = {k: v for k, v in sums.items() if k.startswith(("ttft_", "tpot_", "e2e_"))}
+    return {"num_requests": n, "completed": done, "rejected": sums["rejected"], "duration_s": duration,
+            "request_throughput": per_s(done), "output_token_throughput": per_s(float(sums["output_tokens"])),
+            "total_token_throughput": per_s(float(sums["total_tokens"])), **latency,
+            "goodput": per_s(sums["met_slo"]), "slo_attainment": sums["met_slo"] / n if n else float("nan"),
+            "preemptions": sums["preemptions"], "rejected_reasons": dict(sums["rejected_reasons"])}
 
 
 def _step_sums(steps: pd.DataFrame, kv: pd.DataFrame) -> dict[str, Any]:

@@ -105,6 +105,8 @@ SCENARIO_OPTIONS: tuple[ScenarioOption, ...] = (
     _o("slo_tpot_s", float, "TPOT SLO for goodput, seconds.", MT, "--slo-tpot"),
     _o("summary_only", bool, "Keep only the summary: no per-step rows, inter-token latencies in a histogram "
                              "(memory does not grow with simulated time): on or off. [default: off]", MT),
+    _o("max_request_rows", int, "Per-request rows kept in memory; beyond, every row streams to Parquet (needs "
+                                "pyarrow). [default: 1000000]", MT),
     _o("fast_path", bool, "Advance runs of identical decode steps at once; results are identical: on or off. "
                           "[default: on]", SV),
 )

@@ -187,3 +187,39 @@ def test_hold_splits_when_one_sum_would_round_differently():
     eng.env.process(eng._hold(now, end, [delays[:2], delays[2:]]))
     eng.env.run()
     assert eng.env.now == end
+
+
+# ---------------------------------------------------------------- per-request rows past max_request_rows
+def test_request_rows_stream_to_parquet_past_the_limit(tmp_path, monkeypatch):
+    pytest.importorskip("pyarrow")
+    import simulator.request_log as request_log
+    monkeypatch.setattr(request_log, "ROW_GROUP", 16)           # several row groups
+    cfg = SimConfig(num_requests=150, rate=8.0, seed=6, slo_ttft_s=0.3,
+                    prompt_len="uniform:100:9000", output_len="sharegpt")   # some rejected (longer than 8192)
+    full = Engine(build_parts(cfg), workload(cfg)).run()
+    path = tmp_path / "rows.parquet"
+    streamed = Engine(build_parts(cfg.replace(max_request_rows=40, request_rows_path=str(path))), workload(cfg)).run()
+    assert len(streamed.requests) == 0 and streamed.meta["request_rows_path"] == str(path)
+    rows = pd.read_parquet(path).sort_values("request_id", ignore_index=True)
+    pd.testing.assert_frame_equal(rows, full.requests, check_exact=True, check_dtype=False)
+    a, b = full.summary(), streamed.summary()
+    assert a["rejected"] > 0 and b["rejected_reasons"] == a["rejected_reasons"]
+    for key, value in a.items():
+        if key.endswith(("_p50_s", "_p90_s", "_p99_s")) and not key.startswith("itl"):
+            assert b[key] == pytest.approx(value, rel=1.5e-3), key       # from 0.1%-wide bins
+        elif isinstance(value, float):
+            assert b[key] == pytest.approx(value, rel=1e-12, nan_ok=True), key
+        else:
+            assert b[key] == value, key
+
+
+def test_streaming_without_pyarrow_is_a_one_line_error(monkeypatch):
+    import simulator.request_log as request_log
+
+    def missing():
+        raise ModuleNotFoundError("No module named 'pyarrow'")
+    monkeypatch.setattr(request_log, "_pyarrow", missing)
+    cfg = SimConfig(num_requests=30, rate=8.0, max_request_rows=10)
+    with pytest.raises(request_log.RowLimitError, match="more than 10 request rows stream to Parquet, which needs "
+                                                        "pyarrow"):
+        Engine(build_parts(cfg), workload(cfg)).run()
