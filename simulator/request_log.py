@@ -41,29 +41,40 @@ class RequestLog:
     def _reset(self) -> None:
         self.cols = {name: array(code) for name, code in zip(RAW_REQUEST_COLUMNS, "qdqqbqdddqqd")}
         self.reasons: dict[str, int] = {"": 0}
+        self.pending: list[tuple] = []        # rows not yet in the columns (moved in bulk)
+        self.count = 0
 
     def __len__(self) -> int:
-        return len(self.cols["request_id"])
+        return self.count
 
     def add(self, req: Request) -> None:
         """Take the row of a request that finished or was rejected."""
-        reason = self.reasons.setdefault(req.reject_reason, len(self.reasons))
-        nan = math.nan
-        for col, value in zip(self.cols.values(), (
-                req.request_id, req.arrival_s, req.prompt_tokens, req.output_tokens,
-                req.status == RequestStatus.FINISHED, reason,
-                nan if req.scheduled_s is None else req.scheduled_s,
-                nan if req.first_token_s is None else req.first_token_s,
-                nan if req.finish_s is None else req.finish_s,
-                req.num_preemptions, req.recomputed_tokens, req.swapped_bytes)):
-            col.append(value)
+        if req.status == RequestStatus.FINISHED:
+            self.pending.append((req.request_id, req.arrival_s, req.prompt_tokens, req.output_tokens, True, 0,
+                                 req.scheduled_s, req.first_token_s, req.finish_s, req.num_preemptions,
+                                 req.recomputed_tokens, req.swapped_bytes))
+        else:                                 # rejected: never scheduled, no token times
+            reason = self.reasons.setdefault(req.reject_reason, len(self.reasons))
+            self.pending.append((req.request_id, req.arrival_s, req.prompt_tokens, req.output_tokens, False, reason,
+                                 math.nan, math.nan, math.nan, req.num_preemptions, req.recomputed_tokens,
+                                 req.swapped_bytes))
+        self.count += 1
+        if len(self.pending) >= 4096:
+            self._move()
         if self.writer is not None:
-            if len(self) >= ROW_GROUP:
+            if self.count >= ROW_GROUP:
                 self._write()
-        elif self.max_rows is not None and len(self) > self.max_rows:
+        elif self.max_rows is not None and self.count > self.max_rows:
             self.writer, self.path = _open_writer(self.path, self.max_rows)
             self.sums = RequestSums()
             self._write()
+
+    def _move(self) -> None:
+        """Pending rows into the typed columns."""
+        rows, self.pending = self.pending, []
+        if rows:
+            for col, values in zip(self.cols.values(), zip(*rows)):
+                col.extend(values)
 
     def frame(self) -> pd.DataFrame:
         """Every row kept in memory, by request_id, with the derived latencies (none once rows stream: then
@@ -76,6 +87,7 @@ class RequestLog:
         return requests_frame(self._columns(), self.slo)
 
     def _columns(self) -> dict[str, np.ndarray]:
+        self._move()
         cols = {name: np.frombuffer(col, dtype=np.dtype(col.typecode)).copy() if len(col)
                 else np.zeros(0, np.dtype(col.typecode)) for name, col in self.cols.items()}
         cols["status"] = np.where(cols["status"].astype(bool), "finished", "rejected").astype(object)
