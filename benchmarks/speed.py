@@ -89,7 +89,7 @@ def child(name: str, rate: float, fast_path: bool) -> dict:
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "requests_per_s": len(specs) / wall, "output_tokens_per_s": out_tokens / wall,
             "steps_per_s": summary["num_steps"] / wall, "engine_steps": summary["num_steps"],
-            "run_steps_pct": 100.0 * result.meta["run_steps"] / max(1, summary["num_steps"]),
+            "run_steps_pct": 100.0 * result.meta.get("run_steps", 0) / max(1, summary["num_steps"]),
             "simulated_s": summary["duration_s"], "preemptions": summary["preemptions"], "fast_path": fast_path}
 
 

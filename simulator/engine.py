@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import gc
 import time
-from itertools import chain
 from dataclasses import dataclass
 from functools import partial
+from itertools import chain
 from typing import Callable, Iterable
 
 import simpy
@@ -27,8 +27,8 @@ from simulator.batching import BatchingPolicy
 from simulator.batching.lazy import DecodeRun
 from simulator.cost_model import CostModel, RunCosts, StepShape
 from simulator.metrics import Recorder, SimResult
-from simulator.request_log import RequestLog
 from simulator.request import Request, RequestStatus
+from simulator.request_log import RequestLog
 from workloads.spec import RequestSpec
 
 ProgressFn = Callable[[float, int, int], None]   # (simulated seconds, requests done, requests total)
@@ -78,7 +78,7 @@ class Engine:
                                                                    or len(self.specs) <= self.log.max_rows)
         self.num_done = 0
         self.fast_path = parts.config.get("fast_path", True) if fast_path is None else fast_path
-        self._next_arrival_s = float("inf")     # the earliest arrival not yet handed to the policy
+        self._next_arrival_s = INF              # the earliest arrival not yet handed to the policy
         self.num_steps = 0                       # engine steps simulated, and how many of them ran in runs
         self.num_run_steps = 0
         self.num_runs = 0
@@ -130,7 +130,7 @@ class Engine:
                 policy.add_request(req)
             i += 1
         self._num_arrived = i
-        self._next_arrival_s = pending[i].arrival_s if i < len(pending) else float("inf")
+        self._next_arrival_s = pending[i].arrival_s if i < len(pending) else INF
         if i == len(pending):
             policy.workload_ended = True
 
@@ -251,8 +251,8 @@ class Engine:
         """Sleep until the next arrival or the policy's deadline; a stall with nothing to wait for is a bug."""
         now = self.env.now
         deadline = self.policy.next_deadline(now)
-        wake = min(self._next_arrival_s, float("inf") if deadline is None else deadline)
-        if wake == float("inf"):
+        wake = min(self._next_arrival_s, INF if deadline is None else deadline)
+        if wake == INF:
             raise RuntimeError(f"scheduler stalled at t={now:.6f}s with work left: "
                                f"{len(self.policy.running)} running, {self.policy.num_waiting} waiting")
         yield self.env.timeout(max(0.0, wake - now))
