@@ -103,8 +103,8 @@ def capacity(name: str) -> float:
 def run_child(name: str, rate: float, fast_path: bool) -> dict:
     cmd = [sys.executable, __file__, "--child", name, "--rate", repr(rate)] + ([] if fast_path else ["--no-fast-path"])
     start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": os.pathsep.join(
-                              filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))})
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))   # this checkout first
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": path})
     if proc.returncode:
         raise SystemExit(f"{name} failed:\n{proc.stderr}")
     row = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -509,8 +509,9 @@ def _request_summary(req: pd.DataFrame) -> dict[str, Any]:
     duration = float(done.finish_s.max() - first_arrival) if len(done) else 0.0
     per_s = (lambda x: x / duration) if duration > 0 else (lambda x: float("nan"))
     met = int(req.met_slo.sum())
-    return {"num_requests": int(len(req)), "completed": int(len(done)), "rejected": int((req.status == "rejected").sum()),
-            "duration_s": duration, "request_throughput": per_s(len(done)),
+    return {"num_requests": int(len(req)), "completed": int(len(done)),
+            "rejected": int((req.status == "rejected").sum()), "duration_s": duration,
+            "request_throughput": per_s(len(done)),
             "output_token_throughput": per_s(float(done.output_tokens.sum())),
             "total_token_throughput": per_s(float(done.prompt_tokens.sum() + done.output_tokens.sum())),
             **_stats("ttft", done.ttft_s), **_stats("tpot", done.tpot_s), **_stats("e2e", done.e2e_s),
