@@ -24,7 +24,7 @@ class Batch:
 
     def __post_init__(self) -> None:
         assert len(self.requests) == len(self.num_new_tokens)
-        assert all(n > 0 for n in self.num_new_tokens)
+        assert not self.num_new_tokens or min(self.num_new_tokens) > 0
 
     @property
     def batch_size(self) -> int:

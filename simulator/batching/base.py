@@ -92,7 +92,7 @@ class BatchingPolicy(ABC):
 
     def commit(self, batch: Batch, start_s: float, end_s: float) -> StepOutcome:
         """Advance every scheduled request by its new tokens; sample, stamp and finish."""
-        out = StepOutcome()
+        out = StepOutcome([], [])
         for req, n in zip(batch.requests, batch.num_new_tokens):
             if req.scheduled_s is None:
                 req.scheduled_s = start_s

@@ -31,8 +31,9 @@ class ContinuousBatching(BatchingPolicy):
         return bool(self.waiting or self.running or self.swapped)
 
     def schedule(self, now: float) -> Batch | None:
-        batch = Batch([], [])
-        self._swap_in(batch)
+        batch = Batch([], [], [])
+        if self.swapped:
+            self._swap_in(batch)
         if self.params.chunked_prefill:
             self._sync_running()
             budget = self._schedule_running(batch, self.params.max_num_batched_tokens)
