@@ -452,7 +452,7 @@ class CostModel:
 
     # ------------------------------------------------------------------ decode runs (the engine's fast path)
     def decode_run_costs(self, num_seqs: int, context_tokens: int, context_step: int, max_steps: int,
-                         start_s: float = 0.0, stop_s: float = float("inf")) -> RunCosts:
+                         start_s: float = 0.0, stop_s: float = float("inf"), detail: bool = True) -> RunCosts:
         """Decode-only steps one after another from `start_s`: step j decodes `num_seqs` sequences attending
         `context_tokens + j * context_step` tokens. Stops after `max_steps`, or after the first step that ends at
         or after `stop_s`; `ends` holds the running sums of the step times, added as the engine adds them.
@@ -462,7 +462,7 @@ class CostModel:
         the context taken once per batch size. It stays a Python loop on purpose: the roofline blend raises to
         the power `roofline_overlap`, and numpy's vectorized power differs from the C library's pow (which
         Python uses) in the last bit for a few percent of inputs, so vectorized step times would drift from
-        step-by-step ones.
+        step-by-step ones. Without `detail` only the times are kept per step, and the FLOPs and bytes as totals.
         """
         fam, flops0, bytes0, (bc0, bm0, bl0), excess0, graphed, f1, seq_bytes = self._decode_constants(num_seqs)
         g, a0, e, c, o = fam
@@ -471,7 +471,7 @@ class CostModel:
         launch, step_s, inv_p = self._layers * self.gpu.launch_overhead_s, self.step_overhead_s, 1.0 / p
         blend = p != INF
         seconds, ends, flops, nbytes, bound, attention, overhead = [], [], [], [], [], [], []
-        t = start_s
+        t, flops_total, bytes_total = start_s, 0.0, 0.0
         for j in range(max_steps):
             ctx = context_tokens + j * context_step
             aflops = f1 * ctx                                    # as _decode_attention computes them
@@ -494,18 +494,27 @@ class CostModel:
                 over = step_s + (excess0 + max(0.0, launch - s))
                 overhead.append(over)
                 step = gpu_s + over
-            bc, bm, bl = ((bc0 + s, bm0, bl0) if which == 0 else (bc0, bm0 + s, bl0) if which == 1
-                          else (bc0, bm0, bl0 + s))
-            bound.append("compute" if bc >= bm and bc >= bl else "memory" if bm >= bl else "latency")
-            flops.append(flops0 + aflops * layers)
-            nbytes.append(bytes0 + abytes * layers)
-            attention.append(att)
+            if detail:
+                bc, bm, bl = ((bc0 + s, bm0, bl0) if which == 0 else (bc0, bm0 + s, bl0) if which == 1
+                              else (bc0, bm0, bl0 + s))
+                bound.append("compute" if bc >= bm and bc >= bl else "memory" if bm >= bl else "latency")
+                flops.append(flops0 + aflops * layers)
+                nbytes.append(bytes0 + abytes * layers)
+                attention.append(att)
+            else:
+                flops_total += aflops
+                bytes_total += abytes
             seconds.append(step)
             t = t + step
             ends.append(t)
             if t >= stop_s:
                 break
-        return RunCosts(seconds, ends, flops, nbytes, bound, g, attention, e, c, step_s + 0.0 if graphed else overhead)
+        if detail:
+            return RunCosts(seconds, ends, flops, nbytes, bound, g, attention, e, c,
+                            step_s + 0.0 if graphed else overhead)
+        k = len(seconds)
+        return RunCosts(seconds, ends, overhead_s=step_s + 0.0 if graphed else overhead,
+                        flops_total=k * flops0 + flops_total * layers, bytes_total=k * bytes0 + bytes_total * layers)
 
     def _decode_constants(self, num_seqs: int) -> tuple:
         """What every decode-only step of `num_seqs` sequences shares whatever the context (kept per size)."""
@@ -591,6 +600,8 @@ class RunCosts:
     elementwise_s: list[float] | float = field(default_factory=list)
     communication_s: list[float] | float = field(default_factory=list)
     overhead_s: list[float] | float = field(default_factory=list)
+    flops_total: float | None = None       # set instead of the per-step columns when priced without detail
+    bytes_total: float | None = None
 
     def append(self, cost: StepCost, end_s: float) -> None:
         """Add one step that ends at `end_s` (every column must be a list)."""

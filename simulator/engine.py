@@ -87,6 +87,9 @@ class Engine:
         cost_model = parts.cost_model
         self._decode_costs = getattr(cost_model, "decode_run_costs", None) or partial(step_by_step_costs, cost_model)
         self._step_costs: dict[tuple, object] = {}   # StepShape fields -> StepCost
+        # summary-only runs need no per-step breakdown of run steps, only their times and FLOP/byte totals
+        lean = self.recorder.summary_only and hasattr(cost_model, "decode_run_costs")
+        self._detail = {"detail": False} if lean else {}
 
     def run(self) -> SimResult:
         wall = time.perf_counter()
@@ -198,7 +201,7 @@ class Engine:
         ends at or after the next arrival (which may change the step after it), or at the policy's limit."""
         policy = self.policy
         costs = self._decode_costs(run.num_decode, run.context_tokens, run.live, run.max_steps, start,
-                                   self._next_arrival_s)
+                                   self._next_arrival_s, **self._detail)
         usage = policy.kv.usage()
         outcome = policy.commit_run(run, costs.ends)
         k = len(costs.ends)

@@ -220,6 +220,11 @@ def _view(col: array) -> np.ndarray:
     return np.frombuffer(col, dtype=dtype) if len(col) else np.zeros(0, dtype)
 
 
+def _spread(totals: list[float], k: np.ndarray) -> np.ndarray:
+    """Per-run totals spread evenly over each run's steps (only their sums are used)."""
+    return np.repeat(np.asarray(totals, dtype=np.float64) / k, k)
+
+
 def _per_step(values: list, k: np.ndarray, flat) -> np.ndarray:
     """A RunCosts family over all steps of the runs: floats repeat over their run, lists are taken as they are."""
     if not any(isinstance(v, list) for v in values):
@@ -264,8 +269,11 @@ def expand_runs(runs: list[tuple], full: bool = True) -> tuple[dict[str, np.ndar
     cap = rep([u.capacity_tokens for u in usage])
     free = rep([u.free_tokens for u in usage]) - grown
     largest = np.where(rep(block_tokens) > 0, free, rep([u.largest_free_hole_tokens for u in usage]))
-    rows = {"duration_s": flat(c.seconds for c in costs), "flops": flat(c.flops for c in costs),
-            "bytes": flat(c.bytes for c in costs), "num_running": rep(running), "num_waiting": rep(waiting),
+    totals = costs[0].flops_total is not None          # priced without detail: only FLOP/byte totals per run
+    rows = {"duration_s": flat(c.seconds for c in costs),
+            "flops": _spread([c.flops_total for c in costs], k) if totals else flat(c.flops for c in costs),
+            "bytes": _spread([c.bytes_total for c in costs], k) if totals else flat(c.bytes for c in costs),
+            "num_running": rep(running), "num_waiting": rep(waiting),
             "used_tokens": rep(used) + (within + 1) * live_rep,
             "allocated_tokens": rep([u.allocated_tokens for u in usage]) + grown, "capacity_tokens": cap,
             "free_tokens": free, "largest_free_hole_tokens": largest}

@@ -223,3 +223,15 @@ def test_streaming_without_pyarrow_is_a_one_line_error(monkeypatch):
     with pytest.raises(request_log.RowLimitError, match="more than 10 request rows stream to Parquet, which needs "
                                                         "pyarrow"):
         Engine(build_parts(cfg), workload(cfg)).run()
+
+
+def test_decode_run_costs_without_detail_keep_times_and_totals():
+    from hardware.gpus import get_gpu
+    from simulator.cost_model import CostModel
+    from simulator.models import get_model
+    cm = CostModel(get_model("llama-3.1-8b"), get_gpu("h100-sxm"), cuda_graphs=False)
+    full = cm.decode_run_costs(48, 48_000, 48, 7, 2.0)
+    lean = cm.decode_run_costs(48, 48_000, 48, 7, 2.0, detail=False)
+    assert (lean.seconds, lean.ends, lean.overhead_s) == (full.seconds, full.ends, full.overhead_s)
+    assert lean.flops == [] and lean.flops_total == pytest.approx(sum(full.flops), rel=1e-12)
+    assert lean.bytes_total == pytest.approx(sum(full.bytes), rel=1e-12)
