@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from array import array
 from collections import Counter
 from dataclasses import dataclass, field
@@ -457,11 +458,15 @@ class SimResult:
         return summarize(self)
 
     def save(self, path: str | Path) -> Path:
-        """Write requests/steps/kv/itl CSVs, summary.json and config.json into folder `path`."""
+        """Write requests/steps/kv/itl CSVs, summary.json and config.json into folder `path` (and
+        requests.parquet when the request rows streamed to Parquet)."""
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
         for name in ("requests", "steps", "kv", "itl"):
             getattr(self, name).to_csv(out / f"{name}.csv", index=False)
+        streamed = self.meta.get("request_rows_path")
+        if streamed and Path(streamed).is_file():      # request rows went to Parquet: keep them with the rest
+            shutil.copyfile(streamed, out / "requests.parquet")
         (out / "summary.json").write_text(json.dumps(_jsonable(self.summary()), indent=2) + "\n")
         (out / "config.json").write_text(json.dumps(_jsonable({**self.config, "resolved": self.meta}), indent=2)
                                          + "\n")

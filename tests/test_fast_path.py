@@ -235,3 +235,15 @@ def test_decode_run_costs_without_detail_keep_times_and_totals():
     assert (lean.seconds, lean.ends, lean.overhead_s) == (full.seconds, full.ends, full.overhead_s)
     assert lean.flops == [] and lean.flops_total == pytest.approx(sum(full.flops), rel=1e-12)
     assert lean.bytes_total == pytest.approx(sum(full.bytes), rel=1e-12)
+
+
+def test_streamed_rows_are_saved_and_loaded_with_the_results(tmp_path):
+    pytest.importorskip("pyarrow")
+    from simulator.metrics import SimResult
+    cfg = SimConfig(num_requests=60, rate=8.0, seed=7, max_request_rows=25)
+    res = Engine(build_parts(cfg), workload(cfg)).run()
+    out = res.save(tmp_path / "r")
+    assert len(pd.read_parquet(out / "requests.parquet")) == 60
+    before, after = res.summary(), SimResult.load(out).summary()
+    assert after.pop("rejected_reasons") == before.pop("rejected_reasons")
+    assert after == pytest.approx(before, nan_ok=True)
