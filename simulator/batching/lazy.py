@@ -1,4 +1,5 @@
-"""The decode-run fast path: advance a run of identical decode steps at once, in O(1) Python work per step.
+"""The decode-run fast path: advance a run of identical decode steps at once, with Python work per run that
+does not grow with the batch.
 
 Between two events (an arrival, a finish, a KV block the free pool cannot serve) every step of continuous
 batching decodes the same running set, one token each. `LazyDecoders` advances such a run without touching the
