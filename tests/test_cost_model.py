@@ -74,7 +74,9 @@ def test_step_time_is_monotonic_in_batch_and_context(gpu):
 def test_faster_hardware_never_slows_a_mixed_step(batch, context, chunk, cached, bw, fs):
     shape = StepShape(prefill=((chunk, cached),) if chunk else (), num_decode=batch,
                       decode_context_tokens=batch * (context + 1), num_sampled=batch + bool(chunk))
-    base = CostModel(LLAMA, H100).step_cost(shape).seconds
+    # Float rounding only: with a scale barely above 1 (or a term that no longer matters), the sum of the
+    # per-operator soft maxima can round 1 ulp higher; 1e-12 relative is far below any physical effect.
+    base = CostModel(LLAMA, H100).step_cost(shape).seconds * (1 + 1e-12)
     assert CostModel(LLAMA, H100, bandwidth_scale=bw).step_cost(shape).seconds <= base
     assert CostModel(LLAMA, H100, flops_scale=fs).step_cost(shape).seconds <= base
 
