@@ -57,9 +57,6 @@ class RunToCompletionPolicy(BatchingPolicy):
     def _on_finish(self, req: Request) -> None:
         self.running.remove(req)          # its slot and KV stay with the batch until the batch ends
 
-    def has_work(self) -> bool:
-        return bool(self.waiting or self.running)
-
     def plan_run(self, now: float) -> DecodeRun | None:
         """Once a batch has prefilled, its live members decode together until the first of them finishes;
         finished members stay in the step as padding of constant context."""
