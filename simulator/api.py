@@ -60,7 +60,9 @@ def workload(cfg: SimConfig) -> list[RequestSpec]:
 def simulate(config: SimConfig | None = None, *, requests: list[RequestSpec] | None = None,
              progress: ProgressFn | None = None, **overrides) -> SimResult:
     """Run one scenario. `overrides` replace config fields (simulate(rate=10)); `requests` bypasses the workload."""
-    cfg = (config or SimConfig()).replace(**overrides) if overrides else (config or SimConfig())
+    cfg = config or SimConfig()
+    if overrides:
+        cfg = cfg.replace(**overrides)
     parts = build_parts(cfg)
     specs = requests if requests is not None else workload(cfg)
     return Engine(parts, specs, progress).run()
