@@ -18,7 +18,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hardware.gpus import get_gpu  # noqa: E402
+from hardware.gpus import GPUSpec, get_gpu  # noqa: E402
 from simulator.cost_model import CostModel, StepShape  # noqa: E402
 from simulator.models import ModelSpec  # noqa: E402
 
@@ -46,10 +46,11 @@ def shape_from_row(row) -> StepShape:
     return StepShape(prefill=((n, c),) * b, num_sampled=b)
 
 
-def measured_cost_model(row, eager: bool = False, **options) -> CostModel:
+def measured_cost_model(row, eager: bool = False, gpu: GPUSpec | None = None, **options) -> CostModel:
     """The cost model of how the reference was measured: every step one CUDA graph (or, `eager`, launched op
-    by op from Python), no per-step overhead, the small operators as plain PyTorch ops (unfused)."""
-    return CostModel(model_from_row(row), get_gpu(str(row["gpu"])), dtype=str(row["dtype"]),
+    by op from Python), no per-step overhead, the small operators as plain PyTorch ops (unfused). `gpu`
+    replaces the catalog entry the row names (calibrate.py passes trial calibrations this way)."""
+    return CostModel(model_from_row(row), gpu or get_gpu(str(row["gpu"])), dtype=str(row["dtype"]),
                      cuda_graphs=not eager, cuda_graph_prefill=True, cuda_graph_max_batch=1 << 30,
                      elementwise="unfused", step_overhead_s=0.0, **options)
 

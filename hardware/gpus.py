@@ -34,22 +34,33 @@ class GPUSpec:
     num_sms: int = 0
     link_bytes_per_s: float = 0.0     # GPU-to-GPU, per direction (NVLink / Infinity Fabric / PCIe)
     host_link_bytes_per_s: float = 0.0  # GPU-to-host, per direction (PCIe)
+    sm_clock_hz: float = 0.0          # boost clock of the SMs (0: derived from vector_flops_per_s, see sm_clock)
     vendor: str = "nvidia"
     source: str = ""                  # datasheet the numbers come from
     # --- achievable-rate calibration: fractions of the datasheet peaks and fixed times, the same for every GPU
     # unless an entry overrides them. Set from real H100 SXM measurements (benchmarks/data/README.md: the shared
     # Llama-3-8B step times and graph-timed GEMV rates) and meant to transfer; see simulator/cost_model.py. ---
-    gemm_efficiency: float = 0.68     # sustained fraction of the dense matrix peak of big GEMMs inside a step
+    gemm_efficiency: float = 0.81     # sustained fraction of the dense matrix peak of big GEMMs inside a step
     attention_efficiency: float = 0.44  # sustained fraction of the 16-bit matrix peak of fused causal attention
-    hbm_efficiency: float = 0.92      # fraction of peak bandwidth streaming kernels reach (KV reads, elementwise)
+    hbm_efficiency: float = 0.94      # fraction of peak bandwidth streaming kernels reach (KV reads, elementwise)
     gemm_hbm_efficiency: float = 0.86  # fraction of peak bandwidth weight-streaming (small-M) GEMMs reach
     roofline_overlap: float = 6.0     # p of the blend (compute^p + memory^p)^(1/p) near the ridge; inf = max()
-    kernel_floor_s: float = 2.4e-6    # fixed time of a small (elementwise) kernel inside a CUDA graph
-    gemm_floor_s: float = 4.0e-6      # fixed time of a GEMM or attention kernel (prologue, tail, split-K reduce)
+    kernel_floor_s: float = 2.2e-6    # fixed time of a small (elementwise) kernel inside a CUDA graph
+    gemm_floor_s: float = 4.4e-6      # fixed time of a GEMM or attention kernel (prologue, tail, split-K reduce)
     launch_overhead_s: float = 12e-6  # CPU time to issue one kernel from eager PyTorch (no CUDA graph)
     step_overhead_s: float = 1.5e-3   # fixed per-step scheduling / sampling / input-prep overhead (not fitted)
     link_efficiency: float = 0.80     # fraction of link_bytes_per_s a ring all-reduce reaches (bus bandwidth)
     collective_latency_s: float = 10e-6  # fixed latency of one all-reduce or pipeline send
+    # elements per SM per clock of PyTorch's non-vectorized elementwise kernels (strided or broadcast operands):
+    # bound by per-element index arithmetic, not by bandwidth (measured in-step on an H100, at the clocks a
+    # power-limited prefill sustains: benchmarks/data/h100_profile_kernels.csv)
+    unvectorized_elements_per_clock: float = 1.2
+
+    def sm_clock(self) -> float:
+        """SM clock in Hz: the entry's, else the FP32 vector rate over 128 lanes x 2 FLOPs (an FMA) per SM."""
+        if self.sm_clock_hz:
+            return self.sm_clock_hz
+        return self.vector_flops_per_s / (256 * self.num_sms) if self.num_sms else 0.0
 
     def matrix_flops_per_s(self, dtype: str) -> float:
         """Dense matrix rate for a compute dtype; falls back to bf16 where the chip lacks the rate."""
@@ -74,26 +85,31 @@ PCIE5_X16 = 64 * GB   # PCIe Gen5 x16: datasheets print 128 GB/s, both direction
 # the dense ones. Link and host-link bandwidths are per direction (datasheets print both directions summed).
 GPUS: dict[str, GPUSpec] = {
     # NVIDIA A100 Tensor Core GPU datasheet (SXM4 40GB): 40 GB HBM2, 1,555 GB/s; BF16 312 TFLOPS (624*),
-    # INT8 624 TOPS (1,248*), no FP8; FP32 19.5 TFLOPS; NVLink 600 GB/s; PCIe Gen4 64 GB/s; 108 SMs, 40 MB L2.
+    # INT8 624 TOPS (1,248*), no FP8; FP32 19.5 TFLOPS; NVLink 600 GB/s; PCIe Gen4 64 GB/s; 108 SMs, 40 MB L2;
+    # boost clock 1410 MHz (NVIDIA A100 Tensor Core GPU architecture whitepaper: 64 FP32 lanes per SM, so the
+    # 128-lane derivation in GPUSpec.sm_clock would halve it).
     "a100-40gb": GPUSpec(
         name="a100-40gb", hbm_bytes=40 * GiB, hbm_bytes_per_s=1555 * GB, bf16_flops_per_s=312 * TFLOPS,
         fp8_flops_per_s=0.0, int8_ops_per_s=624 * TFLOPS, vector_flops_per_s=19.5 * TFLOPS, l2_bytes=40 * MiB,
         num_sms=108, link_bytes_per_s=300 * GB, host_link_bytes_per_s=PCIE4_X16,
+        sm_clock_hz=1410e6,
         source="NVIDIA A100 Tensor Core GPU datasheet (SXM4 40GB)"),
     # NVIDIA A100 Tensor Core GPU datasheet (SXM4 80GB): 80 GB HBM2e, 2,039 GB/s; otherwise as the 40GB card.
     "a100-80gb": GPUSpec(
         name="a100-80gb", hbm_bytes=80 * GiB, hbm_bytes_per_s=2039 * GB, bf16_flops_per_s=312 * TFLOPS,
         fp8_flops_per_s=0.0, int8_ops_per_s=624 * TFLOPS, vector_flops_per_s=19.5 * TFLOPS, l2_bytes=40 * MiB,
         num_sms=108, link_bytes_per_s=300 * GB, host_link_bytes_per_s=PCIE4_X16,
+        sm_clock_hz=1410e6,
         source="NVIDIA A100 Tensor Core GPU datasheet (SXM4 80GB)"),
     # NVIDIA H100 Tensor Core GPU datasheet (SXM5 80GB): 80 GB HBM3, 3.35 TB/s; BF16 989 TFLOPS (1,979*),
     # FP8 1,979 TFLOPS (3,958*), INT8 1,979 TOPS (3,958*); FP32 67 TFLOPS; NVLink 900 GB/s; PCIe Gen5
-    # 128 GB/s; 132 SMs, 50 MB L2 (Hopper architecture whitepaper).
+    # 128 GB/s; 132 SMs, 50 MB L2 (Hopper architecture whitepaper); max SM clock 1980 MHz (nvidia-smi on an
+    # H100 80GB HBM3, matching 67 TFLOPS = 132 SMs x 128 lanes x 2 x 1.98 GHz).
     "h100-sxm": GPUSpec(
         name="h100-sxm", hbm_bytes=80 * GiB, hbm_bytes_per_s=3.35 * TB, bf16_flops_per_s=989 * TFLOPS,
         fp8_flops_per_s=1979 * TFLOPS, int8_ops_per_s=1979 * TFLOPS, vector_flops_per_s=67 * TFLOPS,
         l2_bytes=50 * MiB, num_sms=132, link_bytes_per_s=450 * GB, host_link_bytes_per_s=PCIE5_X16,
-        source="NVIDIA H100 Tensor Core GPU datasheet (SXM5 80GB)"),
+        sm_clock_hz=1980e6, source="NVIDIA H100 Tensor Core GPU datasheet (SXM5 80GB)"),
     # NVIDIA H100 Tensor Core GPU datasheet (PCIe 80GB): 80 GB HBM2e, 2.0 TB/s; BF16 756 TFLOPS (1,513*),
     # FP8 1,513 TFLOPS (3,026*), INT8 1,513 TOPS (3,026*); FP32 51 TFLOPS; PCIe Gen5 128 GB/s; NVLink
     # 600 GB/s only through a 2-GPU bridge, so GPU-to-GPU here is PCIe; 114 SMs, 50 MB L2.
@@ -104,12 +120,12 @@ GPUS: dict[str, GPUSpec] = {
         source="NVIDIA H100 Tensor Core GPU datasheet (PCIe 80GB)"),
     # NVIDIA H200 Tensor Core GPU datasheet (SXM): 141 GB HBM3e, 4.8 TB/s; BF16 989 TFLOPS (1,979*),
     # FP8 1,979 TFLOPS (3,958*), INT8 1,979 TOPS (3,958*); FP32 67 TFLOPS; NVLink 900 GB/s; PCIe Gen5
-    # 128 GB/s; same GH100 die as H100 SXM (132 SMs, 50 MB L2).
+    # 128 GB/s; same GH100 die as H100 SXM (132 SMs, 50 MB L2, max SM clock 1980 MHz as nvidia-smi reads it).
     "h200": GPUSpec(
         name="h200", hbm_bytes=141 * GiB, hbm_bytes_per_s=4.8 * TB, bf16_flops_per_s=989 * TFLOPS,
         fp8_flops_per_s=1979 * TFLOPS, int8_ops_per_s=1979 * TFLOPS, vector_flops_per_s=67 * TFLOPS,
         l2_bytes=50 * MiB, num_sms=132, link_bytes_per_s=450 * GB, host_link_bytes_per_s=PCIE5_X16,
-        source="NVIDIA H200 Tensor Core GPU datasheet (SXM)"),
+        sm_clock_hz=1980e6, source="NVIDIA H200 Tensor Core GPU datasheet (SXM)"),
     # NVIDIA HGX B200 datasheet, per GPU: 180 GB HBM3e, 7.7 TB/s (first printed as 8 TB/s); FP16/BF16
     # 4.5 PFLOPS*, FP8 9 PFLOPS*, INT8 9 POPS* (all with sparsity: dense is half); FP32 75 TFLOPS;
     # NVLink 5 1.8 TB/s; PCIe Gen5 128 GB/s. 148 SMs and 126 MB L2 as measured by Chips and Cheese ("Nvidia's
@@ -204,11 +220,12 @@ _UNITS: dict[str, dict[str, float]] = {
     "flops_per_s": {"FLOPS": 1, "GFLOPS": 1e9, "TFLOPS": 1e12, "PFLOPS": 1e15},
     "ops_per_s": {"OPS": 1, "GOPS": 1e9, "TOPS": 1e12, "POPS": 1e15},
     "s": {"s": 1, "ms": 1e-3, "us": 1e-6, "ns": 1e-9},
+    "hz": {"Hz": 1, "kHz": 1e3, "MHz": 1e6, "GHz": 1e9},
 }
 
 
 def _field_kind(field_name: str) -> str | None:
-    for kind in ("bytes_per_s", "flops_per_s", "ops_per_s", "bytes", "s"):
+    for kind in ("bytes_per_s", "flops_per_s", "ops_per_s", "bytes", "s", "hz"):
         if field_name.endswith("_" + kind):
             return kind
     return None

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import NamedTuple
 
 from hardware.gpus import GPUSpec
 from hardware.roofline import arithmetic_intensity, kernel_time
@@ -33,31 +34,46 @@ CUDA_GRAPH_MAX_BATCH = 512
 NORM_FLOPS, ROPE_FLOPS, ACT_FLOPS, ADD_FLOPS, SOFTMAX_FLOPS = 4, 3, 5, 1, 5
 
 
+class Ew(NamedTuple):
+    """How one small operator runs: `kernels` launched, `passes` element passes (elements read plus written per
+    element of the operator's tensor, so bytes = passes x elements x bytes per element), and of those the
+    `unvec` elements and `unvec_passes` passes that go through PyTorch's non-vectorized elementwise kernels."""
+
+    kernels: int
+    passes: float
+    unvec: float = 0.0
+    unvec_passes: float = 0.0
+
+
 @dataclass(frozen=True)
 class Elementwise:
-    """How an implementation runs the small operators: (kernels, element passes) for each, where element
-    passes count the tensor's elements read plus written (so bytes = passes x elements x 2)."""
+    """How an implementation runs the small operators (see Ew)."""
 
-    norm: tuple[int, float]          # one RMSNorm
-    rope: tuple[int, float]          # RoPE on Q and K (per element of Q and K)
-    kv_write_kernels: int            # K and V copied into the cache (read at 16 bits, written at kv_dtype)
-    residual: tuple[int, float]      # one residual add (two per layer), 0 kernels when fused into the norm
-    act: tuple[int, float]           # SiLU(gate) * up, per element of the MLP width
-    attn_out: tuple[int, float]      # prefill attention output relaid out [seq, heads, dim] (per Q element)
+    norm: Ew          # one RMSNorm
+    rope: Ew          # RoPE on Q and K (per element of Q and K)
+    kv_write: Ew      # K and V copied into the cache (a pass reads at 16 bits and writes at the KV dtype)
+    residual: Ew      # one residual add (two per layer), 0 kernels when fused into the norm
+    act: Ew           # SiLU(gate) * up, per element of the MLP width
+    attn_out: Ew      # prefill attention output relaid out [seq, heads, dim] (per Q element)
 
 
 ELEMENTWISE: dict[str, Elementwise] = {
     # vLLM's custom ops: fused_add_rms_norm (reads x and residual, writes both; the residual add is folded in),
     # rotary_embedding in place on Q and K, reshape_and_cache, silu_and_mul; varlen attention writes its
-    # output in place (vllm/model_executor/layers/{layernorm,rotary_embedding,activation}.py).
-    "fused": Elementwise(norm=(1, 4), rope=(1, 2), kv_write_kernels=1, residual=(0, 0), act=(1, 3),
-                         attn_out=(0, 0)),
-    # Plain PyTorch ops, as in the measured reference steps: RMSNorm as x * rsqrt(mean(x^2) + eps) * w
-    # (pow, mean, add, rsqrt, mul, mul: 7 passes), rotate-half RoPE (neg, cat, mul, mul, add on Q and on K:
-    # 10 passes), two cache copies, a separate add per residual (3 passes), SiLU then mul (5 passes), and the
-    # attention output transposed back to [tokens, heads * dim] by a copy for prefill.
-    "unfused": Elementwise(norm=(6, 7), rope=(10, 10), kv_write_kernels=2, residual=(1, 3), act=(2, 5),
-                           attn_out=(1, 2)),
+    # output in place (vllm/model_executor/layers/{layernorm,rotary_embedding,activation}.py). All vectorized
+    # and bandwidth-bound.
+    "fused": Elementwise(norm=Ew(1, 4), rope=Ew(1, 2), kv_write=Ew(1, 1), residual=Ew(0, 0), act=Ew(1, 3),
+                         attn_out=Ew(0, 0)),
+    # Plain PyTorch ops, as in the measured reference steps. RMSNorm as x * rsqrt(mean(x^2) + eps) * w: pow
+    # (2 passes), mean (1), add and rsqrt on one value a row, then two broadcast multiplies (2 + 2 passes)
+    # that run non-vectorized. Rotate-half RoPE on Q and on K (q and k are strided views of the QKV output):
+    # neg of a half (1 pass), cat (2), two multiplies (2 + 2) all non-vectorized, and a vectorized add (3).
+    # Two copies into the strided cache (non-vectorized). A separate add per residual (3 passes). SiLU on the
+    # gate half and the multiply by the up half (strided views of the gate_up output): 2 + 3 passes,
+    # non-vectorized. SDPA's output is laid out so the transpose back to [tokens, heads * dim] is a view.
+    # Kernel names and counts checked with benchmarks/profile_steps.py (benchmarks/data/*_profile_kernels.csv).
+    "unfused": Elementwise(norm=Ew(6, 7, 2, 4), rope=Ew(10, 10, 3.5, 7), kv_write=Ew(2, 1, 1, 1),
+                           residual=Ew(1, 3), act=Ew(2, 5, 2, 5), attn_out=Ew(0, 0)),
 }
 
 
@@ -175,6 +191,11 @@ class CostModel:
         self._attn_rate = self.peak_attn_flops_per_s * gpu.attention_efficiency
         self._bw = self.peak_bytes_per_s * gpu.hbm_efficiency
         self._gemm_bw = self.peak_bytes_per_s * gpu.gemm_hbm_efficiency
+        self._vec_rate = (gpu.vector_flops_per_s * self.flops_scale) or self._gemm_rate
+        # PyTorch's non-vectorized elementwise kernels are bound by their per-element index arithmetic: a rate
+        # per SM per clock, not a share of the memory bandwidth (inf where the entry gives no SMs or clock).
+        unvec = gpu.num_sms * gpu.sm_clock() * gpu.unvectorized_elements_per_clock * self.flops_scale
+        self._unvec_rate = unvec or INF
         self._lat = gpu.kernel_floor_s
         self._gemm_lat = gpu.gemm_floor_s
         self._p = gpu.roofline_overlap
@@ -221,31 +242,49 @@ class CostModel:
         return (name, "gemm", flops, num_bytes, seconds, bound, 1)
 
     def _stream(self, name: str, family: str, flops: float, num_bytes: float, kernels: int = 1) -> _Op:
-        """A memory-streaming kernel (norm, RoPE, activation, residual add, copy)."""
-        seconds, bound = kernel_time(flops, num_bytes, self._gemm_rate, self._bw, self._lat * kernels, self._p)
+        """A memory-streaming kernel (embedding gather, copy)."""
+        seconds, bound = kernel_time(flops, num_bytes, self._vec_rate, self._bw, self._lat * kernels, self._p)
         return (name, family, flops, num_bytes, seconds, bound, kernels)
+
+    def _elementwise(self, name: str, flops_per_elem: float, elems: float, ew: Ew, count: float = 1.0,
+                     pass_bytes: float = ACT_BYTES) -> _Op:
+        """`count` runs of a small operator over `elems` elements, as the implementation's Ew says it runs.
+
+        Vectorized kernels stream their bytes at the achievable bandwidth. Non-vectorized ones (strided or
+        broadcast operands in plain PyTorch) take the longer of their bytes and their per-element work at
+        _unvec_rate; on an H100 or H200 that work is the longer one, so these kernels do not speed up with
+        bandwidth (measured: benchmarks/data/*_profile_kernels.csv).
+        """
+        total = ew.passes * elems * pass_bytes * count
+        unvec_bytes = ew.unvec_passes * elems * pass_bytes * count
+        flops, kernels = flops_per_elem * elems * count, ew.kernels * count
+        lat = self._lat * kernels
+        vec_s, vec_bound = kernel_time(flops, total - unvec_bytes, self._vec_rate, self._bw, 0.0, self._p)
+        unvec_s, unvec_bound = 0.0, "latency"
+        if ew.unvec:
+            unvec_s, unvec_bound = kernel_time(ew.unvec * elems * count, unvec_bytes, self._unvec_rate, self._bw,
+                                               0.0, self._p)
+        body = vec_s + unvec_s
+        bound = "latency" if lat > body else (unvec_bound if unvec_s > vec_s else vec_bound)
+        return (name, "elementwise", flops, total, lat + body, bound, kernels)
 
     # ------------------------------------------------------------------ dense part (depends on tokens only)
     def _layer_ops(self, t: int) -> list[_Op]:
         """The operators of one decoder layer for t tokens, attention excluded (it is inserted after rope)."""
         m, h, a, impl = self.model, self._h, ACT_BYTES, self._impl
         qk_dims = self._qh * self._qk_dim + self._kvh * m.head_dim
-        ops = [self._stream("input_norm", "elementwise", NORM_FLOPS * t * h, impl.norm[1] * t * h * a, impl.norm[0])]
+        ops = [self._elementwise("input_norm", NORM_FLOPS, t * h, impl.norm)]
         ops.append(self._qkv(t))
         if m.qk_norm:
-            ops.append(self._stream("qk_norm", "elementwise", NORM_FLOPS * t * qk_dims, impl.norm[1] * t * qk_dims * a,
-                                    impl.norm[0]))
-        ops.append(self._stream("rope", "elementwise", ROPE_FLOPS * t * qk_dims, impl.rope[1] * t * qk_dims * a,
-                                impl.rope[0]))
-        ops.append(self._stream("kv_cache_write", "elementwise", 0.0, t * self._kv_elems * (a + self._kvb),
-                                impl.kv_write_kernels))
+            ops.append(self._elementwise("qk_norm", NORM_FLOPS, t * qk_dims, impl.norm))
+        ops.append(self._elementwise("rope", ROPE_FLOPS, t * qk_dims, impl.rope))
+        ops.append(self._elementwise("kv_cache_write", 0.0, t * self._kv_elems, impl.kv_write,
+                                     pass_bytes=a + self._kvb))
         ops.append(self._gemm("o_proj", t, h, self._qh * self._v_dim))
         extra_norms = m.norms_per_layer - 1
-        if impl.residual[0]:
-            ops.append(self._stream("residual_add", "elementwise", ADD_FLOPS * t * h * 2,
-                                    2 * impl.residual[1] * t * h * a, 2 * impl.residual[0]))
-        ops.append(self._stream("post_attn_norm", "elementwise", NORM_FLOPS * t * h * extra_norms,
-                                extra_norms * impl.norm[1] * t * h * a, extra_norms * impl.norm[0]))
+        if impl.residual.kernels:
+            ops.append(self._elementwise("residual_add", ADD_FLOPS, t * h, impl.residual, count=2))
+        ops.append(self._elementwise("post_attn_norm", NORM_FLOPS, t * h, impl.norm, count=extra_norms))
         ops.extend(self._mlp_ops(t))
         if self.tp > 1:
             ops.append(self._allreduce(t))
@@ -264,8 +303,7 @@ class CostModel:
         if self._moe_fraction < 1.0:
             f = 1.0 - self._moe_fraction
             ops += [_scale(self._gemm("gate_up_proj", t, 2 * self._inter, self._h), f),
-                    _scale(self._stream("silu_mul", "elementwise", ACT_FLOPS * t * self._inter,
-                                        self._impl.act[1] * t * self._inter * ACT_BYTES, self._impl.act[0]), f),
+                    _scale(self._elementwise("silu_mul", ACT_FLOPS, t * self._inter, self._impl.act), f),
                     _scale(self._gemm("down_proj", t, self._h, self._inter), f)]
         if self._moe_fraction > 0.0:
             ops += [_scale(op, self._moe_fraction) for op in self._moe_ops(t)]
@@ -282,8 +320,7 @@ class CostModel:
         ops = [self._gemm("router", t, e, h)]
         up = self._gemm("experts_gate_up", rows, 2 * inter, h, hit * 2 * inter * h)
         down = self._gemm("experts_down", rows, h, inter, hit * inter * h)
-        ops += [up, self._stream("experts_silu_mul", "elementwise", ACT_FLOPS * rows * inter,
-                                 self._impl.act[1] * rows * inter * ACT_BYTES, self._impl.act[0]), down]
+        ops += [up, self._elementwise("experts_silu_mul", ACT_FLOPS, rows * inter, self._impl.act), down]
         if m.num_shared_experts:
             s = m.num_shared_experts * inter
             ops += [self._gemm("shared_gate_up", t, 2 * s, h), self._gemm("shared_down", t, h, s)]
@@ -319,8 +356,7 @@ class CostModel:
         if s <= 0:
             return []
         h = self._h
-        return [self._stream("final_norm", "elementwise", NORM_FLOPS * s * h, self._impl.norm[1] * s * h * ACT_BYTES,
-                             self._impl.norm[0]),
+        return [self._elementwise("final_norm", NORM_FLOPS, s * h, self._impl.norm),
                 self._gemm("lm_head", s, self._vocab, h, self._vocab * h * 2.0 / self._wb)]
 
     def _head_totals(self, s: int) -> tuple:
@@ -368,10 +404,8 @@ class CostModel:
                 rate *= min(1.0, tiles * qh / self._sms)         # too few (query tile, head) blocks to fill the GPU
             seconds, bound = kernel_time(flops, io, rate, self._bw, self._gemm_lat, self._p)
             ops = [("attention_prefill", "attention", flops, io, seconds, bound, 1)]
-        kernels, passes = self._impl.attn_out
-        if kernels:
-            ops.append(self._stream("attention_out_copy", "elementwise", 0.0, passes * q_tokens * qh * d_v * a,
-                                    kernels))
+        if self._impl.attn_out.kernels:
+            ops.append(self._elementwise("attention_out_copy", 0.0, q_tokens * qh * d_v, self._impl.attn_out))
         return ops
 
     def _naive_attention(self, io: float, scores: float) -> list[_Op]:
