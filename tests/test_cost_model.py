@@ -2,6 +2,7 @@
 the calibration's fidelity on the real H100 reference steps."""
 from __future__ import annotations
 
+import csv
 import math
 from dataclasses import replace
 from pathlib import Path
@@ -12,7 +13,7 @@ from hypothesis import strategies as st
 
 from hardware.gpus import GPUS, get_gpu
 from hardware.roofline import kernel_time
-from simulator.cost_model import CostModel, CostModelError, StepShape
+from simulator.cost_model import ELEMENTWISE, CostModel, CostModelError, StepShape
 from simulator.models import ModelSpec, get_model
 
 DATA = Path(__file__).resolve().parents[1] / "benchmarks" / "data"
@@ -197,6 +198,133 @@ def test_eager_step_pays_launch_overhead_when_cpu_bound():
     kernels = 32 * 10 + 1 + 2                 # 10 per layer (fused ops), embedding, final norm + LM head
     assert sum(o.kernels for o in ops) == kernels
     assert cm.step_cost(decode(1, 10)).seconds == pytest.approx(kernels * 1e-2)
+
+
+# ---------------------------------------------------------------- non-vectorized elementwise kernels (unfused)
+LLAMA3 = get_model("llama-3-8b")             # the model of benchmarks/data/*_profile_*.csv
+H200 = get_gpu("h200")
+PREFILL_8K = StepShape(prefill=((8192, 0),), num_sampled=1)
+
+
+def graphed_cm(gpu, elementwise: str, **kw) -> CostModel:
+    return CostModel(LLAMA3, gpu, elementwise=elementwise, cuda_graphs=True, cuda_graph_prefill=True,
+                     step_overhead_s=0.0, **kw)
+
+
+def blend(a: float, b: float, p: float) -> float:
+    """(a^p + b^p)^(1/p), written out (hardware.roofline.kernel_time's body without its latency)."""
+    big, small = max(a, b), min(a, b)
+    return big * (1 + (small / big) ** p) ** (1 / p)
+
+
+def test_unfused_silu_mul_on_h100_by_hand():
+    # Unfused SiLU(gate) * up over E = 8192 x 14336 = 117,440,512 elements a layer: 2 kernels, 5 passes of 2
+    # bytes, all of them non-vectorized (2 elements of work each: the SiLU and the multiply).
+    #   per-element work: 2E / (132 SMs x 1.98 GHz x 1.2) = 2E / 313.632e9 = 748.9 us
+    #   bytes:           10E / (0.94 x 3.35e12 B/s)      = 10E / 3.149e12  = 372.9 us  (ratio 0.498)
+    #   blend p = 6: 748.9 x (1 + 0.498^6)^(1/6) = 750.8 us
+    # plus its 5 FLOPs an element at the FP32 vector rate (5E / 67e12 = 8.8 us; no vectorized bytes left) and
+    # 2 kernel floors (4.4 us): 763.96 us a layer, x 32 layers = 24.447 ms.
+    g = H100
+    elems = 8192 * 14336
+    unvec_rate = g.num_sms * g.sm_clock() * g.unvectorized_elements_per_clock
+    bw = g.hbm_efficiency * g.hbm_bytes_per_s
+    per_layer = (blend(2 * elems / unvec_rate, 5 * elems * 2 / bw, g.roofline_overlap)
+                 + 5 * elems / g.vector_flops_per_s + 2 * g.kernel_floor_s)
+    silu = op(graphed_cm(g, "unfused"), PREFILL_8K, "silu_mul")
+    assert silu.seconds == pytest.approx(32 * per_layer, rel=1e-9)
+    assert silu.seconds == pytest.approx(24.447e-3, rel=1e-4)
+    assert (silu.kernels, silu.bytes, silu.bound) == (64, 32 * 5 * elems * 2, "compute")
+
+
+def test_unfused_silu_mul_does_not_speed_up_with_h200_bandwidth_but_fused_does():
+    # Same die (132 SMs, 1.98 GHz, 67 TFLOPS FP32): the unfused kernels' per-element term is the same on both
+    # cards. They are not bit-equal because the p = 6 blend still adds a little of the byte term, which the
+    # H200 shrinks: the non-vectorized part is 748.9 x 1.00253 = 750.8 us (H100, bytes/work 0.498) vs
+    # 748.9 x 1.00029 = 749.1 us (H200, 0.348) a layer, so the whole operator is 0.22% faster on the H200.
+    assert (H100.num_sms, H100.sm_clock(), H100.vector_flops_per_s) == (H200.num_sms, H200.sm_clock(),
+                                                                       H200.vector_flops_per_s)
+    unfused = [op(graphed_cm(g, "unfused"), PREFILL_8K, "silu_mul").seconds for g in (H100, H200)]
+    assert 1.0 < unfused[0] / unfused[1] < 1.003
+    assert unfused[0] / unfused[1] == pytest.approx(763.96 / 762.29, rel=1e-4)
+    # With a pure roofline (max instead of the blend) the byte term drops out: identical to the last bit.
+    pure = [op(graphed_cm(replace(g, roofline_overlap=math.inf), "unfused"), PREFILL_8K, "silu_mul").seconds
+            for g in (H100, H200)]
+    assert pure[0] == pure[1]
+    # Fused silu_and_mul: 3 vectorized passes, bandwidth-bound (6E bytes / (0.94 x BW): 223.8 us on the H100,
+    # 156.2 us on the H200) plus one 2.2 us floor a layer, so the ratio, (223.8 + 2.2) / (156.2 + 2.2) =
+    # 1.4268, sits 0.4% under the bandwidth ratio 4.8 / 3.35 = 1.4328.
+    fused = [op(graphed_cm(g, "fused"), PREFILL_8K, "silu_mul").seconds for g in (H100, H200)]
+    elems = 8192 * 14336
+
+    def by_hand(g):
+        return blend(6 * elems / (g.hbm_efficiency * g.hbm_bytes_per_s), 5 * elems / g.vector_flops_per_s,
+                     g.roofline_overlap) + g.kernel_floor_s
+    assert fused[0] / fused[1] == pytest.approx(by_hand(H100) / by_hand(H200), rel=1e-9)
+    assert fused[0] / fused[1] == pytest.approx(H200.hbm_bytes_per_s / H100.hbm_bytes_per_s, rel=0.02)
+    assert fused[0] / fused[1] == pytest.approx(1.4268, rel=1e-4)
+
+
+def test_unfused_prefill_launches_the_profiled_kernel_count():
+    # Per layer: input RMSNorm 6 (pow, mean, add, rsqrt, 2 broadcast muls), QKV 1, RoPE 10, 2 cache copies,
+    # attention 1, o_proj 1, 2 residual adds, post-attention RMSNorm 6, gate_up 1, SiLU + mul 2, down 1 = 33.
+    # Outside the layers: embedding gather 1, final RMSNorm 6, LM head 1 (untied) = 8. 33 x 32 + 8 = 1064.
+    ops = [o for o in graphed_cm(H100, "unfused").operators(PREFILL_8K) if o.family != "overhead"]
+    per_op = {o.name: o.kernels for o in ops}
+    assert per_op == {"embedding": 1, "input_norm": 32 * 6, "qkv_proj": 32, "rope": 32 * 10,
+                      "kv_cache_write": 32 * 2, "attention_prefill": 32, "o_proj": 32, "residual_add": 32 * 2,
+                      "post_attn_norm": 32 * 6, "gate_up_proj": 32, "silu_mul": 32 * 2, "down_proj": 32,
+                      "final_norm": 6, "lm_head": 1}
+    assert sum(o.kernels for o in ops) == 33 * 32 + 8 == 1064
+    # ... which is what the PyTorch profiler counted in every measured Llama-3-8B prefill step.
+    for name in ("h100_profile_steps.csv", "h200_profile_steps.csv"):
+        with open(DATA / name, newline="") as f:
+            rows = [r for r in csv.DictReader(f) if r["model"] == "llama-3-8b" and r["phase"] == "prefill"]
+        assert len(rows) == 5 and {int(r["kernels"]) for r in rows} == {1064}, name
+
+
+def test_fused_elementwise_has_no_non_vectorized_work():
+    # What makes fused steps independent of the per-clock rate (next test).
+    for ew in vars(ELEMENTWISE["fused"]).values():
+        assert ew.unvec == 0 and ew.unvec_passes == 0
+
+
+MONOTONE_SHAPES = [decode(1, 128), decode(64, 2048), decode(600, 1000), prefill(1, 8192), prefill(4, 2048, 512),
+                   StepShape(prefill=((512, 0), (64, 4096)), num_decode=40, decode_context_tokens=40 * 900,
+                             num_sampled=41)]
+
+
+def faster_unvec(gpu):
+    return replace(gpu, unvectorized_elements_per_clock=2 * gpu.unvectorized_elements_per_clock)
+
+
+@pytest.mark.parametrize("gpu", sorted(GPUS))
+def test_faster_unvectorized_kernels_speed_unfused_steps_only(gpu):
+    base, fast = GPUS[gpu], faster_unvec(GPUS[gpu])
+    assert op(graphed_cm(fast, "unfused"), PREFILL_8K, "silu_mul").seconds < \
+        op(graphed_cm(base, "unfused"), PREFILL_8K, "silu_mul").seconds
+    assert graphed_cm(fast, "unfused").step_cost(PREFILL_8K).seconds < \
+        graphed_cm(base, "unfused").step_cost(PREFILL_8K).seconds
+    for graphs in (True, False):
+        unfused = [CostModel(LLAMA3, g, elementwise="unfused", cuda_graphs=graphs) for g in (base, fast)]
+        fused = [CostModel(LLAMA3, g, elementwise="fused", cuda_graphs=graphs) for g in (base, fast)]
+        for shape in MONOTONE_SHAPES:
+            # Eager steps: an operator that gets faster while its launches still bound it moves seconds from
+            # the GPU sum into the launch excess, which may round 1 ulp higher (1e-12 relative allows it).
+            slack = 1.0 if graphs else 1 + 1e-12
+            assert unfused[1].step_cost(shape).seconds <= unfused[0].step_cost(shape).seconds * slack
+            assert fused[1].step_cost(shape) == fused[0].step_cost(shape)            # bit for bit
+            assert fused[1].operators(shape) == fused[0].operators(shape)
+
+
+@settings(max_examples=40, deadline=None)
+@given(batch=st.integers(0, 600), context=st.integers(0, 30000), chunk=st.integers(0, 8192),
+       cached=st.integers(0, 8000))
+def test_faster_unvectorized_kernels_never_slow_a_graphed_unfused_step(batch, context, chunk, cached):
+    shape = StepShape(prefill=((chunk, cached),) if chunk else (), num_decode=batch,
+                      decode_context_tokens=batch * (context + 1), num_sampled=batch + bool(chunk))
+    base, fast = graphed_cm(H100, "unfused"), graphed_cm(faster_unvec(H100), "unfused")
+    assert fast.step_cost(shape).seconds <= base.step_cost(shape).seconds
 
 
 # ---------------------------------------------------------------- errors

@@ -85,6 +85,21 @@ def test_unknown_gpu_suggests_the_closest_name():
         get_gpu("l40")
 
 
+def test_sm_clock_explicit_or_derived_from_the_fp32_rate():
+    a100, h100, l40s = GPUS["a100-80gb"], GPUS["h100-sxm"], GPUS["l40s"]
+    assert a100.sm_clock() == 1410e6 and h100.sm_clock() == 1980e6          # entries that give it
+    # L40S gives none: 91.6 TFLOPS FP32 / (128 lanes x 2 FLOPs x 142 SMs) = 91.6e12 / 36352 = 2.520 GHz.
+    assert l40s.sm_clock_hz == 0 and l40s.sm_clock() == pytest.approx(2.5198e9, rel=1e-4)
+    assert l40s.sm_clock() == 91.6e12 / (256 * 142)
+    # The derivation agrees with the H100's clock (67e12 / (256 x 132) = 1.983 GHz) but would halve the
+    # A100's (19.5e12 / (256 x 108) = 705 MHz: Ampere has 64 FP32 lanes an SM), hence its explicit entry.
+    assert dataclasses.replace(h100, sm_clock_hz=0.0).sm_clock() == pytest.approx(1980e6, rel=2e-3)
+    assert dataclasses.replace(a100, sm_clock_hz=0.0).sm_clock() == pytest.approx(1410e6 / 2, rel=1e-3)
+    # No SMs and no clock: 0 (the cost model then prices no per-clock term), not a division by zero.
+    assert dataclasses.replace(l40s, num_sms=0).sm_clock() == 0.0
+    assert dataclasses.replace(l40s, num_sms=0, sm_clock_hz=2e9).sm_clock() == 2e9
+
+
 # --- user GPU files ---
 TOML = """\
 name = "my-gpu"
@@ -163,10 +178,31 @@ def test_missing_required_key(tmp_path):
     ("fp8_flops_per_s = -1", "'fp8_flops_per_s' must be zero or positive, got -1"),
     ("num_sms = 13.5", "'num_sms' must be a whole number, got 13.5"),
     ("source = 3", "'source' must be a string, got 3"),
+    ("sm_clock_hz = \"1.5 GB\"", "'sm_clock_hz' = '1.5 GB' is not a number with a unit; units for this key: Hz, kHz, "
+                                "MHz, GHz"),
 ])
 def test_bad_values(tmp_path, line, fragment):
     body = "\n".join(l for l in TOML.splitlines() if not l.startswith(line.split(" ")[0] + " "))
     assert fragment in _error(tmp_path, body + "\n" + line + "\n")
+
+
+@pytest.mark.parametrize("name, text", [
+    ("clock.toml", TOML + 'sm_clock_hz = "1.5 GHz"\nunvectorized_elements_per_clock = 2.5\n'),
+    ("clock.yaml", YAML + "sm_clock_hz: 1500 MHz\nunvectorized_elements_per_clock: 2.5\n"),
+    ("clock.yml", "base: h100-sxm\nsm_clock_hz: 1.5 ghz\nunvectorized_elements_per_clock: 2.5\n"),
+])
+def test_clock_keys_take_frequency_units(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    gpu = load_gpu_file(path)
+    assert (gpu.sm_clock_hz, gpu.sm_clock(), gpu.unvectorized_elements_per_clock) == (1.5e9, 1.5e9, 2.5)
+
+
+def test_clock_key_with_a_byte_unit_names_the_frequency_units(tmp_path):
+    for name, line in (("bad.toml", 'sm_clock_hz = "1.5 GB"'), ("bad.yaml", "sm_clock_hz: 1.5 GB")):
+        message = _error(tmp_path, (TOML if name.endswith(".toml") else YAML) + line + "\n", name)
+        assert message.endswith("'sm_clock_hz' = '1.5 GB' is not a number with a unit; "
+                                "units for this key: Hz, kHz, MHz, GHz")
 
 
 def test_unreadable_files(tmp_path):
