@@ -50,9 +50,15 @@ def measured_cost_model(row, eager: bool = False, gpu: GPUSpec | None = None, **
     """The cost model of how the reference was measured: every step one CUDA graph (or, `eager`, launched op
     by op from Python), no per-step overhead, the small operators as plain PyTorch ops (unfused). `gpu`
     replaces the catalog entry the row names (calibrate.py passes trial calibrations this way)."""
-    return CostModel(model_from_row(row), gpu or get_gpu(str(row["gpu"])), dtype=str(row["dtype"]),
+    return CostModel(model_from_row(row), gpu or get_gpu(str(row["gpu"])), dtype=str(row["dtype"]), tp=tp_of(row),
                      cuda_graphs=not eager, cuda_graph_prefill=True, cuda_graph_max_batch=1 << 30,
                      elementwise="unfused", step_overhead_s=0.0, **options)
+
+
+def tp_of(row) -> int:
+    """The row's tensor-parallel degree: its optional `tp` column (measure_tp.py writes it), else 1."""
+    value = row.get("tp", 1)
+    return 1 if pd.isna(value) else int(value)
 
 
 def predict(df: pd.DataFrame, eager: bool = False, **options) -> pd.Series:
@@ -60,7 +66,7 @@ def predict(df: pd.DataFrame, eager: bool = False, **options) -> pd.Series:
     cache: dict[tuple, CostModel] = {}
     out = []
     for _, row in df.iterrows():
-        key = (row["gpu"], row["dtype"], *(row[c] for c in ARCH_COLUMNS))
+        key = (row["gpu"], row["dtype"], tp_of(row), *(row[c] for c in ARCH_COLUMNS))
         if key not in cache:
             cache[key] = measured_cost_model(row, eager, **options)
         out.append(cache[key].step_cost(shape_from_row(row)).seconds * 1e3)
@@ -90,6 +96,9 @@ def error_table(df: pd.DataFrame, measured: str = "graph_ms_median") -> pd.DataF
     ape = (df["predicted_ms"] - df[measured]).abs() / df[measured] * 100
     signed = (df["predicted_ms"] - df[measured]) / df[measured] * 100
     work = df.assign(ape=ape, signed=signed)
+    if "tp" in work.columns:               # tensor-parallel rows are reported apart: "llama-3-8b tp2"
+        tp = work["tp"].fillna(1).astype(int)
+        work["model"] = work["model"].where(tp == 1, work["model"] + " tp" + tp.astype(str))
     table = work.groupby(["gpu", "model", "phase"], sort=False).agg(
         rows=("ape", "size"), mape_pct=("ape", "mean"), max_ape_pct=("ape", "max"), bias_pct=("signed", "mean"))
     overall = pd.DataFrame({"rows": [len(work)], "mape_pct": [ape.mean()], "max_ape_pct": [ape.max()],

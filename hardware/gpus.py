@@ -49,8 +49,12 @@ class GPUSpec:
     gemm_floor_s: float = 4.4e-6      # fixed time of a GEMM or attention kernel (prologue, tail, split-K reduce)
     launch_overhead_s: float = 12e-6  # CPU time to issue one kernel from eager PyTorch (no CUDA graph)
     step_overhead_s: float = 1.5e-3   # fixed per-step scheduling / sampling / input-prep overhead (not fitted)
-    link_efficiency: float = 0.80     # fraction of link_bytes_per_s a ring all-reduce reaches (bus bandwidth)
+    # Collectives: fitted to bare NCCL all-reduces of 8 KiB to 64 MiB on 2 and 4 NVLink-connected H200s
+    # (benchmarks/data/h200_tp*_allreduce.csv; the TP step times there were not fitted), time =
+    # collective_latency_s + 2 (tp - 1) collective_step_latency_s + 2 (tp - 1) / tp x bytes / (link x efficiency).
+    link_efficiency: float = 0.60     # fraction of link_bytes_per_s a ring all-reduce reaches (bus bandwidth)
     collective_latency_s: float = 10e-6  # fixed latency of one all-reduce or pipeline send
+    collective_step_latency_s: float = 0.7e-6  # added per ring step (an all-reduce over tp GPUs takes 2 (tp - 1))
     # elements per SM per clock of PyTorch's non-vectorized elementwise kernels (strided or broadcast operands):
     # bound by per-element index arithmetic, not by bandwidth (measured in-step on an H100, at the clocks a
     # power-limited prefill sustains: benchmarks/data/h100_profile_kernels.csv)

@@ -202,6 +202,7 @@ class CostModel:
         self._sms = gpu.num_sms
         self._link = gpu.link_bytes_per_s * gpu.link_efficiency
         self._coll_lat = gpu.collective_latency_s
+        self._ring_lat = 2 * (self.tp - 1) * gpu.collective_step_latency_s
 
     def _init_dims(self, m: ModelSpec) -> None:
         """Per-GPU widths after the tensor-parallel split (KV heads are replicated when fewer than tp)."""
@@ -330,8 +331,9 @@ class CostModel:
         """Two ring all-reduces of the layer's output per layer (after attention and after the MLP)."""
         payload = t * self._h * ACT_BYTES
         wire = 2.0 * (self.tp - 1) / self.tp * payload
-        seconds = 2 * (self._coll_lat + wire / self._link)
-        bound = "latency" if self._coll_lat > wire / self._link else "memory"
+        latency = self._coll_lat + self._ring_lat
+        seconds = 2 * (latency + wire / self._link)
+        bound = "latency" if latency > wire / self._link else "memory"
         return ("allreduce", "communication", 2 * t * self._h, 2 * wire, seconds, bound, 2)
 
     def _dense_totals(self, t: int) -> tuple:

@@ -147,6 +147,19 @@ def test_tp_halves_weight_bytes_and_adds_communication():
     assert op(two, shape, "allreduce").kernels == 2 * 32      # two all-reduces per layer
 
 
+@pytest.mark.parametrize("tp,tokens", [(2, 1), (2, 8192), (4, 256), (8, 32)])
+def test_allreduce_time_by_hand(tp, tokens):
+    # Ring all-reduce of the [tokens, 4096] bf16 partial sums, twice a layer: each one takes
+    # 10 us + 2 (tp - 1) x 0.7 us + (2 (tp - 1) / tp) x tokens x 4096 x 2 B / (450 GB/s x 0.6).
+    cm = CostModel(LLAMA, H100, tp=tp)
+    wire = 2 * (tp - 1) / tp * tokens * 4096 * 2
+    one = (H100.collective_latency_s + 2 * (tp - 1) * H100.collective_step_latency_s
+           + wire / (H100.link_bytes_per_s * H100.link_efficiency))
+    assert (H100.collective_latency_s, H100.collective_step_latency_s) == (10e-6, 0.7e-6)
+    assert (H100.link_bytes_per_s, H100.link_efficiency) == (450e9, 0.6)
+    assert op(cm, decode(tokens, 10), "allreduce").seconds == pytest.approx(2 * 32 * one, rel=1e-12)
+
+
 def test_cuda_graphs_off_is_slower_for_decode_and_limit_applies():
     on, off = CostModel(LLAMA, H100), CostModel(LLAMA, H100, cuda_graphs=False)
     assert off.step_cost(decode(8, 512)).seconds > on.step_cost(decode(8, 512)).seconds
@@ -363,3 +376,18 @@ def test_published_fastertransformer_gpt13b_a100_within_15_percent():
     from benchmarks.fidelity_published import predictions
     for phase, (predicted, measured) in predictions().items():
         assert abs(predicted / measured - 1) <= 0.15, phase
+
+
+def test_fidelity_reads_the_tp_column_and_reports_tp_rows_apart():
+    from benchmarks.fidelity_steps import error_table, model_from_row, predict, read_inputs
+    df = read_inputs([str(DATA / "h200_tp2_llama-3-8b_steps.csv"), str(DATA / "h200_tp1_llama-3-8b_steps.csv")])
+    assert set(df["tp"]) == {1, 2}
+    df["predicted_ms"] = predict(df)
+    first = df.iloc[0]                                   # tp=2, decode, batch 1, context 512
+    shape = StepShape(num_decode=1, decode_context_tokens=513, num_sampled=1)
+    expected = CostModel(model_from_row(first), H200, tp=2, cuda_graph_prefill=True, cuda_graph_max_batch=1 << 30,
+                         elementwise="unfused", step_overhead_s=0.0).step_cost(shape).seconds * 1e3
+    assert (first["tp"], first["phase"], first["batch"], first["context"]) == (2, "decode", 1, 512)
+    assert first["predicted_ms"] == pytest.approx(expected, rel=1e-12)
+    models = set(error_table(df).index.get_level_values("model"))
+    assert models == {"llama-3-8b", "llama-3-8b tp2", "all"}
