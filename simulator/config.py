@@ -33,7 +33,7 @@ class SimConfig:
     bandwidth_scale: float = 1.0           # what-if: the GPU's memory bandwidth times this
     flops_scale: float = 1.0               # what-if: the GPU's matrix rates times this
     # workload
-    rate: float = 6.0                      # requests/s: ~80% of the default scenario's 7.5 req/s saturation
+    rate: float = 6.4                      # requests/s: 80% of the default scenario's 8.0 req/s saturation
     arrival: str = "poisson"
     num_requests: int | None = None        # None: 2000 synthetic requests, or the whole trace
     duration_s: float | None = None

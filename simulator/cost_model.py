@@ -3,8 +3,10 @@
 Every operator of a decoder layer (QKV, attention, output projection, MLP, norms / RoPE / activations, and
 the tensor-parallel all-reduces) plus the LM head on the sampled positions is a kernel priced by
 `hardware.roofline.kernel_time`: a fixed latency plus the FLOP time and the byte time blended near the ridge.
-Rates are the datasheet peaks times the GPU's calibration fractions (hardware/gpus.py). Eager steps pay a
-CPU launch cost per kernel that CUDA graphs remove.
+Rates are the datasheet peaks times the GPU's calibration fractions (hardware/gpus.py). Elementwise kernels
+stream bytes at the achievable bandwidth, except plain PyTorch's non-vectorized ones (the "unfused" recipe),
+which are bound by per-element work at a rate per SM per clock. Eager steps pay a CPU launch cost per kernel
+that CUDA graphs remove.
 
 The engine calls `CostModel.step_cost(StepShape) -> StepCost` once per step. It must be cheap: everything
 that depends only on the number of tokens (all GEMMs, elementwise kernels and communication) is computed once

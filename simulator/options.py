@@ -70,7 +70,7 @@ SCENARIO_OPTIONS: tuple[ScenarioOption, ...] = (
     _o("bandwidth_scale", float, "What-if: multiply the GPU's memory bandwidth. [default: 1]", HW),
     _o("flops_scale", float, "What-if: multiply the GPU's matrix FLOP rates. [default: 1]", HW),
     _o("cuda_graphs", bool, "CUDA graphs for decode steps: on or off. [default: on]", HW),
-    _o("rate", float, "Arrival rate, requests/s (synthetic workloads). [default: 6]", WL),
+    _o("rate", float, "Arrival rate, requests/s (synthetic workloads). [default: 6.4]", WL),
     _o("arrival", str, "Arrival process: poisson, gamma:cv=2, constant. [default: poisson]", WL),
     _o("num_requests", int, "Requests to simulate (caps a trace too). [default: 2000 synthetic, or the whole trace]", WL),
     _o("duration_s", float, "Stop generating (or replaying) arrivals after this many seconds.", WL, "--duration"),

@@ -290,7 +290,7 @@ def test_unfused_prefill_launches_the_profiled_kernel_count():
                       "final_norm": 6, "lm_head": 1}
     assert sum(o.kernels for o in ops) == 33 * 32 + 8 == 1064
     # ... which is what the PyTorch profiler counted in every measured Llama-3-8B prefill step.
-    for name in ("h100_profile_steps.csv", "h200_profile_steps.csv"):
+    for name in ("h100_profile_families.csv", "h200_profile_families.csv"):
         with open(DATA / name, newline="") as f:
             rows = [r for r in csv.DictReader(f) if r["model"] == "llama-3-8b" and r["phase"] == "prefill"]
         assert len(rows) == 5 and {int(r["kernels"]) for r in rows} == {1064}, name
