@@ -612,6 +612,10 @@ def _validate(model: ModelSpec, gpu: GPUSpec, dtype: str, kv_dtype: str, tp: int
             raise CostModelError(f"{name} must be a positive integer, got {value!r}")
     if model.num_heads % tp:
         raise CostModelError(f"tp={tp} does not divide {model.name}'s {model.num_heads} attention heads")
+    kv = model.num_kv_heads
+    if not model.is_mla and (kv % tp if kv >= tp else tp % kv):
+        # As vLLM requires: KV heads split evenly over the GPUs, or each replicated on tp / kv_heads of them.
+        raise CostModelError(f"tp={tp} and {model.name}'s {kv} KV heads: one must divide the other")
     if tp > 1 and gpu.link_bytes_per_s <= 0:
         raise CostModelError(f"tp={tp} needs a GPU-to-GPU link, and {gpu.name} has none in its entry")
     for name, value in (("bandwidth_scale", bandwidth_scale), ("flops_scale", flops_scale)):

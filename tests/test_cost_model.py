@@ -357,6 +357,16 @@ def test_bad_inputs_give_one_line_errors(kwargs, message):
     assert isinstance(err.value, ValueError)
 
 
+def test_tp_must_split_or_replicate_kv_heads_evenly():
+    phi = get_model("phi-3-medium")                        # 40 query heads, 10 KV heads
+    assert (phi.num_heads, phi.num_kv_heads) == (40, 10)
+    CostModel(phi, H100, tp=2)                             # 5 KV heads a GPU
+    with pytest.raises(CostModelError, match=r"^tp=4 and phi-3-medium's 10 KV heads: one must divide the other$"):
+        CostModel(phi, H100, tp=4)
+    CostModel(get_model("llama-3.1-8b"), H100, tp=8)       # 8 KV heads: one a GPU
+    CostModel(get_model("qwen2.5-7b"), H100, tp=4)         # 4 KV heads: one a GPU (28 query heads / 4 = 7)
+
+
 def test_tp_without_a_link_is_an_error():
     with pytest.raises(CostModelError, match="needs a GPU-to-GPU link"):
         CostModel(LLAMA, replace(H100, link_bytes_per_s=0.0), tp=2)

@@ -26,8 +26,8 @@ SYSTEMS = {
     "Orca (Oracle)": {"batching": "continuous", "kv": "contiguous", "kv_reservation": "request"},
     "FasterTransformer (dynamic batching)": {"batching": "dynamic", "kv": "contiguous", "max_batch_size": 256},
 }
-# The knee: well above every system's unloaded normalized latency (0.02-0.13 s/token here) and well below the
-# overloaded plateau (> 1 s/token), where the paper's curves turn vertical.
+# The knee: well above every system's normalized latency at the lowest rate tried (0.02-0.15 s/token here) and
+# well below the overloaded plateau (> 1 s/token), where the paper's curves turn vertical.
 KNEE_S_PER_TOKEN = 0.2
 GRID = (0.25, 0.5, 1.0, 2.0)       # req/s, then bisection
 # vLLM paper §6.2 (ShareGPT): vLLM sustains 1.7-2.7x the rate of Orca (Oracle), 2.7-8x Orca (Max), and up to
