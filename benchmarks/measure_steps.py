@@ -149,27 +149,54 @@ def make_step(arch: Arch, weights: dict, batch: int, seq: int, context: int, dev
         from torch.nn.attention.bias import causal_lower_right
         mask = causal_lower_right(seq, total)
 
+    shape = LayerShape(batch, seq, context, nq, nkv, d, cos, sin, mask, causal and not context, norm)
+
     def step():
         x = F.embedding(ids, weights["embed"])                     # [tokens, hidden]
-        for layer, (k_cache, v_cache) in zip(weights["layers"], caches):
-            y = rms_norm(x, layer["ln1"], 1e-5, norm)
-            qkv = F.linear(y, layer["qkv"])
-            q, k, v = qkv.split([nq * d, nkv * d, nkv * d], dim=-1)
-            q = apply_rope(q.view(-1, nq, d), cos, sin)
-            k = apply_rope(k.view(-1, nkv, d), cos, sin)
-            k_cache[:, :, context:] = k.view(batch, seq, nkv, d).transpose(1, 2)
-            v_cache[:, :, context:] = v.view(batch, seq, nkv, d).transpose(1, 2)
-            qh = q.view(batch, seq, nq, d).transpose(1, 2)
-            attn = F.scaled_dot_product_attention(qh, k_cache, v_cache, attn_mask=mask, is_causal=causal and not context,
-                                                  enable_gqa=nq != nkv)
-            x = x + F.linear(attn.transpose(1, 2).reshape(batch * seq, nq * d), layer["o"])
-            y = rms_norm(x, layer["ln2"], 1e-5, norm)
-            gate, up = F.linear(y, layer["gate_up"]).chunk(2, dim=-1)
-            x = x + F.linear(F.silu(gate) * up, layer["down"])
+        for layer, cache in zip(weights["layers"], caches):
+            x = decoder_layer(x, layer, cache, shape)
         last = x.view(batch, seq, h)[:, -1]
         return F.linear(rms_norm(last, weights["norm"], 1e-5, norm), weights["lm_head"])
 
     return step, caches
+
+
+@dataclass(frozen=True)
+class LayerShape:
+    """What one decoder layer of a step needs besides its weights and cache (heads are this GPU's)."""
+
+    batch: int
+    seq: int
+    context: int
+    nq: int
+    nkv: int
+    head_dim: int
+    cos: object
+    sin: object
+    mask: object
+    is_causal: bool
+    norm: str
+
+
+def decoder_layer(x, layer: dict, cache: tuple, s: LayerShape, reduce=None):
+    """One layer on x [tokens, hidden]; `reduce` (tensor parallelism) sums the output and down GEMMs' partial
+    results over the GPUs before each residual add."""
+    import torch.nn.functional as F
+    reduce = reduce or (lambda t: t)
+    d, (k_cache, v_cache) = s.head_dim, cache
+    y = rms_norm(x, layer["ln1"], 1e-5, s.norm)
+    q, k, v = F.linear(y, layer["qkv"]).split([s.nq * d, s.nkv * d, s.nkv * d], dim=-1)
+    q = apply_rope(q.view(-1, s.nq, d), s.cos, s.sin)
+    k = apply_rope(k.view(-1, s.nkv, d), s.cos, s.sin)
+    k_cache[:, :, s.context:] = k.view(s.batch, s.seq, s.nkv, d).transpose(1, 2)
+    v_cache[:, :, s.context:] = v.view(s.batch, s.seq, s.nkv, d).transpose(1, 2)
+    qh = q.view(s.batch, s.seq, s.nq, d).transpose(1, 2)
+    attn = F.scaled_dot_product_attention(qh, k_cache, v_cache, attn_mask=s.mask, is_causal=s.is_causal,
+                                          enable_gqa=s.nq != s.nkv)
+    x = x + reduce(F.linear(attn.transpose(1, 2).reshape(s.batch * s.seq, s.nq * d), layer["o"]))
+    y = rms_norm(x, layer["ln2"], 1e-5, s.norm)
+    gate, up = F.linear(y, layer["gate_up"]).chunk(2, dim=-1)
+    return x + reduce(F.linear(F.silu(gate) * up, layer["down"]))
 
 
 def time_events(fn, reps: int) -> list[float]:

@@ -23,7 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from measure_steps import COLUMNS, SHAPES, Arch, apply_rope, rms_norm, rope_tables, time_events  # noqa: E402
+from measure_steps import (COLUMNS, SHAPES, Arch, LayerShape, decoder_layer, rms_norm, rope_tables,  # noqa: E402
+                           time_events)
 
 # (phase, batch, tokens_per_seq, context)
 GRID = [("decode", b, 1, c) for b in (1, 8, 32, 128, 256) for c in (512, 2048)] + [
@@ -64,26 +65,16 @@ def make_tp_step(arch: Arch, weights: dict, tp: int, batch: int, seq: int, conte
     cos, sin = rope_tables(arch, positions, "cuda", dtype)
     causal = seq > 1
 
+    shape = LayerShape(batch, seq, context, nq, nkv, d, cos, sin, None, causal, "manual")
+
     def reduce(x):
         dist.all_reduce(x)
         return x
 
     def step():
         x = F.embedding(ids, weights["embed"])
-        for layer, (k_cache, v_cache) in zip(weights["layers"], caches):
-            y = rms_norm(x, layer["ln1"], 1e-5, "manual")
-            qkv = F.linear(y, layer["qkv"])
-            q, k, v = qkv.split([nq * d, nkv * d, nkv * d], dim=-1)
-            q = apply_rope(q.view(-1, nq, d), cos, sin)
-            k = apply_rope(k.view(-1, nkv, d), cos, sin)
-            k_cache[:, :, context:] = k.view(batch, seq, nkv, d).transpose(1, 2)
-            v_cache[:, :, context:] = v.view(batch, seq, nkv, d).transpose(1, 2)
-            qh = q.view(batch, seq, nq, d).transpose(1, 2)
-            attn = F.scaled_dot_product_attention(qh, k_cache, v_cache, is_causal=causal, enable_gqa=nq != nkv)
-            x = x + reduce(F.linear(attn.transpose(1, 2).reshape(batch * seq, nq * d), layer["o"]))
-            y = rms_norm(x, layer["ln2"], 1e-5, "manual")
-            gate, up = F.linear(y, layer["gate_up"]).chunk(2, dim=-1)
-            x = x + reduce(F.linear(F.silu(gate) * up, layer["down"]))
+        for layer, cache in zip(weights["layers"], caches):
+            x = decoder_layer(x, layer, cache, shape, reduce)
         last = x.view(batch, seq, h)[:, -1]
         return F.linear(rms_norm(last, weights["norm"], 1e-5, "manual"), weights["lm_head"])
 
