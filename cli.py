@@ -354,8 +354,11 @@ def experiment(name: Annotated[Optional[str], typer.Argument(help="The experimen
 
 @app.command()
 def explain(
-        gpu: Annotated[str, typer.Option(help="Catalog GPU (see `servesim gpus`).")] = "h100-sxm",
-        model: Annotated[str, typer.Option(help="Model preset (see `servesim models`).")] = "llama-3.1-8b",
+        gpu: Annotated[Optional[str], typer.Option(help="Catalog GPU (see `servesim gpus`). [default: h100-sxm]")] = None,
+        gpu_file: Annotated[Optional[Path], typer.Option(help="A GPU described in a TOML/YAML file.")] = None,
+        model: Annotated[Optional[str], typer.Option(
+            help="Model preset (see `servesim models`). [default: llama-3.1-8b]")] = None,
+        model_config: Annotated[Optional[Path], typer.Option(help="A Hugging Face config.json, read offline.")] = None,
         phase: Annotated[str, typer.Option(help="prefill or decode.")] = "decode",
         batch: Annotated[int, typer.Option(help="Sequences in the step.")] = 1,
         prompt: Annotated[int, typer.Option(help="Prompt tokens per sequence (prefill).")] = 1024,
@@ -367,6 +370,10 @@ def explain(
         bandwidth_scale: Annotated[float, typer.Option(help="What-if: multiply memory bandwidth.")] = 1.0,
         flops_scale: Annotated[float, typer.Option(help="What-if: multiply matrix FLOP rates.")] = 1.0,
         attention: Annotated[str, typer.Option(help="flash, or naive (scores through HBM).")] = "flash",
+        elementwise: Annotated[str, typer.Option(
+            help="Small operators as a serving engine's fused kernels (fused), or as plain PyTorch ops (unfused), "
+                 "as the measured steps in benchmarks/data ran them; PyTorch's non-vectorized ones show as "
+                 "compute-bound (per-element work on the SMs).")] = "fused",
         html: Annotated[Optional[Path], typer.Option(help="Also write a roofline chart here.")] = None) -> None:
     """Explain one step operator by operator: FLOPs, bytes, intensity, bound, time, share; roofline with --html."""
     from hardware.gpus import resolve_gpu
@@ -374,8 +381,10 @@ def explain(
     from simulator.explain import explain_step, format_explain_table, roofline_figure, step_shape
     from simulator.models import resolve_model
     with cli_errors():
-        cost_model = CostModel(resolve_model(model, None), resolve_gpu(gpu, None), dtype=dtype, kv_dtype=kv_dtype,
-                               tp=tp, cuda_graphs=parse_bool(cuda_graphs), attention=attention,
+        spec = resolve_model(model if model or model_config else "llama-3.1-8b", model_config)
+        device = resolve_gpu(gpu if gpu or gpu_file else "h100-sxm", gpu_file)
+        cost_model = CostModel(spec, device, dtype=dtype, kv_dtype=kv_dtype, tp=tp,
+                               cuda_graphs=parse_bool(cuda_graphs), attention=attention, elementwise=elementwise,
                                bandwidth_scale=bandwidth_scale, flops_scale=flops_scale)
         tokens = prompt if phase == "prefill" else context
         table = explain_step(cost_model, phase, batch, tokens)

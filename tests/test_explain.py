@@ -1,6 +1,9 @@
 """servesim explain: the per-operator table, the roofline chart and the command, with the textbook facts."""
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
+
 import pytest
 from typer.testing import CliRunner
 
@@ -105,6 +108,9 @@ def test_cli_prints_the_table_and_writes_the_chart(tmp_path):
     (["--gpu", "h900"], "error: unknown GPU 'h900'"),
     (["--tp", "3"], "error: tp=3 does not divide"),
     (["--attention", "paged"], "error: unknown attention 'paged'"),
+    (["--elementwise", "bogus"], "error: unknown elementwise 'bogus'; choose one of: fused, unfused"),
+    (["--gpu", "h200", "--gpu-file", "x.toml"], "error: give a GPU name or a GPU file, not both"),
+    (["--gpu-file", "missing.toml"], "error: missing.toml: GPU file not found"),
 ])
 def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, args, message):
     html = tmp_path / "r.html"
@@ -112,3 +118,25 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, args, message):
     assert result.exit_code == 2
     assert result.output.strip().startswith(message) and len(result.output.strip().splitlines()) == 1
     assert not html.exists()
+
+
+def test_cli_reads_a_gpu_file_and_a_model_config(tmp_path):
+    gpu = tmp_path / "half-h100.toml"
+    gpu.write_text('base = "h100-sxm"\nhbm_bytes_per_s = "1.675 TB/s"\n')
+    config = Path(__file__).parent / "data" / "hf_configs" / "llama-3.1-8b.json"
+    result = runner.invoke(app, ["explain", "--gpu-file", str(gpu), "--model-config", str(config)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("llama-3.1-8b on half-h100 (tp=1") and "1.68 TB/s" in result.stdout.splitlines()[0]
+    half = CostModel(get_model("llama-3.1-8b"), replace(H100, hbm_bytes_per_s=1.675e12))
+    total = [line for line in result.stdout.splitlines() if line.startswith("total")][0]
+    assert f"{half.step_cost(step_shape('decode', 1, 1024)).seconds * 1e3:.3f} ms" in total
+
+
+def test_cli_unfused_elementwise_shows_pytorch_kernels_bound_on_the_sms():
+    # Plain PyTorch's SiLU and multiply on strided halves: 2 x 8192 x 14336 elements a layer at
+    # 132 SMs x 1.98 GHz x 1.2 an SM-clock take longer than their bytes at 94% of 3.35 TB/s.
+    fused = runner.invoke(app, ["explain", "--phase", "prefill", "--prompt", "8192"])
+    unfused = runner.invoke(app, ["explain", "--phase", "prefill", "--prompt", "8192", "--elementwise", "unfused"])
+    assert fused.exit_code == unfused.exit_code == 0
+    line = lambda out: [ln for ln in out.splitlines() if ln.startswith("silu_mul")][0].split()  # noqa: E731
+    assert line(fused.stdout)[-4] == "memory" and line(unfused.stdout)[-4] == "compute"
