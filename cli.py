@@ -354,10 +354,10 @@ def experiment(name: Annotated[Optional[str], typer.Argument(help="The experimen
 
 @app.command()
 def explain(
-        gpu: Annotated[Optional[str], typer.Option(help="Catalog GPU (see `servesim gpus`). [default: h100-sxm]")] = None,
+        gpu: Annotated[Optional[str], typer.Option(help="Catalog GPU (see `servesim gpus`). \\[default: h100-sxm]")] = None,
         gpu_file: Annotated[Optional[Path], typer.Option(help="A GPU described in a TOML/YAML file.")] = None,
         model: Annotated[Optional[str], typer.Option(
-            help="Model preset (see `servesim models`). [default: llama-3.1-8b]")] = None,
+            help="Model preset (see `servesim models`). \\[default: llama-3.1-8b]")] = None,
         model_config: Annotated[Optional[Path], typer.Option(help="A Hugging Face config.json, read offline.")] = None,
         phase: Annotated[str, typer.Option(help="prefill or decode.")] = "decode",
         batch: Annotated[int, typer.Option(help="Sequences in the step.")] = 1,
