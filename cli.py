@@ -354,7 +354,8 @@ def experiment(name: Annotated[Optional[str], typer.Argument(help="The experimen
 
 @app.command()
 def explain(
-        gpu: Annotated[Optional[str], typer.Option(help="Catalog GPU (see `servesim gpus`). \\[default: h100-sxm]")] = None,
+        gpu: Annotated[Optional[str], typer.Option(
+            help="Catalog GPU (see `servesim gpus`). \\[default: h100-sxm]")] = None,
         gpu_file: Annotated[Optional[Path], typer.Option(help="A GPU described in a TOML/YAML file.")] = None,
         model: Annotated[Optional[str], typer.Option(
             help="Model preset (see `servesim models`). \\[default: llama-3.1-8b]")] = None,

@@ -50,7 +50,8 @@ def phase_errors(df: pd.DataFrame, values: dict[str, float]) -> dict[str, float]
         predicted = cache[key].step_cost(shape_from_row(row)).seconds * 1e3
         ape.append(abs(predicted / row["graph_ms_median"] - 1.0) * 100)
     df = df.assign(ape=ape)
-    return {phase: float(df.loc[df["phase"] == phase, "ape"].mean()) for phase in PHASES if (df["phase"] == phase).any()}
+    return {phase: float(df.loc[df["phase"] == phase, "ape"].mean())
+            for phase in PHASES if (df["phase"] == phase).any()}
 
 
 def objective(df: pd.DataFrame, values: dict[str, float]) -> float:
