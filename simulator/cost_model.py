@@ -56,7 +56,6 @@ class Elementwise:
     kv_write: Ew      # K and V copied into the cache (a pass reads at 16 bits and writes at the KV dtype)
     residual: Ew      # one residual add (two per layer), 0 kernels when fused into the norm
     act: Ew           # SiLU(gate) * up, per element of the MLP width
-    attn_out: Ew      # prefill attention output relaid out [seq, heads, dim] (per Q element)
 
 
 ELEMENTWISE: dict[str, Elementwise] = {
@@ -64,8 +63,7 @@ ELEMENTWISE: dict[str, Elementwise] = {
     # rotary_embedding in place on Q and K, reshape_and_cache, silu_and_mul; varlen attention writes its
     # output in place (vllm/model_executor/layers/{layernorm,rotary_embedding,activation}.py). All vectorized
     # and bandwidth-bound.
-    "fused": Elementwise(norm=Ew(1, 4), rope=Ew(1, 2), kv_write=Ew(1, 1), residual=Ew(0, 0), act=Ew(1, 3),
-                         attn_out=Ew(0, 0)),
+    "fused": Elementwise(norm=Ew(1, 4), rope=Ew(1, 2), kv_write=Ew(1, 1), residual=Ew(0, 0), act=Ew(1, 3)),
     # Plain PyTorch ops, as in the measured reference steps. RMSNorm as x * rsqrt(mean(x^2) + eps) * w: pow
     # (2 passes), mean (1), add and rsqrt on one value a row, then two broadcast multiplies (2 + 2 passes)
     # that run non-vectorized. Rotate-half RoPE on Q and on K (q and k are strided views of the QKV output):
@@ -75,7 +73,7 @@ ELEMENTWISE: dict[str, Elementwise] = {
     # non-vectorized. SDPA's output is laid out so the transpose back to [tokens, heads * dim] is a view.
     # Kernel names and counts checked with benchmarks/profile_steps.py (benchmarks/data/*_profile_kernels.csv).
     "unfused": Elementwise(norm=Ew(6, 7, 2, 4), rope=Ew(10, 10, 3.5, 7), kv_write=Ew(2, 1, 1, 1),
-                           residual=Ew(1, 3), act=Ew(2, 5, 2, 5), attn_out=Ew(0, 0)),
+                           residual=Ew(1, 3), act=Ew(2, 5, 2, 5)),
 }
 
 
@@ -401,16 +399,12 @@ class CostModel:
         flops = 2.0 * qh * (d_qk + d_v) * qk_pairs
         io = q_tokens * qh * (d_qk + d_v) * a + kv_tokens * self._kv_elems * self._kvb
         if self.attention == "naive":
-            ops = self._naive_attention(io, qh * pairs)
-        else:
-            rate = self._attn_rate * (qk_pairs / padded)
-            if self._sms:
-                rate *= min(1.0, tiles * qh / self._sms)         # too few (query tile, head) blocks to fill the GPU
-            seconds, bound = kernel_time(flops, io, rate, self._bw, self._gemm_lat, self._p)
-            ops = [("attention_prefill", "attention", flops, io, seconds, bound, 1)]
-        if self._impl.attn_out.kernels:
-            ops.append(self._elementwise("attention_out_copy", 0.0, q_tokens * qh * d_v, self._impl.attn_out))
-        return ops
+            return self._naive_attention(io, qh * pairs)
+        rate = self._attn_rate * (qk_pairs / padded)
+        if self._sms:
+            rate *= min(1.0, tiles * qh / self._sms)             # too few (query tile, head) blocks to fill the GPU
+        seconds, bound = kernel_time(flops, io, rate, self._bw, self._gemm_lat, self._p)
+        return [("attention_prefill", "attention", flops, io, seconds, bound, 1)]
 
     def _naive_attention(self, io: float, scores: float) -> list[_Op]:
         """Unfused attention: scores = QK^T written to HBM, softmax read and written, then P x V reads them.
