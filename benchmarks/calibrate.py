@@ -23,8 +23,8 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fidelity_steps import PHASES, measured_cost_model, read_inputs, shape_from_row  # noqa: E402
-from hardware.gpus import GPUSpec, get_gpu  # noqa: E402
+from fidelity_steps import PHASES, predict, read_inputs  # noqa: E402
+from hardware.gpus import GPUSpec  # noqa: E402
 
 CALIBRATION_SET = [str(Path(__file__).resolve().parent / "data" / "h100_llama-3-8b_steps.csv")]
 # name: (low, high); fixed times in seconds
@@ -38,20 +38,15 @@ PARAMETERS: dict[str, tuple[float, float]] = {
 }
 
 
+def default_values() -> dict[str, float]:
+    """The shipped defaults of the fitted GPUSpec fields."""
+    return {f.name: f.default for f in dataclasses.fields(GPUSpec) if f.name in PARAMETERS}
+
+
 def phase_errors(df: pd.DataFrame, values: dict[str, float]) -> dict[str, float]:
     """Mean absolute percentage error per phase with the calibration fields set to `values`."""
-    cache: dict[tuple, object] = {}
-    ape = []
-    for _, row in df.iterrows():
-        key = (row["gpu"], row["model"])
-        if key not in cache:
-            gpu = dataclasses.replace(get_gpu(str(row["gpu"])), **values)
-            cache[key] = measured_cost_model(row, gpu=gpu)
-        predicted = cache[key].step_cost(shape_from_row(row)).seconds * 1e3
-        ape.append(abs(predicted / row["graph_ms_median"] - 1.0) * 100)
-    df = df.assign(ape=ape)
-    return {phase: float(df.loc[df["phase"] == phase, "ape"].mean())
-            for phase in PHASES if (df["phase"] == phase).any()}
+    ape = (predict(df, calibration=values) / df["graph_ms_median"] - 1.0).abs() * 100
+    return {phase: float(ape[df["phase"] == phase].mean()) for phase in PHASES if (df["phase"] == phase).any()}
 
 
 def objective(df: pd.DataFrame, values: dict[str, float]) -> float:
@@ -61,8 +56,7 @@ def objective(df: pd.DataFrame, values: dict[str, float]) -> float:
 
 def fit(df: pd.DataFrame, rounds: int = 6) -> dict[str, float]:
     """Coordinate descent: try each parameter up and down by a relative step, keep improvements, halve the step."""
-    defaults = GPUSpec(name="defaults", hbm_bytes=1, hbm_bytes_per_s=1, bf16_flops_per_s=1)
-    values = {name: getattr(defaults, name) for name in PARAMETERS}
+    values = default_values()
     best = objective(df, values)
     step = 0.08
     for _ in range(rounds):
@@ -85,8 +79,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="", help="CSV of the fitted values")
     args = p.parse_args(argv)
     df = read_inputs(args.csv)
-    defaults = GPUSpec(name="defaults", hbm_bytes=1, hbm_bytes_per_s=1, bf16_flops_per_s=1)
-    before = {name: getattr(defaults, name) for name in PARAMETERS}
+    before = default_values()
     values = fit(df)
     table = pd.DataFrame({"default": before, "fitted": values})
     print(table.to_string(float_format=lambda v: f"{v:.4g}"))

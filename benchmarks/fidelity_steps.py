@@ -11,6 +11,7 @@ percentage error per (gpu, model, phase) and overall; --out writes every input c
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hardware.gpus import GPUSpec, get_gpu  # noqa: E402
+from hardware.gpus import get_gpu  # noqa: E402
 from simulator.cost_model import CostModel, StepShape  # noqa: E402
 from simulator.models import ModelSpec  # noqa: E402
 
@@ -46,11 +47,12 @@ def shape_from_row(row) -> StepShape:
     return StepShape(prefill=((n, c),) * b, num_sampled=b)
 
 
-def measured_cost_model(row, eager: bool = False, gpu: GPUSpec | None = None, **options) -> CostModel:
+def measured_cost_model(row, eager: bool = False, calibration: dict | None = None, **options) -> CostModel:
     """The cost model of how the reference was measured: every step one CUDA graph (or, `eager`, launched op
-    by op from Python), no per-step overhead, the small operators as plain PyTorch ops (unfused). `gpu`
-    replaces the catalog entry the row names (calibrate.py passes trial calibrations this way)."""
-    return CostModel(model_from_row(row), gpu or get_gpu(str(row["gpu"])), dtype=str(row["dtype"]), tp=tp_of(row),
+    by op from Python), no per-step overhead, the small operators as plain PyTorch ops (unfused).
+    `calibration` replaces GPUSpec calibration fields of the row's catalog GPU (calibrate.py tries values so)."""
+    gpu = dataclasses.replace(get_gpu(str(row["gpu"])), **(calibration or {}))
+    return CostModel(model_from_row(row), gpu, dtype=str(row["dtype"]), tp=tp_of(row),
                      cuda_graphs=not eager, cuda_graph_prefill=True, cuda_graph_max_batch=1 << 30,
                      elementwise="unfused", step_overhead_s=0.0, **options)
 
@@ -61,14 +63,14 @@ def tp_of(row) -> int:
     return 1 if pd.isna(value) else int(value)
 
 
-def predict(df: pd.DataFrame, eager: bool = False, **options) -> pd.Series:
-    """predicted_ms for every row (cost models are shared by rows of the same gpu/architecture/dtype)."""
+def predict(df: pd.DataFrame, eager: bool = False, calibration: dict | None = None, **options) -> pd.Series:
+    """predicted_ms for every row (cost models are shared by rows of the same gpu/architecture/dtype/tp)."""
     cache: dict[tuple, CostModel] = {}
     out = []
     for _, row in df.iterrows():
         key = (row["gpu"], row["dtype"], tp_of(row), *(row[c] for c in ARCH_COLUMNS))
         if key not in cache:
-            cache[key] = measured_cost_model(row, eager, **options)
+            cache[key] = measured_cost_model(row, eager, calibration, **options)
         out.append(cache[key].step_cost(shape_from_row(row)).seconds * 1e3)
     return pd.Series(out, index=df.index, name="predicted_ms")
 
