@@ -85,10 +85,15 @@ def kv_cache_bytes(arch: Arch, batch: int, length: int) -> int:
     return 2 * arch.num_layers * batch * arch.num_kv_heads * length * arch.head_dim * 2
 
 
-def build_weights(arch: Arch, device: str, dtype) -> dict:
-    """Random weights, one tensor per GEMM per layer (as a serving engine lays them out: [out, in])."""
+def build_weights(arch: Arch, device: str, dtype, tp: int = 1) -> dict:
+    """Random weights, one tensor per GEMM per layer (as a serving engine lays them out: [out, in]).
+
+    With tp > 1, one GPU's Megatron-style shard: the QKV and gate/up GEMMs split by columns (heads and MLP
+    width / tp), the output and down GEMMs by rows, the LM head over the vocabulary; the embedding replicated.
+    """
     import torch
-    q, kv = arch.num_heads * arch.head_dim, arch.num_kv_heads * arch.head_dim
+    q, kv = arch.num_heads * arch.head_dim // tp, arch.num_kv_heads * arch.head_dim // tp
+    inter = arch.intermediate_size // tp
 
     def rand(*shape):
         return torch.randn(*shape, device=device, dtype=dtype) * 0.02
@@ -96,10 +101,10 @@ def build_weights(arch: Arch, device: str, dtype) -> dict:
     layers = [dict(ln1=torch.ones(arch.hidden_size, device=device, dtype=dtype),
                    qkv=rand(q + 2 * kv, arch.hidden_size), o=rand(arch.hidden_size, q),
                    ln2=torch.ones(arch.hidden_size, device=device, dtype=dtype),
-                   gate_up=rand(2 * arch.intermediate_size, arch.hidden_size),
-                   down=rand(arch.hidden_size, arch.intermediate_size)) for _ in range(arch.num_layers)]
+                   gate_up=rand(2 * inter, arch.hidden_size),
+                   down=rand(arch.hidden_size, inter)) for _ in range(arch.num_layers)]
     return dict(layers=layers, norm=torch.ones(arch.hidden_size, device=device, dtype=dtype),
-                embed=rand(arch.vocab_size, arch.hidden_size), lm_head=rand(arch.vocab_size, arch.hidden_size))
+                embed=rand(arch.vocab_size, arch.hidden_size), lm_head=rand(arch.vocab_size // tp, arch.hidden_size))
 
 
 def rope_tables(arch: Arch, positions, device: str, dtype):
@@ -130,11 +135,15 @@ def apply_rope(x, cos, sin):
 
 
 def make_step(arch: Arch, weights: dict, batch: int, seq: int, context: int, device: str, dtype,
-              norm: str = "manual"):
-    """Build the inputs of one step and return a zero-argument function that runs it (static buffers)."""
+              norm: str = "manual", tp: int = 1, reduce=None):
+    """Build the inputs of one step and return a zero-argument function that runs it (static buffers).
+
+    With tp > 1, `weights` are one GPU's shard (build_weights) and `reduce` sums a [tokens, hidden] tensor over
+    the GPUs (an all-reduce); the logits stay split over the vocabulary.
+    """
     import torch
     import torch.nn.functional as F
-    h, d, nq, nkv = arch.hidden_size, arch.head_dim, arch.num_heads, arch.num_kv_heads
+    h, d, nq, nkv = arch.hidden_size, arch.head_dim, arch.num_heads // tp, arch.num_kv_heads // tp
     total = context + seq
     caches = [(torch.zeros(batch, nkv, total, d, device=device, dtype=dtype),
                torch.zeros(batch, nkv, total, d, device=device, dtype=dtype)) for _ in range(arch.num_layers)]
@@ -154,7 +163,7 @@ def make_step(arch: Arch, weights: dict, batch: int, seq: int, context: int, dev
     def step():
         x = F.embedding(ids, weights["embed"])                     # [tokens, hidden]
         for layer, cache in zip(weights["layers"], caches):
-            x = decoder_layer(x, layer, cache, shape)
+            x = decoder_layer(x, layer, cache, shape, reduce)
         last = x.view(batch, seq, h)[:, -1]
         return F.linear(rms_norm(last, weights["norm"], 1e-5, norm), weights["lm_head"])
 
@@ -219,24 +228,37 @@ def measure_point(arch: Arch, weights: dict, phase: str, batch: int, seq: int, c
     import torch
     step, caches = make_step(arch, weights, batch, seq, context, "cuda", dtype, norm)
     reps = 20 if phase == "decode" else 10
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            step()
-    torch.cuda.current_stream().wait_stream(side)
-    torch.cuda.synchronize()
+    warm_up(step, 3)
     eager = time_events(step, 5)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        step()
-    graph.replay()
-    torch.cuda.synchronize()
+    graph = capture(step)
     times = time_events(graph.replay, reps)
     del graph, caches, step
     torch.cuda.empty_cache()
     return dict(graph_ms_median=round(statistics.median(times), 4), graph_ms_min=round(min(times), 4),
                 graph_ms_max=round(max(times), 4), eager_ms_median=round(statistics.median(eager), 4))
+
+
+def warm_up(fn, times: int = 1) -> None:
+    """Run fn on a side stream (as CUDA graph capture wants: allocations and library handles made first)."""
+    import torch
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(times):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+
+
+def capture(fn):
+    """fn captured in a CUDA graph (warm it up first), replayed once."""
+    import torch
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    graph.replay()
+    torch.cuda.synchronize()
+    return graph
 
 
 def graph_kernel_ms(fns: list) -> float:
@@ -245,19 +267,12 @@ def graph_kernel_ms(fns: list) -> float:
     Callers pass calls on distinct buffers adding up to well over the L2 cache, so no call finds its operands
     left in L2 by the previous one.
     """
-    import torch
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
+    def run_all():
         for fn in fns:
             fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for fn in fns:
-            fn()
-    graph.replay()
-    return statistics.median(time_events(graph.replay, 10)) / len(fns)
+
+    warm_up(run_all)
+    return statistics.median(time_events(capture(run_all).replay, 10)) / len(fns)
 
 
 MICRO_GEMMS = [(8192, 8192, 8192), (4096, 14336, 4096), (1, 14336, 4096), (64, 14336, 4096), (256, 14336, 4096),

@@ -23,8 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from measure_steps import (COLUMNS, SHAPES, Arch, LayerShape, decoder_layer, rms_norm, rope_tables,  # noqa: E402
-                           time_events)
+from measure_steps import (COLUMNS, SHAPES, Arch, build_weights, capture, make_step, time_events,  # noqa: E402
+                           warm_up)
 
 # (phase, batch, tokens_per_seq, context)
 GRID = [("decode", b, 1, c) for b in (1, 8, 32, 128, 256) for c in (512, 2048)] + [
@@ -33,72 +33,10 @@ GRID = [("decode", b, 1, c) for b in (1, 8, 32, 128, 256) for c in (512, 2048)] 
 ALLREDUCE_TOKENS = (1, 8, 32, 128, 256, 1024, 4096, 8192)
 
 
-def shard_weights(arch: Arch, tp: int, device: str, dtype) -> dict:
-    """This rank's shard: [out, in] weights with out (column-parallel) or in (row-parallel) divided by tp."""
-    import torch
-    q, kv, inter = arch.num_heads * arch.head_dim // tp, arch.num_kv_heads * arch.head_dim // tp, \
-        arch.intermediate_size // tp
-
-    def rand(*shape):
-        return torch.randn(*shape, device=device, dtype=dtype) * 0.02
-
-    ones = lambda: torch.ones(arch.hidden_size, device=device, dtype=dtype)  # noqa: E731
-    layers = [dict(ln1=ones(), qkv=rand(q + 2 * kv, arch.hidden_size), o=rand(arch.hidden_size, q), ln2=ones(),
-                   gate_up=rand(2 * inter, arch.hidden_size), down=rand(arch.hidden_size, inter))
-              for _ in range(arch.num_layers)]
-    return dict(layers=layers, norm=ones(), embed=rand(arch.vocab_size, arch.hidden_size),
-                lm_head=rand(arch.vocab_size // tp, arch.hidden_size))
-
-
-def make_tp_step(arch: Arch, weights: dict, tp: int, batch: int, seq: int, context: int, dtype):
-    """A zero-argument function running one step of this rank's shard (static buffers), and its caches."""
-    import torch
-    import torch.distributed as dist
-    import torch.nn.functional as F
-    h, d = arch.hidden_size, arch.head_dim
-    nq, nkv = arch.num_heads // tp, arch.num_kv_heads // tp
-    total = context + seq
-    caches = [(torch.zeros(batch, nkv, total, d, device="cuda", dtype=dtype),
-               torch.zeros(batch, nkv, total, d, device="cuda", dtype=dtype)) for _ in range(arch.num_layers)]
-    ids = torch.randint(0, arch.vocab_size, (batch * seq,), device="cuda")
-    positions = torch.arange(context, total, device="cuda").repeat(batch)
-    cos, sin = rope_tables(arch, positions, "cuda", dtype)
-    causal = seq > 1
-
-    shape = LayerShape(batch, seq, context, nq, nkv, d, cos, sin, None, causal, "manual")
-
-    def reduce(x):
-        dist.all_reduce(x)
-        return x
-
-    def step():
-        x = F.embedding(ids, weights["embed"])
-        for layer, cache in zip(weights["layers"], caches):
-            x = decoder_layer(x, layer, cache, shape, reduce)
-        last = x.view(batch, seq, h)[:, -1]
-        return F.linear(rms_norm(last, weights["norm"], 1e-5, "manual"), weights["lm_head"])
-
-    return step, caches
-
-
 def graph_times(fn, reps: int, warmup: int = 3) -> list[float]:
     """Milliseconds of each replay of fn captured in one CUDA graph (NCCL calls included)."""
-    import torch
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(warmup):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    graph.replay()
-    torch.cuda.synchronize()
-    times = time_events(graph.replay, reps)
-    del graph
-    return times
+    warm_up(fn, warmup)
+    return time_events(capture(fn).replay, reps)
 
 
 def allreduce_rows(arch: Arch, tp: int, dtype) -> list[dict]:
@@ -138,13 +76,18 @@ def main(argv=None) -> int:
                 w = csv.DictWriter(f, fieldnames=list(rows[0]))
                 w.writeheader()
                 w.writerows(rows)
-    weights = shard_weights(arch, tp, "cuda", dtype)
+    weights = build_weights(arch, "cuda", dtype, tp)
+
+    def reduce(x):
+        dist.all_reduce(x)
+        return x
+
     out = open(args.out, "w", newline="") if rank == 0 else None
     writer = csv.DictWriter(out, fieldnames=COLUMNS + ["tp"]) if out else None
     if writer:
         writer.writeheader()
     for phase, batch, seq, context in GRID:
-        step, caches = make_tp_step(arch, weights, tp, batch, seq, context, dtype)
+        step, caches = make_step(arch, weights, batch, seq, context, "cuda", dtype, tp=tp, reduce=reduce)
         times = graph_times(step, 20 if phase == "decode" else 10)
         del step, caches
         torch.cuda.empty_cache()

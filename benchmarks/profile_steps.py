@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from measure_steps import SHAPES, build_weights, make_step  # noqa: E402
+from measure_steps import SHAPES, build_weights, capture, make_step, warm_up  # noqa: E402
 
 # (shape, phase, batch, tokens_per_seq, context)
 POINTS = [
@@ -109,14 +109,8 @@ def profile_point(weights, arch, phase, batch, seq, context, by_name: dict | Non
         step()
     torch.cuda.synchronize()
     row = kernel_times(step, by_name)
-    graph = torch.cuda.CUDAGraph()
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        step()
-    torch.cuda.current_stream().wait_stream(side)
-    with torch.cuda.graph(graph):
-        step()
+    warm_up(step)
+    graph = capture(step)
     row.update(sustained_clocks(graph.replay))
     del graph, caches, step
     torch.cuda.empty_cache()
