@@ -13,7 +13,7 @@ from typing import Annotated, Any, Callable, Optional
 
 import typer
 
-from simulator.options import SCENARIO_OPTIONS, ScenarioOption, parse_bool
+from simulator.runs.options import SCENARIO_OPTIONS, ScenarioOption, parse_bool
 
 app = typer.Typer(help="servesim: simulate LLM inference serving on a roofline GPU model, answer what-if "
                        "questions in seconds.", no_args_is_help=True, add_completion=False,
@@ -107,7 +107,7 @@ def load_config_file(path: Path) -> dict[str, Any]:
 def build_config(scenario: dict[str, Any], config_file: Path | None):
     """SimConfig from an options file (if any) overridden by the command line, with one-line errors."""
     from simulator.config import SimConfig
-    from simulator.options import OPTIONS_BY_FIELD
+    from simulator.runs.options import OPTIONS_BY_FIELD
     values = load_config_file(config_file) if config_file else {}
     values = {str(k).replace("-", "_"): v for k, v in values.items()}
     for field, raw in scenario.items():
@@ -147,7 +147,7 @@ def _simulate_with_progress(cfg, quiet: bool):
 
 def write_results(result, out: Path) -> Path:
     """Save into a temporary sibling folder, then move the files in: no partial output on failure."""
-    from simulator.outputs import staged
+    from simulator.runs.outputs import staged
     with staged(out) as tmp:
         result.save(tmp)
     return out
@@ -241,14 +241,14 @@ def print_rows(rows: list[dict], fmt: OutputFormat, title: str) -> None:
         Console().print(table)
 
 
-# ---- many scenarios: compare, sweep, report (the logic lives in simulator/sweep.py, capacity.py, outputs.py) ----
+# ---- many scenarios: compare, sweep, report (the logic lives in simulator/runs/) ----
 JobsOpt = Annotated[Optional[int], typer.Option("--jobs", "-j", help="Scenarios run at once \\[default: all local "
                                                 "cores]; results are identical whatever the count.")]
 
 
 def _axes_and_base(scenario: dict, config_file: Path | None):
     """Comma lists and ranges -> {field: values}; the single values (and --config) make the base config."""
-    from simulator.sweep import parse_axes
+    from simulator.runs.sweep import parse_axes
     axes = parse_axes(scenario)
     return axes, build_config({f: v[0] for f, v in axes.items() if len(v) == 1}, config_file)
 
@@ -259,7 +259,7 @@ def _board(quiet: bool, title: str):
     if quiet or not sys.stderr.isatty():
         yield None
         return
-    from simulator.parallel import Board
+    from simulator.runs.parallel import Board
     with Board(title) as board:
         yield board
 
@@ -276,7 +276,9 @@ def compare(*, scenario: dict, config: ConfigOpt = None, out: OutOpt = Path("ser
             format: FormatOpt = OutputFormat.table, quiet: QuietOpt = False) -> None:
     """Run the cross product of comma-listed options (--batching static,continuous --rate 5,10); print a
     comparison table; write comparison.csv, one results folder per scenario, and report.html."""
-    from simulator import outputs, sweep, tables
+    from simulator.runs import outputs
+    from simulator.runs import sweep
+    from simulator.present import tables
     with cli_errors(), outputs.staged(out) as tmp:
         axes, base = _axes_and_base(scenario, config)
         with _board(quiet, "scenarios") as board:
@@ -297,7 +299,9 @@ def sweep(*, scenario: dict, config: ConfigOpt = None, out: OutOpt = Path("serve
           format: FormatOpt = OutputFormat.table, quiet: QuietOpt = False) -> None:
     """Vary a load axis (--rate 2:40:2, or --batch-size, --prompt-len, --output-len, --max-num-seqs) and find
     each configuration's capacity by bisection: the highest rate at which the SLOs still hold."""
-    from simulator import capacity, outputs, tables
+    from simulator.runs import capacity
+    from simulator.runs import outputs
+    from simulator.present import tables
     with cli_errors(), outputs.staged(out) as tmp:
         axes, base = _axes_and_base(scenario, config)
         with _board(quiet, "simulations") as board:
@@ -318,7 +322,9 @@ def report(paths: Annotated[list[Path], typer.Argument(help="Results folders: on
                                                        "one folder, else ./report.html].")] = None,
            format: FormatOpt = OutputFormat.table, quiet: QuietOpt = False) -> None:
     """(Re)build report.html from saved results and print their comparison table."""
-    from simulator import outputs, report as html_report, tables
+    from simulator.runs import outputs
+    from simulator.present import report as html_report
+    from simulator.present import tables
     with cli_errors():
         inputs = outputs.load_inputs(paths)
         target = out or (paths[0] / "report.html" if len(paths) == 1 else Path("report.html"))
@@ -378,8 +384,8 @@ def explain(
         html: Annotated[Optional[Path], typer.Option(help="Also write a roofline chart here.")] = None) -> None:
     """Explain one step operator by operator: FLOPs, bytes, intensity, bound, time, share; roofline with --html."""
     from hardware.gpus import resolve_gpu
-    from simulator.cost_model import CostModel
-    from simulator.explain import explain_step, format_explain_table, roofline_figure, step_shape
+    from simulator.cost.model import CostModel
+    from simulator.present.explain import explain_step, format_explain_table, roofline_figure, step_shape
     from simulator.models import resolve_model
     with cli_errors():
         spec = resolve_model(model if model or model_config else "llama-3.1-8b", model_config)

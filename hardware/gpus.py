@@ -39,7 +39,7 @@ class GPUSpec:
     source: str = ""                  # datasheet the numbers come from
     # --- achievable-rate calibration: fractions of the datasheet peaks and fixed times, the same for every GPU
     # unless an entry overrides them. Fitted by benchmarks/calibrate.py on real H100 SXM step times (the shared
-    # Llama-3-8B reference, benchmarks/data/README.md) and meant to transfer; see simulator/cost_model.py. ---
+    # Llama-3-8B reference, benchmarks/data/README.md) and meant to transfer; see simulator/cost/model.py. ---
     gemm_efficiency: float = 0.81     # sustained fraction of the dense matrix peak of big GEMMs inside a step
     attention_efficiency: float = 0.44  # sustained fraction of the 16-bit matrix peak of fused causal attention
     hbm_efficiency: float = 0.94      # fraction of peak bandwidth streaming kernels reach (KV reads, elementwise)

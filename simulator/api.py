@@ -6,7 +6,7 @@ from dataclasses import asdict
 from hardware.gpus import GPUSpec, resolve_gpu
 from simulator.batching import PolicyParams, make_policy
 from simulator.config import DEFAULT_MAX_MODEL_LEN, SimConfig
-from simulator.cost_model import CostModel
+from simulator.cost.model import CostModel
 from simulator.engine import Engine, EngineParts, ProgressFn
 from simulator.kv_cache import make_kv_cache
 from simulator.memory import plan_memory
@@ -76,5 +76,5 @@ def compare(configs=None, *, jobs: int | None = None, progress: bool = False, **
     compare({"mine": config, "saved": SimResult.load("servesim-out")})   # results are used as they are
     Each scenario is deterministic from its seed, so results do not depend on `jobs` (default: all cores).
     """
-    from simulator.sweep import compare_many
+    from simulator.runs.sweep import compare_many
     return compare_many(configs, jobs=jobs, progress=progress, **axes)

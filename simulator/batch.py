@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from simulator.cost_model import StepShape
+from simulator.cost.model import StepShape
 from simulator.request import Request
 
 

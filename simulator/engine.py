@@ -25,7 +25,7 @@ import simpy
 
 from simulator.batching import BatchingPolicy
 from simulator.batching.lazy import DecodeRun
-from simulator.cost_model import CostModel, RunCosts, StepShape
+from simulator.cost.model import CostModel, RunCosts, StepShape
 from simulator.metrics import Recorder, SimResult
 from simulator.request import Request, RequestStatus
 from simulator.request_log import RequestLog

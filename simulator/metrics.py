@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from simulator.cost_model import RunCosts, StepCost
+from simulator.cost.model import RunCosts, StepCost
 from simulator.kv_cache.base import KVUsage
 
 STEP_COLUMNS = ("step", "start_s", "duration_s", "batch_size", "num_prefill_tokens", "num_decode_tokens",

@@ -9,8 +9,8 @@ from typer.testing import CliRunner
 
 from cli import app
 from hardware.gpus import get_gpu
-from simulator.cost_model import CostModel
-from simulator.explain import ExplainError, explain_step, format_explain_table, roofline_figure, step_shape
+from simulator.cost.model import CostModel
+from simulator.present.explain import ExplainError, explain_step, format_explain_table, roofline_figure, step_shape
 from simulator.models import get_model
 
 H100 = get_gpu("h100-sxm")

@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from simulator import plots
-from simulator.report import (SUMMARY_COLUMNS, LoadCurves, ReportInputs, Roofline, best_labels, render_report,
+from simulator.present import plots
+from simulator.present.report import (SUMMARY_COLUMNS, LoadCurves, ReportInputs, Roofline, best_labels, render_report,
                               report_figures, summary_frame, write_report)
 from tests.fake_results import KV_COLUMNS, REQUEST_COLUMNS, STEP_COLUMNS, fake_load_frames, make_fake_result
 

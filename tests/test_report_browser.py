@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from simulator.report import LoadCurves, ReportInputs, Roofline, report_figures, write_report
+from simulator.present.report import LoadCurves, ReportInputs, Roofline, report_figures, write_report
 from tests.fake_results import fake_load_frames, make_fake_result
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
@@ -196,8 +196,8 @@ def test_every_chart_renders_in_chromium_without_console_errors(tmp_path, capsys
 def test_a_real_compare_report_renders(tmp_path, capsys):
     """The report `servesim compare` writes, from real (tiny) simulations: load curves and roofline included."""
     from simulator import SimConfig
-    from simulator.outputs import write_comparison
-    from simulator.sweep import run_comparison
+    from simulator.runs.outputs import write_comparison
+    from simulator.runs.sweep import run_comparison
     base = SimConfig(num_requests=40, prompt_len="512", output_len="64", slo_ttft_s=0.2, slo_tpot_s=0.05)
     comparison = run_comparison(base, {"batching": ("static", "continuous"), "rate": (20.0, 80.0)}, jobs=1)
     write_comparison(tmp_path, comparison)

@@ -10,12 +10,12 @@ from typer.testing import CliRunner
 
 from cli import app
 from simulator import SimConfig, SimResult, compare
-from simulator.capacity import CapacitySearch, load_axis, meets_slos, run_sweep
-from simulator.options import OPTIONS_BY_FIELD
-from simulator.outputs import folder_name, load_inputs
-from simulator.parallel import Runner
-from simulator.report import report_figures
-from simulator.sweep import AxisError, expand, expand_range, label_of, parse_axis, run_comparison, split_list
+from simulator.runs.capacity import CapacitySearch, load_axis, meets_slos, run_sweep
+from simulator.runs.options import OPTIONS_BY_FIELD
+from simulator.runs.outputs import folder_name, load_inputs
+from simulator.runs.parallel import Runner
+from simulator.present.report import report_figures
+from simulator.runs.sweep import AxisError, expand, expand_range, label_of, parse_axis, run_comparison, split_list
 
 TINY = dict(num_requests=40, prompt_len="512", output_len="64")
 TINY_FLAGS = ["--num-requests", "40", "--prompt-len", "512", "--output-len", "64"]
@@ -279,7 +279,7 @@ def test_report_compares_saved_run_folders_without_rerunning(tmp_path):
 def test_comparison_table_stars_the_best_cell_of_each_column():
     from rich.console import Console
 
-    from simulator.tables import comparison_table
+    from simulator.present.tables import comparison_table
     from tests.fake_results import make_fake_result
     fast, slow = make_fake_result(0), make_fake_result(1)
     fast.summary_values |= {"request_throughput": 9.0, "ttft_p99_s": 0.25}

@@ -100,7 +100,7 @@ def claim(text: str, published: str, measured: float, fmt: str, *, lo: float | N
 
 def write_outputs(result: ExperimentResult, folder: Path) -> Path:
     """figure.html, data.csv and claims.json into `folder`, via a temporary sibling: no partial output."""
-    from simulator.outputs import staged
+    from simulator.runs.outputs import staged
     with staged(Path(folder)) as tmp:
         result.figure.write_html(tmp / "figure.html", include_plotlyjs=True, full_html=True)
         result.data.to_csv(tmp / "data.csv", index=False)

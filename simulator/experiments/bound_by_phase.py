@@ -20,10 +20,10 @@ from plotly.subplots import make_subplots
 
 from simulator.api import resolve_hardware
 from simulator.config import SimConfig
-from simulator.cost_model import CostModel, StepShape
+from simulator.cost.model import CostModel, StepShape
 from simulator.experiments.base import Experiment, ExperimentResult, claim
 from simulator.experiments.common import Job, fixed_requests, run_jobs
-from simulator.explain import roofline_figure
+from simulator.present.explain import roofline_figure
 from simulator.metrics import SimResult
 
 BASE = SimConfig(gpu="h100-sxm", model="llama-3.1-8b")

@@ -115,7 +115,7 @@ def capacity_search(make_job: Callable[[str, float], Job], labels: Sequence[str]
     """For each label, the highest rate whose run `meets` the target: the grid first, then bisection (the
     CLI sweep's CapacitySearch), every label's next probes run together. Returns every run's row (label,
     rate, meets, measured columns) and {label: capacity}; a label that never passes gets NaN."""
-    from simulator.capacity import CapacitySearch
+    from simulator.runs.capacity import CapacitySearch
     searches = {label: CapacitySearch(grid=tuple(grid), tolerance=tolerance) for label in labels}
     rows: list[pd.DataFrame] = []
     while True:

@@ -11,7 +11,7 @@ import math
 import pandas as pd
 import plotly.graph_objects as go
 
-from simulator.cost_model import CostModel, OperatorCost, StepShape
+from simulator.cost.model import CostModel, OperatorCost, StepShape
 
 PHASES = ("prefill", "decode")
 FAMILY_COLORS = {"gemm": "#1f77b4", "attention": "#d62728", "elementwise": "#2ca02c",

@@ -3,7 +3,7 @@
 - `parse_axes` reads command-line values: comma lists (`static,continuous`), numeric ranges `start:stop[:step]`
   (stop included), or both (`1,2,5:20:5`). Every bad value is a one-line AxisError naming the flag.
 - `expand` turns a base SimConfig and the varied options into labelled scenarios (the cross product).
-- `run_comparison` runs them (in parallel, see simulator.parallel) and keeps every result.
+- `run_comparison` runs them (in parallel, see simulator.runs.parallel) and keeps every result.
 - `run_sweep` finds each configuration's capacity: the highest arrival rate at which at least `attainment`
   (default 90%) of the requests meet every SLO given (TTFT and/or TPOT; a rejected request misses). The
   listed rates are tried first; then the search bisects between the highest rate that met the SLOs and the
@@ -23,7 +23,7 @@ from typing import Any
 import pandas as pd
 
 from simulator.config import SimConfig
-from simulator.options import OPTIONS_BY_FIELD, ScenarioOption
+from simulator.runs.options import OPTIONS_BY_FIELD, ScenarioOption
 
 LOAD_AXES = ("rate", "batch_size", "prompt_len", "output_len", "max_num_seqs")
 AXIS_TITLES = {"rate": "offered load (requests/s)", "batch_size": "static batch size (requests)",
@@ -222,8 +222,8 @@ def run_comparison(base: SimConfig, axes: Mapping[str, Sequence[Any]], *, jobs: 
                    board=None, save_root: Path | None = None) -> Comparison:
     """Expand, validate, and run every scenario (results identical whatever `jobs`). With `save_root`, each
     result is also saved there, in folder_name(i, label), by the process that ran it."""
-    from simulator.outputs import folder_name
-    from simulator.parallel import Runner
+    from simulator.runs.outputs import folder_name
+    from simulator.runs.parallel import Runner
     scenarios = expand(base, axes)
     validate(base, axes, scenarios)
     dirs = [save_root / folder_name(i, s.label) for i, s in enumerate(scenarios, 1)] if save_root else None
@@ -267,7 +267,7 @@ def _named_items(configs: Any) -> list[tuple[str, Any]]:
 def compare_many(configs: Any = None, *, jobs: int | None = None, progress: bool = False,
                  **axes: Any) -> dict[str, Any]:
     """See simulator.api.compare."""
-    from simulator.parallel import Board, Runner
+    from simulator.runs.parallel import Board, Runner
     if configs is None or isinstance(configs, SimConfig):
         base = configs or SimConfig()
         grid = {name: _as_values(name, value) for name, value in axes.items()}

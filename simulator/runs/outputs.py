@@ -20,7 +20,7 @@ from typing import Any
 
 import pandas as pd
 
-from simulator.report import LoadCurves, ReportInputs, Roofline, write_report
+from simulator.present.report import LoadCurves, ReportInputs, Roofline, write_report
 
 MANIFEST = "scenarios.json"
 

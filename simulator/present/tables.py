@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from simulator.report import SUMMARY_COLUMNS, best_labels, format_value, summary_frame
+from simulator.present.report import SUMMARY_COLUMNS, best_labels, format_value, summary_frame
 
 TERMINAL_COLUMNS = ("done", "req/s", "out tok/s", "goodput req/s", "SLO met %", "TTFT p50 ms", "TTFT p99 ms",
                     "TPOT p50 ms", "TPOT p99 ms", "E2E p99 s", "KV used %", "preempt", "MFU %")

@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 
 from simulator.config import SimConfig
-from simulator.sweep import (AXIS_TITLES, LOAD_AXES, RUN_METRICS, AxisError, Scenario, describe, expand, label_of,
+from simulator.runs.sweep import (AXIS_TITLES, LOAD_AXES, RUN_METRICS, AxisError, Scenario, describe, expand, label_of,
                              validate, value_text, varied)
 
 
@@ -135,7 +135,7 @@ def run_sweep(base: SimConfig, axes: Mapping[str, Sequence[Any]], *, attainment:
 
 def _search(configs, searches, axis, attainment, jobs, board) -> tuple[list[dict], list[Any]]:
     """Round by round: every configuration's next rates run together, so all cores stay busy."""
-    from simulator.parallel import Runner
+    from simulator.runs.parallel import Runner
     rows: list[dict] = []
     best: list[Any] = [None] * len(configs)
     with Runner(jobs, board) as runner:

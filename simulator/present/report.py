@@ -19,7 +19,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
-from simulator import plots
+from simulator.present import plots
 
 
 class ResultLike(Protocol):

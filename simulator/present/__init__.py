@@ -1,0 +1,1 @@
+"""Presentation: plotly figures, the HTML report, terminal tables and the per-operator explanation of a step."""

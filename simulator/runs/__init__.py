@@ -1,0 +1,1 @@
+"""Many simulations: scenario options, comparisons, sweeps, capacity search, process pools, result folders."""
