@@ -15,6 +15,7 @@ import cli
 from simulator.validate import RunFileError, load_real_run, replay_config, validate
 from simulator.validate.compare import gpu_for_device, run_metrics
 from simulator.validate.real import prefix_block_ids
+from workloads.errors import TraceError
 
 RUN = Path(__file__).parent / "data" / "vllm_run_4090"
 runner = CliRunner()
@@ -224,7 +225,7 @@ def test_mismatched_files_and_bad_values_are_named(tmp_path):
     with pytest.raises(RunFileError, match=r"requests.jsonl: 39 requests, but workload.jsonl has 40$"):
         load_real_run(folder)
     path = bench_result(tmp_path, ttfts=[0.2, "x", 0.0])
-    with pytest.raises(RunFileError, match=r"bench.json request 2: 'ttfts' must be a non-negative number, got x$"):
+    with pytest.raises(TraceError, match=r"bench.json request 2: 'ttfts' must be a non-negative number, got x$"):
         load_real_run(path)
     (folder / "meta.json").write_text("[1, 2]")
     with pytest.raises(RunFileError, match=r"meta.json: expected a JSON object$"):

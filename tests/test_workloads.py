@@ -413,7 +413,7 @@ def test_trace_rate_scale_and_caps():
 
 
 def test_trace_formats_exported():
-    assert TRACE_FORMATS == ("auto", "azure", "mooncake", "plain")
+    assert TRACE_FORMATS == ("auto", "azure", "mooncake", "plain", "vllm-bench")
 
 
 AZ_HEADER = "TIMESTAMP,ContextTokens,GeneratedTokens\n"
