@@ -142,8 +142,13 @@ def read_tokens(path: Path) -> TraceRows:
         arrival.append(json_float(record, "arrival_time_ns", where, TraceError) / 1e9)  # ns -> s
         prompt.append(tokens)
         output.append(json_int(record, "output_toks", where, TraceError))
-        content.append(tuple((token, 1) for token in ids))
+        content.append(token_content(ids))
     return TraceRows(_floats(arrival), _ints(prompt), _ints(output), content)
+
+
+def token_content(token_ids: list[int]) -> tuple[tuple[int, int], ...]:
+    """A prompt's token ids as content pieces, one token each: prompts share KV blocks as far as their ids agree."""
+    return tuple((token, 1) for token in token_ids)
 
 
 def read_auto(path: Path) -> TraceRows:
