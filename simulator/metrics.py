@@ -42,13 +42,17 @@ RAW_REQUEST_COLUMNS = ("request_id", "arrival_s", "prompt_tokens", "output_token
                        "scheduled_s", "first_token_s", "finish_s", "num_preemptions", "recomputed_tokens",
                        "swapped_bytes")
 FAMILIES = ("gemm", "attention", "elementwise", "communication", "overhead")
+# Speculative decoding (vLLM's spec-decode metrics): verify steps, mean accepted drafts per verify step,
+# acceptance rate (accepted / proposed drafts), mean acceptance length (tokens per verify step: accepted + 1).
+SPEC_KEYS = ("spec_verify_steps", "spec_mean_accepted_tokens", "spec_acceptance_rate",
+             "spec_mean_acceptance_length")
 _LAT = lambda name: tuple(f"{name}_{k}_s" for k in ("mean", "p50", "p90", "p99", "max"))   # noqa: E731
 SUMMARY_KEYS = ("num_requests", "completed", "rejected", "duration_s", "request_throughput",
                 "output_token_throughput", "total_token_throughput", *_LAT("ttft"), *_LAT("tpot"), *_LAT("itl"),
                 *_LAT("e2e"), "goodput", "slo_attainment", "kv_utilization_mean", "internal_fragmentation_mean",
                 "external_fragmentation_mean", "kv_utilization_max", "max_concurrent_requests", "preemptions",
                 "preemptions_recompute", "preemptions_swap", "preemption_rate_per_s", "mfu", "mbu", "busy_s",
-                "num_steps", "rejected_reasons")
+                "num_steps", *SPEC_KEYS, "rejected_reasons")
 # What one row holds, in append order: (name, array typecode). 'bound' is a code into BOUNDS.
 ROW_FIELDS = (("start_s", "d"), ("duration_s", "d"), ("batch_size", "q"), ("num_prefill_tokens", "q"),
               ("num_decode_tokens", "q"), ("context_tokens", "q"), ("flops", "d"), ("bytes", "d"), ("bound", "b"),
@@ -512,6 +516,8 @@ def summarize(res: SimResult) -> dict[str, Any]:
     out["mbu"] = float(sums["bytes"] / (busy * peak_bw)) if busy and peak_bw else 0.0
     out["busy_s"] = busy
     out["num_steps"] = sums["num_steps"]
+    spec = res.meta.get("speculative") or {}
+    out.update({key: spec.get(key, 0 if key == "spec_verify_steps" else float("nan")) for key in SPEC_KEYS})
     return {key: out[key] for key in SUMMARY_KEYS}
 
 
