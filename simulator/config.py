@@ -139,35 +139,33 @@ class SimConfig:
 
 
 def _check_speculation(cfg: SimConfig) -> None:
-    """K >= 0; with K > 0 exactly one drafter and one acceptance model, on continuous batching."""
+    """Drafter and acceptance values valid wherever given; with K > 0, exactly one drafter and one acceptance model,
+    on continuous batching. With K = 0 they are ignored, so `compare --speculative-tokens 0,4` sweeps K."""
     k = cfg.speculative_tokens
     if isinstance(k, bool) or not isinstance(k, int) or k < 0:
         raise ConfigError(f"speculative-tokens must be a non-negative integer, got {k}")
-    given = [f for f in ("draft", "draft_model", "acceptance_rate", "acceptance_profile") if getattr(cfg, f) is not None]
-    if not k:
-        if given:
-            raise ConfigError(f"{given[0].replace('_', '-')} needs speculative decoding: give --speculative-tokens K")
-        return
-    if (cfg.draft is None) == (cfg.draft_model is None):
-        raise ConfigError("speculative decoding needs one drafter: --draft ngram|eagle or --draft-model NAME "
-                          "(a model preset), not both")
     if cfg.draft is not None:
         _check_choice("draft", cfg.draft, DRAFT_METHODS)
-    if (cfg.acceptance_rate is None) == (cfg.acceptance_profile is None):
-        raise ConfigError("speculative decoding needs one acceptance model: --acceptance-rate A or "
-                          "--acceptance-profile p1,...,pK, not both")
-    if cfg.acceptance_rate is not None:
-        rate = cfg.acceptance_rate
-        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate <= 1:
-            raise ConfigError(f"acceptance-rate must lie in [0, 1], got {rate}")
-    else:
+    rate = cfg.acceptance_rate
+    if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate <= 1):
+        raise ConfigError(f"acceptance-rate must lie in [0, 1], got {rate}")
+    rates = None
+    if cfg.acceptance_profile is not None:
         try:
             rates = parse_acceptance_profile(cfg.acceptance_profile)
         except ValueError as err:
             raise ConfigError(str(err)) from None
-        if len(rates) != k:
-            raise ConfigError(f"acceptance-profile gives {len(rates)} rates for {k} speculative tokens; give one "
-                              "rate per draft position")
+    if not k:
+        return
+    if (cfg.draft is None) == (cfg.draft_model is None):
+        raise ConfigError("speculative decoding needs one drafter: --draft ngram|eagle or --draft-model NAME "
+                          "(a model preset), not both")
+    if (rate is None) == (rates is None):
+        raise ConfigError("speculative decoding needs one acceptance model: --acceptance-rate A or "
+                          "--acceptance-profile p1,...,pK, not both")
+    if rates is not None and len(rates) != k:
+        raise ConfigError(f"acceptance-profile gives {len(rates)} rates for {k} speculative tokens; give one "
+                          "rate per draft position")
     if cfg.batching != "continuous":
         raise ConfigError(f"speculative decoding needs --batching continuous, got '{cfg.batching}'")
 

@@ -42,8 +42,9 @@ RAW_REQUEST_COLUMNS = ("request_id", "arrival_s", "prompt_tokens", "output_token
                        "scheduled_s", "first_token_s", "finish_s", "num_preemptions", "recomputed_tokens",
                        "swapped_bytes")
 FAMILIES = ("gemm", "attention", "elementwise", "communication", "overhead")
-# Speculative decoding (vLLM's spec-decode metrics): verify steps, mean accepted drafts per verify step,
-# acceptance rate (accepted / proposed drafts), mean acceptance length (tokens per verify step: accepted + 1).
+# Speculative decoding (vLLM's spec-decode metrics), in the summary of speculative runs only: verify steps, mean
+# accepted drafts per verify step, acceptance rate (accepted / proposed drafts), mean acceptance length (tokens per
+# verify step: accepted + 1).
 SPEC_KEYS = ("spec_verify_steps", "spec_mean_accepted_tokens", "spec_acceptance_rate",
              "spec_mean_acceptance_length")
 _LAT = lambda name: tuple(f"{name}_{k}_s" for k in ("mean", "p50", "p90", "p99", "max"))   # noqa: E731
@@ -516,9 +517,8 @@ def summarize(res: SimResult) -> dict[str, Any]:
     out["mbu"] = float(sums["bytes"] / (busy * peak_bw)) if busy and peak_bw else 0.0
     out["busy_s"] = busy
     out["num_steps"] = sums["num_steps"]
-    spec = res.meta.get("speculative") or {}
-    out.update({key: spec.get(key, 0 if key == "spec_verify_steps" else float("nan")) for key in SPEC_KEYS})
-    return {key: out[key] for key in SUMMARY_KEYS}
+    out.update({key: value for key, value in (res.meta.get("speculative") or {}).items() if key in SPEC_KEYS})
+    return {key: out[key] for key in SUMMARY_KEYS if key in out}       # spec-decode keys only when it was on
 
 
 def _request_summary(req: pd.DataFrame) -> dict[str, Any]:

@@ -90,7 +90,7 @@ def test_drafts_never_pass_the_requests_end():
     ({"speculative_tokens": 2, "draft": "eagle", "acceptance_profile": "0.6,x"},
      "acceptance-profile must be comma-separated numbers, got '0.6,x'"),
     ({"speculative_tokens": -1}, "speculative-tokens must be a non-negative integer, got -1"),
-    ({"draft": "eagle"}, "draft needs speculative decoding: give --speculative-tokens K"),
+    ({"draft": "medusa"}, "draft must be one of ngram, eagle, got 'medusa'"),
     ({"speculative_tokens": 2, "draft": "ngram", "acceptance_rate": 0.5, "batching": "static"},
      "speculative decoding needs --batching continuous, got 'static'"),
 ])
@@ -106,6 +106,8 @@ def test_config_builds_the_acceptance_model():
     cfg = SimConfig(speculative_tokens=3, draft="eagle", acceptance_profile="0.8,0.6,0.4")
     assert cfg.speculation == Speculation((0.8, 0.6, 0.4), 0)
     assert SimConfig().speculation is None
+    # with K = 0 the drafter and acceptance options are ignored, so a comparison can sweep K
+    assert SimConfig(speculative_tokens=0, draft="ngram", acceptance_rate=0.5).speculation is None
 
 
 # ---------------------------------------------------------------- hand-checked traces
