@@ -446,7 +446,7 @@ def explain(
         html: Annotated[Optional[Path], typer.Option(help="Also write a roofline chart here.")] = None) -> None:
     """Explain one step operator by operator: FLOPs, bytes, intensity, bound, time, share; roofline with --html."""
     from hardware.gpus import resolve_gpu
-    from simulator.cost.model import CostModel
+    from simulator.cost import CostModel
     from simulator.present.explain import explain_step, format_explain_table, roofline_figure, step_shape
     from simulator.models import resolve_model
     with cli_errors():

@@ -18,7 +18,7 @@ from conftest import make_engine, specs_from
 from simulator.api import build_parts, simulate, workload
 from simulator.batch import Batch
 from simulator.config import ConfigError, SimConfig
-from simulator.cost.model import CostModel, StepShape
+from simulator.cost import CostModel, StepShape
 from simulator.cost.speculative import SpeculativeCostModel, eagle_head, make_drafter
 from simulator.engine import Engine
 from simulator.kv_cache import KV_CACHE_MANAGERS

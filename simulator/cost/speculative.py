@@ -17,7 +17,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from simulator.cost.model import FAMILIES, CostModel, StepCost, StepShape
+from simulator.cost.model import CostModel
+from simulator.step import FAMILIES, StepCost, StepShape
 from simulator.models import ModelSpec, resolve_model
 
 
