@@ -7,6 +7,7 @@ from hardware.gpus import GPUSpec, resolve_gpu
 from simulator.batching import PolicyParams, make_policy
 from simulator.config import DEFAULT_MAX_MODEL_LEN, SimConfig
 from simulator.cost.model import CostModel
+from simulator.engines import get_engine
 from simulator.engine import Engine, EngineParts, ProgressFn
 from simulator.kv_cache import make_kv_cache
 from simulator.memory import plan_memory
@@ -26,6 +27,7 @@ def resolve_hardware(cfg: SimConfig) -> tuple[ModelSpec, GPUSpec]:
 def build_parts(cfg: SimConfig) -> EngineParts:
     """Resolve a config into the policy, KV manager and cost model the engine drives."""
     model, gpu = resolve_hardware(cfg)
+    engine = get_engine(cfg.engine)
     if cfg.max_model_len is None:
         cfg = cfg.replace(max_model_len=min(model.max_model_len, DEFAULT_MAX_MODEL_LEN))
     if cfg.max_model_len > model.max_model_len:
@@ -36,9 +38,10 @@ def build_parts(cfg: SimConfig) -> EngineParts:
                            bandwidth_scale=cfg.bandwidth_scale, flops_scale=cfg.flops_scale)
     plan = plan_memory(cfg, model, gpu, cost_model.activation_workspace_bytes(cfg.token_budget))
     kv = make_kv_cache(cfg.kv, plan.capacity_tokens, block_size=cfg.block_size, max_model_len=cfg.max_model_len,
-                       reservation=cfg.kv_reservation)
+                       reservation=cfg.kv_reservation, watermark=engine.watermark)
     params = PolicyParams(max_num_seqs=cfg.max_num_seqs, max_num_batched_tokens=cfg.token_budget,
-                          chunked_prefill=cfg.chunked_prefill, preemption=cfg.preemption,
+                          chunked_prefill=cfg.chunked, admit_whole_sequence=engine.admit_whole_sequence,
+                          preemption=cfg.preemption,
                           swap_space_bytes=cfg.swap_space_gb * 1e9, kv_bytes_per_token=plan.kv_bytes_per_token,
                           batch_size=cfg.batch_size, max_batch_size=cfg.max_batch_size, max_wait_s=cfg.max_wait_s)
     policy = make_policy(cfg.batching, kv, params)

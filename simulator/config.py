@@ -5,6 +5,9 @@ import dataclasses
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
+from hardware.links import LINKS
+from simulator.engines import ENGINES
+
 
 class ConfigError(ValueError):
     """A bad knob: the message is one line naming the problem and the valid choices."""
@@ -28,6 +31,7 @@ class SimConfig:
     kv_dtype: str = "bf16"
     tp: int = 1
     pp: int = 1                            # pipeline stages (layers split; one batch flows through them in turn)
+    link: str | None = None                # GPU-to-GPU interconnect (hardware/links.py); None: the GPU entry's
     cuda_graphs: bool = True
     attention: str = "flash"               # 'flash' (FlashAttention IO) or 'naive' (scores materialized in HBM)
     bandwidth_scale: float = 1.0           # what-if: the GPU's memory bandwidth times this
@@ -44,12 +48,13 @@ class SimConfig:
     rate_scale: float = 1.0
     seed: int = 0
     # serving
+    engine: str = "vllm-v1"                # engine preset (simulator/engines.py): scheduler rules, kernels, graphs
     batching: str = "continuous"
     kv: str = "paged"
     max_model_len: int | None = None       # None: the model's context, at most DEFAULT_MAX_MODEL_LEN
     max_num_seqs: int = 256
     max_num_batched_tokens: int | None = None   # None: 8192, or max_model_len when chunked prefill is off
-    chunked_prefill: bool = False
+    chunked_prefill: bool | None = None    # None: the engine's default (on for vllm-v1, off for vllm-v0)
     batch_size: int = 8
     max_batch_size: int = 8
     max_wait_s: float = 0.1
@@ -79,22 +84,30 @@ class SimConfig:
         if self.max_wait_s < 0 or self.swap_space_gb < 0:
             raise ConfigError("max_wait_s and swap_space_gb must not be negative")
         _check_choice("attention", self.attention, ("flash", "naive"))
+        _check_choice("engine", self.engine, tuple(ENGINES))
+        if self.link is not None:
+            _check_choice("link", self.link, tuple(LINKS))
         _check_choice("preemption", self.preemption, ("recompute", "swap"))
         _check_choice("kv_reservation", self.kv_reservation, ("max-model-len", "request"))
         if self.num_gpu_blocks is not None and self.kv_capacity_tokens is not None:
             raise ConfigError("give num_gpu_blocks or kv_capacity_tokens, not both")
-        if not self.chunked_prefill and self.max_num_batched_tokens is not None and self.max_model_len \
+        if not self.chunked and self.max_num_batched_tokens is not None and self.max_model_len \
                 and self.max_num_batched_tokens < self.max_model_len:
             raise ConfigError(f"max_num_batched_tokens ({self.max_num_batched_tokens}) is smaller than max_model_len "
                               f"({self.max_model_len}): a long prompt could never be scheduled; raise it or "
                               "enable chunked prefill")
 
     @property
+    def chunked(self) -> bool:
+        """Whether prompts are chunked: the scenario's choice, else the engine's default."""
+        return ENGINES[self.engine].chunked_prefill if self.chunked_prefill is None else self.chunked_prefill
+
+    @property
     def token_budget(self) -> int:
         """Tokens per step: vLLM's default 8192 with chunked prefill, else at least max_model_len."""
         if self.max_num_batched_tokens is not None:
             return self.max_num_batched_tokens
-        return 8192 if self.chunked_prefill else max(8192, self.max_model_len or DEFAULT_MAX_MODEL_LEN)
+        return 8192 if self.chunked else max(8192, self.max_model_len or DEFAULT_MAX_MODEL_LEN)
 
     @property
     def request_cap(self) -> int | None:

@@ -3,7 +3,8 @@
 Knobs are vLLM's: `max_num_seqs` running requests and `max_num_batched_tokens` tokens per step; FCFS,
 running requests first. Without chunked prefill a step is all-prefill or all-decode, prefills first (vLLM v0's
 default scheduler). With chunked prefill, decodes go first and prompt chunks fill the rest of the token budget
-(Sarathi-Serve; vLLM v1). When KV memory runs out, the most recently admitted request is preempted: by
+(Sarathi-Serve; vLLM v1), and under `admit_whole_sequence` a waiting request is admitted only when blocks for its
+whole sequence are free (vLLM V1). When KV memory runs out, the most recently admitted request is preempted: by
 recompute (free its KV, recompute prompt and outputs later) or by swap (copy its KV to host memory over PCIe).
 """
 from __future__ import annotations
@@ -83,7 +84,7 @@ class ContinuousBatching(BatchingPolicy):
             if n > budget and not self.params.chunked_prefill:
                 break                                       # a whole prompt must fit the step's budget
             n = min(n, budget)
-            if not self.kv.can_allocate(req, req.num_computed_tokens + n, admission=True):
+            if not self._admissible(req, n):
                 break
             self.waiting.popleft()
             self.kv.allocate(req, req.num_computed_tokens + n)
@@ -94,6 +95,13 @@ class ContinuousBatching(BatchingPolicy):
             budget -= n
             admitted = True
         return admitted
+
+    def _admissible(self, req: Request, n: int) -> bool:
+        """May waiting `req` be admitted with a chunk of `n` tokens? Its blocks for the chunk must fit (with the
+        KV manager's admission watermark); under `admit_whole_sequence` (vLLM V1's scheduler_reserve_full_isl)
+        blocks for its whole sequence so far must be free, although only the chunk's are allocated now."""
+        need = req.num_tokens if self.params.admit_whole_sequence else req.num_computed_tokens + n
+        return self.kv.can_allocate(req, need, admission=True)
 
     def _preempt(self, victim: Request, batch: Batch) -> None:
         self.running.remove(victim)
@@ -170,15 +178,13 @@ class ContinuousBatching(BatchingPolicy):
         head = self.waiting[0]
         if not p.chunked_prefill:              # admission comes before the running requests' tokens
             n = head.num_uncomputed_tokens
-            return n <= p.max_num_batched_tokens and kv.can_allocate(head, head.num_computed_tokens + n,
-                                                                     admission=True)
+            return n <= p.max_num_batched_tokens and self._admissible(head, n)
         budget = p.max_num_batched_tokens - len(self.running)
         if budget <= 0:
             return False
         first = self.lazy.first_step_blocks()  # admission comes after the decodes took their blocks
         kv.reserve(first)
-        fits = kv.can_allocate(head, head.num_computed_tokens + min(head.num_uncomputed_tokens, budget),
-                               admission=True)
+        fits = self._admissible(head, min(head.num_uncomputed_tokens, budget))
         kv.reserve(-first)
         return fits
 
