@@ -210,9 +210,11 @@ def gpus(format: FormatOpt = OutputFormat.table) -> None:
     from hardware.gpus import GPUS
     rows = [{"gpu": g.name, "bf16_tflops": g.bf16_flops_per_s / 1e12, "fp8_tflops": g.fp8_flops_per_s / 1e12,
              "memory_gb": g.hbm_bytes / 1e9, "bandwidth_tb_s": g.hbm_bytes_per_s / 1e12,
-             "link_gb_s": g.link_bytes_per_s / 1e9, "source": g.source} for g in GPUS.values()]
-    if format == OutputFormat.table:
-        rows = [{k: v for k, v in row.items() if k != "source"} for row in rows]   # sources: --format csv/json
+             "link": g.interconnect().name, "allreduce_gb_s": g.interconnect().bus_bytes_per_s / 1e9,
+             "calibration": "calibrated" if g.calibrated_from else "datasheet-only",
+             "calibrated_from": g.calibrated_from, "source": g.source} for g in GPUS.values()]
+    if format == OutputFormat.table:      # sources and calibration profiles: --format csv/json
+        rows = [{k: v for k, v in row.items() if k not in ("source", "calibrated_from")} for row in rows]
     print_rows(rows, format, "GPU catalog (dense matrix rates)")
 
 
@@ -392,6 +394,43 @@ def _validation_table(v):
     for note in v.run.notes:
         table.caption = (table.caption + "; " if table.caption else "note: ") + note
     return table
+
+
+@app.command()
+def calibrate(
+    profile_dir: Annotated[Path, typer.Argument(help="vLLM kernel profiles of one model on one GPU: a <model>/bf16/ "
+                                                "folder (meta.yaml, tp1/, tp2/ ...) or one tp<N>/ folder.")],
+    gpu: Annotated[str, typer.Option("--gpu", help="The catalog GPU the profiles were measured on (the fitted "
+                                     "file starts from its datasheet numbers).")],
+    out: Annotated[Path, typer.Option("--out", help="GPU file to write (TOML; use it with --gpu-file).")],
+    model: Annotated[Optional[str], typer.Option("--model", help="Model preset of the profiles \\[default: the "
+                                                 "model meta.yaml names].")] = None,
+    check: Annotated[Optional[list[Path]], typer.Option("--check", help="More profile folders of the same GPU, "
+                                                        "not fitted: their errors are reported too.")] = None,
+    format: FormatOpt = OutputFormat.table) -> None:
+    """Fit a GPU's efficiency parameters (achievable bandwidth, matrix efficiency, kernel floors, mixed-step
+    attention, sampler) to vLLM kernel profiles and write them as a GPU file. Prints each kernel family's error
+    with the fitted parameters and with the datasheet-only defaults."""
+    from hardware.gpus import get_gpu
+    from simulator.calibrate import datasheet_only, error_table, find_profiles, fit_gpu, gpu_file_text
+    with cli_errors():
+        base = get_gpu(gpu)
+        profiles = find_profiles(profile_dir, model)
+        checks = [p for folder in (check or []) for p in find_profiles(folder)]
+        fitted = fit_gpu(profiles, datasheet_only(base))
+        source = "; ".join(p.source for p in profiles)
+        text = gpu_file_text(fitted, base.name, f"vLLM kernel profiles, {source}")
+        rows = []
+        for role, group in (("fitted", profiles), ("check", checks)):
+            if group:
+                cal, sheet = error_table(group, fitted), error_table(group, datasheet_only(base))
+                rows += [{"role": role, "profile": c.profile, "family": c.family, "kernels": c.kernels,
+                          "mape_pct": c.mape_pct, "datasheet_mape_pct": d.mape_pct,
+                          "sum_err_pct": c.summed_error_pct, "datasheet_sum_err_pct": d.summed_error_pct}
+                         for c, d in zip(cal.itertuples(), sheet.itertuples())]
+        out.write_text(text, encoding="utf-8")
+    print_rows(rows, format, f"Kernel errors on {base.name}: calibrated vs datasheet-only")
+    typer.echo(f"wrote {out}", err=True)
 
 
 # ---- built-in experiments (the logic lives in simulator/experiments) ----

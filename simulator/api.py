@@ -35,7 +35,7 @@ def build_parts(cfg: SimConfig) -> EngineParts:
                          f"{model.max_model_len} tokens")
     cost_model = CostModel(model, gpu, dtype=cfg.dtype, kv_dtype=cfg.kv_dtype, tp=cfg.tp, pp=cfg.pp,
                            cuda_graphs=cfg.cuda_graphs, attention=cfg.attention,
-                           bandwidth_scale=cfg.bandwidth_scale, flops_scale=cfg.flops_scale)
+                           bandwidth_scale=cfg.bandwidth_scale, flops_scale=cfg.flops_scale, link=cfg.link)
     plan = plan_memory(cfg, model, gpu, cost_model.activation_workspace_bytes(cfg.token_budget))
     kv = make_kv_cache(cfg.kv, plan.capacity_tokens, block_size=cfg.block_size, max_model_len=cfg.max_model_len,
                        reservation=cfg.kv_reservation, watermark=engine.watermark)

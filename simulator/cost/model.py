@@ -158,13 +158,16 @@ class CostModel:
     the bubbles), cuda_graphs with cuda_graph_max_batch (decode-only steps up to that batch replay a graph),
     cuda_graph_prefill (also graph steps with prefill tokens, as vLLM V1's piecewise graphs or a fully captured
     forward pass do), attention ('flash', or 'naive': the score matrix goes through HBM), bandwidth_scale and
-    flops_scale (what-if multipliers of the datasheet rates), step_overhead_s (default: the GPU entry's).
+    flops_scale (what-if multipliers of the datasheet rates), step_overhead_s (default: the GPU entry's), link
+    (the GPU-to-GPU interconnect by name, hardware/links.py; default: the GPU entry's).
     """
 
     def __init__(self, model: ModelSpec, gpu: GPUSpec, *, dtype: str = "bf16", kv_dtype: str = "bf16",
                  tp: int = 1, pp: int = 1, cuda_graphs: bool = True, cuda_graph_max_batch: int = CUDA_GRAPH_MAX_BATCH,
                  cuda_graph_prefill: bool = False, attention: str = "flash", elementwise: str = "fused",
-                 bandwidth_scale: float = 1.0, flops_scale: float = 1.0, step_overhead_s: float | None = None) -> None:
+                 bandwidth_scale: float = 1.0, flops_scale: float = 1.0, step_overhead_s: float | None = None,
+                 link: str | None = None) -> None:
+        self.link = link
         _validate(model, gpu, dtype, kv_dtype, tp, pp, attention, elementwise, bandwidth_scale, flops_scale,
                   cuda_graph_max_batch)
         self.model, self.gpu, self.dtype, self.kv_dtype = model, gpu, dtype, kv_dtype
@@ -200,9 +203,10 @@ class CostModel:
         self._gemm_lat = gpu.gemm_floor_s
         self._p = gpu.roofline_overlap
         self._sms = gpu.num_sms
-        self._link = gpu.link_bytes_per_s * gpu.link_efficiency
-        self._coll_lat = gpu.collective_latency_s
-        self._ring_lat = 2 * (self.tp - 1) * gpu.collective_step_latency_s
+        link = gpu.interconnect(self.link)              # NCCL bus bandwidth and latencies (hardware/links.py)
+        self._link = link.bus_bytes_per_s
+        self._coll_lat = link.latency_s
+        self._ring_lat = 2 * (self.tp - 1) * link.step_latency_s
 
     def _init_dims(self, m: ModelSpec) -> None:
         """Per-GPU widths after the tensor-parallel split (KV heads are replicated when fewer than tp)."""
@@ -610,7 +614,7 @@ def _validate(model: ModelSpec, gpu: GPUSpec, dtype: str, kv_dtype: str, tp: int
     if not model.is_mla and (kv % tp if kv >= tp else tp % kv):
         # As vLLM requires: KV heads split evenly over the GPUs, or each replicated on tp / kv_heads of them.
         raise CostModelError(f"tp={tp} and {model.name}'s {kv} KV heads: one must divide the other")
-    if tp > 1 and gpu.link_bytes_per_s <= 0:
+    if tp > 1 and not gpu.link and gpu.link_bytes_per_s <= 0:
         raise CostModelError(f"tp={tp} needs a GPU-to-GPU link, and {gpu.name} has none in its entry")
     for name, value in (("bandwidth_scale", bandwidth_scale), ("flops_scale", flops_scale)):
         if not value > 0:

@@ -101,3 +101,30 @@ def step_seconds(p: VarlenParams, tiles, padded_pairs, kv_tokens, q_tokens, num_
     alone = np.where(has_decode & ~has_prefill, decode_seconds(p, num_decode, context_tokens), 0.0)
     mixed = np.where(has_decode & has_prefill, mixed_decode_seconds(p, tiles, num_decode, context_tokens), 0.0)
     return pre + alone + mixed
+
+
+def varlen_params(gpu, model, *, tp: int = 1, kv_dtype: str = "bf16", flops_scale: float = 1.0,
+                  bandwidth_scale: float = 1.0) -> VarlenParams:
+    """The kernel's parameters for `model` (a ModelSpec) split `tp` ways on `gpu` (a GPUSpec)."""
+    from simulator.models import BYTES_PER_ELEMENT
+    q_heads = model.num_heads / tp
+    if model.is_mla:          # absorbed MLA: every head attends over the one shared latent (+ RoPE key)
+        kv_heads, qk_dim, v_dim = 1.0, model.kv_lora_rank + model.qk_rope_head_dim, model.kv_lora_rank
+        kv_elems = float(model.kv_lora_rank + model.qk_rope_head_dim)
+    else:
+        kv_heads, qk_dim = max(1.0, model.num_kv_heads / tp), model.head_dim
+        v_dim, kv_elems = model.head_dim, 2.0 * max(1.0, model.num_kv_heads / tp) * model.head_dim
+    return VarlenParams(
+        q_heads=q_heads, kv_heads=kv_heads, qk_dim=qk_dim, v_dim=v_dim,
+        kv_bytes_per_token=kv_elems * BYTES_PER_ELEMENT[kv_dtype],
+        attn_flops_per_s=gpu.bf16_flops_per_s * flops_scale * gpu.attention_efficiency,
+        bytes_per_s=gpu.hbm_bytes_per_s * bandwidth_scale * gpu.hbm_efficiency, num_sms=float(gpu.num_sms or 1),
+        floor_s=gpu.attention_floor_s, tile=gpu.varlen_query_tile, ctas_per_sm=gpu.attention_ctas_per_sm,
+        mixed_reread=gpu.mixed_reread, mixed_window=gpu.mixed_window, mixed_sharpness=gpu.mixed_sharpness,
+        mixed_cta_s=gpu.mixed_cta_s)
+
+
+def sampler_seconds(floor_s: float, passes: float, vocab: float, bytes_per_s: float, num_seqs):
+    """vLLM's GPU sampler over `num_seqs` sequences: a few small kernels (`floor_s`), then `passes` fp32 passes
+    over each sequence's logits (softmax, top-k / top-p, the draw). Fitted on per_sequence.csv's sampler rows."""
+    return floor_s + passes * num_seqs * vocab * 4.0 / bytes_per_s
