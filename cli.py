@@ -464,36 +464,47 @@ def explain(
         model: Annotated[Optional[str], typer.Option(
             help="Model preset (see `servesim models`). \\[default: llama-3.1-8b]")] = None,
         model_config: Annotated[Optional[Path], typer.Option(help="A Hugging Face config.json, read offline.")] = None,
-        phase: Annotated[str, typer.Option(help="prefill or decode.")] = "decode",
-        batch: Annotated[int, typer.Option(help="Sequences in the step.")] = 1,
-        prompt: Annotated[int, typer.Option(help="Prompt tokens per sequence (prefill).")] = 1024,
-        context: Annotated[int, typer.Option(help="Cached tokens per sequence (decode).")] = 1024,
+        phase: Annotated[str, typer.Option(help="prefill, decode, or mixed (a prompt chunk of --prompt tokens "
+                                           "after --cached ones, plus --batch decodes at --context).")] = "decode",
+        batch: Annotated[int, typer.Option(help="Sequences in the step (mixed: the decodes).")] = 1,
+        prompt: Annotated[int, typer.Option(help="Prompt tokens per sequence (prefill), or the chunk (mixed).")] = 1024,
+        cached: Annotated[int, typer.Option(help="Mixed: tokens of the chunk's prompt already cached.")] = 0,
+        context: Annotated[int, typer.Option(help="Cached tokens per decoding sequence (decode, mixed).")] = 1024,
+        engine: Annotated[str, typer.Option(help="Engine preset whose kernels, CUDA graphs and CPU time per step "
+                                            "are priced: vllm-v1 or vllm-v0.")] = "vllm-v1",
         tp: Annotated[int, typer.Option(help="Tensor-parallel GPUs.")] = 1,
         dtype: Annotated[str, typer.Option(help="Weight precision.")] = "bf16",
         kv_dtype: Annotated[str, typer.Option(help="KV-cache precision.")] = "bf16",
         cuda_graphs: Annotated[str, typer.Option(help="CUDA graphs for decode-only steps: on or off.")] = "on",
         bandwidth_scale: Annotated[float, typer.Option(help="What-if: multiply memory bandwidth.")] = 1.0,
         flops_scale: Annotated[float, typer.Option(help="What-if: multiply matrix FLOP rates.")] = 1.0,
-        attention: Annotated[str, typer.Option(help="flash, or naive (scores through HBM).")] = "flash",
-        elementwise: Annotated[str, typer.Option(
-            help="Small operators as a serving engine's fused kernels (fused), or as plain PyTorch ops (unfused), "
-                 "as the measured steps in benchmarks/data ran them; PyTorch's non-vectorized ones show as "
-                 "compute-bound (per-element work on the SMs).")] = "fused",
+        attention: Annotated[Optional[str], typer.Option(
+            help="varlen (vLLM V1's one launch), flash (separate prefill and decode kernels), or naive (scores "
+                 "through HBM). \\[default: the engine's]")] = None,
+        elementwise: Annotated[Optional[str], typer.Option(
+            help="Small operators as a serving engine's fused kernels (fused, or vllm-v1: RoPE writes the KV "
+                 "cache), or as plain PyTorch ops (unfused), as the measured steps in benchmarks/data ran them; "
+                 "PyTorch's non-vectorized ones show as compute-bound (per-element work on the SMs). "
+                 "\\[default: the engine's]")] = None,
         html: Annotated[Optional[Path], typer.Option(help="Also write a roofline chart here.")] = None) -> None:
     """Explain one step operator by operator: FLOPs, bytes, intensity, bound, time, share; roofline with --html."""
     from hardware.gpus import resolve_gpu
-    from simulator.cost.model import CostModel
+    from simulator.cost import CostModel
+    from simulator.engines import cost_model_options, get_engine
     from simulator.present.explain import explain_step, format_explain_table, roofline_figure, step_shape
     from simulator.models import resolve_model
     with cli_errors():
         spec = resolve_model(model if model or model_config else "llama-3.1-8b", model_config)
         device = resolve_gpu(gpu if gpu or gpu_file else "h100-sxm", gpu_file)
+        options = cost_model_options(get_engine(engine))
+        options.update({k: v for k, v in (("attention", attention), ("elementwise", elementwise)) if v})
         cost_model = CostModel(spec, device, dtype=dtype, kv_dtype=kv_dtype, tp=tp,
-                               cuda_graphs=parse_bool(cuda_graphs), attention=attention, elementwise=elementwise,
-                               bandwidth_scale=bandwidth_scale, flops_scale=flops_scale)
+                               cuda_graphs=parse_bool(cuda_graphs), bandwidth_scale=bandwidth_scale,
+                               flops_scale=flops_scale, **options)
         tokens = prompt if phase == "prefill" else context
-        table = explain_step(cost_model, phase, batch, tokens)
-        figure = roofline_figure(cost_model, cost_model.operators(step_shape(phase, batch, tokens))) if html else None
+        table = explain_step(cost_model, phase, batch, tokens, prompt, cached)
+        shape = step_shape(phase, batch, tokens, prompt, cached)
+        figure = roofline_figure(cost_model, cost_model.operators(shape)) if html else None
         if html:
             figure.write_html(str(html), include_plotlyjs=True)
     typer.echo(format_explain_table(table, cost_model))

@@ -62,15 +62,15 @@ class GPUSpec:
     # --- vLLM V1's varlen attention kernel and sampler (simulator/cost/varlen.py). Defaults: the rounded mean of
     # the fits to vLLM 0.19's kernel profiles of an RTX 4090 and an RTX PRO 6000 (casys-kaist/LLMServingSim,
     # MIT; `servesim calibrate`); on other GPUs they are a transfer, not a measurement. ---
-    attention_floor_s: float = 11e-6  # fixed time of one varlen attention launch
+    attention_floor_s: float = 10.8e-6  # fixed time of one varlen attention launch
     varlen_query_tile: float = 64     # query rows per CTA (FlashAttention-2's 64-row tiles on sm80/sm89)
-    attention_ctas_per_sm: float = 0.8  # attention CTAs an SM runs at once (fills the GPU)
-    mixed_reread: float = 0.22        # share of a mixed step's grouped-head KV re-reads reaching memory at low load
-    mixed_window: float = 5.0         # CTAs per SM resident together: the window inside which re-reads hit L2
-    mixed_sharpness: float = 2.8      # how sharply re-reads go to memory past that window
-    mixed_cta_s: float = 4e-6         # SM time of one decode CTA in a mixed step beyond its arithmetic and bytes
-    sampler_floor_s: float = 25e-6    # vLLM's GPU sampler for one sequence (several small kernels)
-    sampler_passes: float = 2.0       # fp32 passes over each sampled sequence's logits (softmax, top-k/top-p)
+    attention_ctas_per_sm: float = 0.76  # attention CTAs an SM runs at once (fills the GPU)
+    mixed_reread: float = 0.28        # share of a mixed step's grouped-head KV re-reads reaching memory at low load
+    mixed_window: float = 5.8         # CTAs per SM resident together: the window inside which re-reads hit L2
+    mixed_sharpness: float = 4.3      # how sharply re-reads go to memory past that window
+    mixed_cta_s: float = 3.6e-6       # SM time of one decode CTA in a mixed step beyond its arithmetic and bytes
+    sampler_floor_s: float = 15e-6    # vLLM's GPU sampler for one sequence (several small kernels)
+    sampler_passes: float = 1.16      # fp32 passes over each sampled sequence's logits (softmax, top-k/top-p)
     # elements per SM per clock of PyTorch's non-vectorized elementwise kernels (strided or broadcast operands):
     # bound by per-element index arithmetic, not by bandwidth (measured in-step on an H100, at the clocks a
     # power-limited prefill sustains: benchmarks/data/h100_profile_kernels.csv)
@@ -197,7 +197,17 @@ GPUS: dict[str, GPUSpec] = {
         name="rtx-4090", hbm_bytes=24 * GiB, hbm_bytes_per_s=1008 * GB, bf16_flops_per_s=165.2 * TFLOPS,
         fp8_flops_per_s=330.3 * TFLOPS, int8_ops_per_s=660.6 * TFLOPS, vector_flops_per_s=82.6 * TFLOPS,
         l2_bytes=72 * MiB, num_sms=128, link_bytes_per_s=PCIE4_X16, host_link_bytes_per_s=PCIE4_X16,
-        link="pcie4-host", source="NVIDIA Ada Lovelace GPU architecture whitepaper (GeForce RTX 4090)"),
+        link="pcie4-host",
+        # Calibrated: `servesim calibrate` fitted to vLLM 0.19's own kernel times of Llama-3.1-8B on an RTX 4090
+        # (casys-kaist/LLMServingSim, MIT: profiles/RTX4090/meta-llama/Llama-3.1-8B/bf16/tp1). Its tensor cores
+        # reach ~94% of the dense fp16 rate in big GEMMs; weight streaming ~93% of the datasheet bandwidth.
+        calibrated_from=("vLLM 0.19 kernel profiles of Llama-3.1-8B tp1 on an RTX 4090 "
+                         "(casys-kaist/LLMServingSim, MIT)"),
+        hbm_efficiency=0.8073, attention_floor_s=1.131e-05, attention_efficiency=0.7091,
+        attention_ctas_per_sm=0.7879, mixed_reread=0.3381, mixed_window=4.439, mixed_sharpness=6.053,
+        mixed_cta_s=4.264e-06, gemm_efficiency=0.9441, gemm_hbm_efficiency=0.9265, gemm_floor_s=8.011e-06,
+        kernel_floor_s=2.025e-06, sampler_floor_s=2.126e-05, sampler_passes=1.103,
+        source="NVIDIA Ada Lovelace GPU architecture whitepaper (GeForce RTX 4090)"),
     # NVIDIA RTX PRO 6000 Blackwell (Workstation / Server Edition): 96 GB GDDR7 ECC, 1,792 GB/s; 188 SMs,
     # 128 MB L2; FP32 125 TFLOPS; "4,000 AI TOPS" = FP4 with sparsity. Dense rates derived from it: FP4 2,000,
     # FP8 1,000, BF16 500 TFLOPS (professional cards run fp32 accumulate at full rate); INT8 as FP8.
@@ -206,7 +216,17 @@ GPUS: dict[str, GPUSpec] = {
         name="rtx-pro-6000", hbm_bytes=96 * GiB, hbm_bytes_per_s=1792 * GB, bf16_flops_per_s=500 * TFLOPS,
         fp8_flops_per_s=1000 * TFLOPS, int8_ops_per_s=1000 * TFLOPS, vector_flops_per_s=125 * TFLOPS,
         l2_bytes=128 * MiB, num_sms=188, link_bytes_per_s=PCIE5_X16, host_link_bytes_per_s=PCIE5_X16,
-        link="pcie5-host", source="NVIDIA RTX PRO 6000 Blackwell datasheet (dense rates derived from 4,000 FP4 sparse TOPS)"),
+        link="pcie5-host",
+        # Calibrated: `servesim calibrate` fitted to vLLM 0.19's kernel times of Qwen3-32B (tp1 and tp2) on an RTX
+        # PRO 6000 Blackwell Server Edition (casys-kaist/LLMServingSim, MIT: profiles/RTXPRO6000/Qwen/Qwen3-32B).
+        # GDDR7 streams at ~73-81% of the datasheet bandwidth; big GEMMs reach ~72% of the derived bf16 rate.
+        calibrated_from=("vLLM 0.19 kernel profiles of Qwen3-32B tp1 and tp2 on an RTX PRO 6000 "
+                         "(casys-kaist/LLMServingSim, MIT)"),
+        hbm_efficiency=0.7327, attention_floor_s=1.033e-05, attention_efficiency=0.4597,
+        attention_ctas_per_sm=0.7266, mixed_reread=0.2156, mixed_window=7.217, mixed_sharpness=2.609,
+        mixed_cta_s=3.026e-06, gemm_efficiency=0.7208, gemm_hbm_efficiency=0.8096, gemm_floor_s=8.788e-06,
+        kernel_floor_s=2.589e-06, sampler_floor_s=9.424e-06, sampler_passes=1.215,
+        source="NVIDIA RTX PRO 6000 Blackwell datasheet (dense rates derived from 4,000 FP4 sparse TOPS)"),
     # AMD Instinct MI300X datasheet: 192 GB HBM3, 5.3 TB/s; BF16/FP16 1,307.4 TFLOPS (2,614.9*), FP8
     # 2,614.9 TFLOPS (5,229.8*), INT8 2,614.9 TOPS (5,229.8*); FP32 vector 163.4 TFLOPS; 304 CUs; 256 MB
     # Infinity Cache (the last-level cache; L2 proper is 4 MB per XCD); Infinity Fabric 896 GB/s aggregate

@@ -6,8 +6,8 @@ from dataclasses import asdict
 from hardware.gpus import GPUSpec, resolve_gpu
 from simulator.batching import PolicyParams, make_policy
 from simulator.config import DEFAULT_MAX_MODEL_LEN, SimConfig
-from simulator.cost.model import CostModel
-from simulator.engines import get_engine
+from simulator.cost import CostModel
+from simulator.engines import cost_model_options, get_engine
 from simulator.engine import Engine, EngineParts, ProgressFn
 from simulator.kv_cache import make_kv_cache
 from simulator.memory import plan_memory
@@ -33,9 +33,12 @@ def build_parts(cfg: SimConfig) -> EngineParts:
     if cfg.max_model_len > model.max_model_len:
         raise ValueError(f"max-model-len {cfg.max_model_len} exceeds {model.name}'s context of "
                          f"{model.max_model_len} tokens")
+    options = cost_model_options(engine)
+    if cfg.attention is not None:
+        options["attention"] = cfg.attention
     cost_model = CostModel(model, gpu, dtype=cfg.dtype, kv_dtype=cfg.kv_dtype, tp=cfg.tp, pp=cfg.pp,
-                           cuda_graphs=cfg.cuda_graphs, attention=cfg.attention,
-                           bandwidth_scale=cfg.bandwidth_scale, flops_scale=cfg.flops_scale, link=cfg.link)
+                           cuda_graphs=cfg.cuda_graphs, bandwidth_scale=cfg.bandwidth_scale,
+                           flops_scale=cfg.flops_scale, link=cfg.link, **options)
     plan = plan_memory(cfg, model, gpu, cost_model.activation_workspace_bytes(cfg.token_budget))
     kv = make_kv_cache(cfg.kv, plan.capacity_tokens, block_size=cfg.block_size, max_model_len=cfg.max_model_len,
                        reservation=cfg.kv_reservation, watermark=engine.watermark)

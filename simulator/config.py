@@ -33,7 +33,8 @@ class SimConfig:
     pp: int = 1                            # pipeline stages (layers split; one batch flows through them in turn)
     link: str | None = None                # GPU-to-GPU interconnect (hardware/links.py); None: the GPU entry's
     cuda_graphs: bool = True
-    attention: str = "flash"               # 'flash' (FlashAttention IO) or 'naive' (scores materialized in HBM)
+    attention: str | None = None           # None: the engine's kernel; 'flash' (FlashAttention IO, prefill and
+    #                                        decode kernels), 'naive' (scores through HBM), 'varlen' (vLLM V1's)
     bandwidth_scale: float = 1.0           # what-if: the GPU's memory bandwidth times this
     flops_scale: float = 1.0               # what-if: the GPU's matrix rates times this
     # workload
@@ -83,7 +84,8 @@ class SimConfig:
             raise ConfigError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
         if self.max_wait_s < 0 or self.swap_space_gb < 0:
             raise ConfigError("max_wait_s and swap_space_gb must not be negative")
-        _check_choice("attention", self.attention, ("flash", "naive"))
+        if self.attention is not None:
+            _check_choice("attention", self.attention, ("flash", "naive", "varlen"))
         _check_choice("engine", self.engine, tuple(ENGINES))
         if self.link is not None:
             _check_choice("link", self.link, tuple(LINKS))

@@ -41,6 +41,7 @@ class EnginePreset:
     admit_whole_sequence: bool       # admission needs blocks for the whole sequence so far, not just the chunk
     prefix_caching: bool             # default when the scenario does not say (see SimConfig.prefix_caching)
     attention_kernel: str            # 'varlen' (vLLM V1's FlashAttention varlen) or 'flash' (separate kernels)
+    elementwise: str                 # recipe of the small operators (simulator/cost/elementwise.py)
     sampler: bool                    # the GPU sampler runs each step (top-k/top-p over the vocabulary)
     cuda_graph_mode: str             # 'full-and-piecewise' (V1) or 'decode' (V0: decode-only batches)
     cuda_graph_sizes: tuple[int, ...]  # captured batch sizes; () = any size up to the maximum, unpadded
@@ -51,7 +52,7 @@ ENGINES: dict[str, EnginePreset] = {
     "vllm-v1": EnginePreset(
         name="vllm-v1", description="vLLM V1 (0.19): chunked prefill, full-prompt admission, async scheduling",
         chunked_prefill=True, watermark=0.0, admit_whole_sequence=True, prefix_caching=True,
-        attention_kernel="varlen", sampler=True, cuda_graph_mode="full-and-piecewise",
+        attention_kernel="varlen", elementwise="vllm-v1", sampler=True, cuda_graph_mode="full-and-piecewise",
         cuda_graph_sizes=V1_CUDA_GRAPH_SIZES,
         # With async scheduling only the step's bookkeeping that cannot overlap is left: the sampled token ids
         # come back to the CPU and the next step's inputs are launched. 0.2 ms is an estimate of that gap
@@ -60,10 +61,18 @@ ENGINES: dict[str, EnginePreset] = {
     "vllm-v0": EnginePreset(
         name="vllm-v0", description="vLLM V0: prefill-first steps, 1% watermark, decode-only CUDA graphs",
         chunked_prefill=False, watermark=0.01, admit_whole_sequence=False, prefix_caching=False,
-        attention_kernel="flash", sampler=False, cuda_graph_mode="decode", cuda_graph_sizes=(),
+        attention_kernel="flash", elementwise="fused", sampler=False, cuda_graph_mode="decode", cuda_graph_sizes=(),
         step_overhead_s=None),
 }
 DEFAULT_ENGINE = "vllm-v1"
+
+
+def cost_model_options(engine: EnginePreset) -> dict:
+    """The CostModel keyword options the engine decides (attention kernel, small-operator recipe, sampler,
+    CUDA graph mode and sizes, CPU time per step)."""
+    return {"attention": engine.attention_kernel, "elementwise": engine.elementwise, "sampler": engine.sampler,
+            "piecewise_graphs": engine.cuda_graph_mode == "full-and-piecewise",
+            "cuda_graph_sizes": engine.cuda_graph_sizes, "step_overhead_s": engine.step_overhead_s}
 
 
 def get_engine(name: str) -> EnginePreset:

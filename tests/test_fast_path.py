@@ -16,6 +16,7 @@ from conftest import RoundCostModel, specs_from
 from simulator.api import build_parts, workload
 from simulator.batching import BATCHING_POLICIES, PolicyParams, make_policy
 from simulator.config import SimConfig
+from simulator.engines import cost_model_options, get_engine
 from simulator.engine import Engine, EngineParts
 from simulator.kv_cache import KV_CACHE_MANAGERS, make_kv_cache
 
@@ -73,6 +74,7 @@ def test_fast_path_matches_step_by_step(batching, kv, rows, chunked, swap, block
 # ---------------------------------------------------------------- the real cost model, ShareGPT lengths
 SCENARIOS = {
     "continuous-paged": {},
+    "vllm-v0": {"engine": "vllm-v0"},
     "continuous-contiguous": {"kv": "contiguous"},
     "static-contiguous": {"batching": "static", "kv": "contiguous", "batch_size": 16},
     "dynamic-paged": {"batching": "dynamic", "max_batch_size": 16, "max_wait_s": 0.05},
@@ -138,6 +140,10 @@ COST_MODELS = {
     "llama-pp2-slow-memory": ("llama-3.1-8b", "h100-sxm", {"pp": 2, "bandwidth_scale": 0.5}),
     "mla-tp8": ("deepseek-v3", "h200", {"tp": 8}),
     "moe-naive-small-graphs": ("mixtral-8x7b", "h100-sxm", {"attention": "naive", "cuda_graph_max_batch": 64}),
+    # vLLM V1's recipe: varlen attention, padded graph sizes (above 512 sequences: eager), sampler
+    "vllm-v1-4090": ("llama-3.1-8b", "rtx-4090", {**cost_model_options(get_engine("vllm-v1"))}),
+    "vllm-v1-eager-tp2": ("qwen3-32b", "rtx-pro-6000", {**cost_model_options(get_engine("vllm-v1")), "tp": 2,
+                                                         "cuda_graphs": False}),
 }
 
 
@@ -147,7 +153,7 @@ COST_MODELS = {
        num_steps=st.integers(1, 6), start=st.floats(0, 1e5, allow_nan=False))
 def test_decode_run_costs_equal_step_cost_bit_for_bit(name, num_seqs, context_per_seq, step, num_steps, start):
     from hardware.gpus import get_gpu
-    from simulator.cost.model import FAMILIES, CostModel, StepShape
+    from simulator.cost import FAMILIES, CostModel, StepShape
     from simulator.models import get_model
     model, gpu, options = COST_MODELS[name]
     cm = CostModel(get_model(model), get_gpu(gpu), **options)
@@ -166,7 +172,7 @@ def test_decode_run_costs_equal_step_cost_bit_for_bit(name, num_seqs, context_pe
 
 def test_decode_run_costs_stop_at_the_first_step_ending_at_or_after_stop():
     from hardware.gpus import get_gpu
-    from simulator.cost.model import CostModel
+    from simulator.cost import CostModel
     from simulator.models import get_model
     cm = CostModel(get_model("llama-3.1-8b"), get_gpu("h100-sxm"))
     full = cm.decode_run_costs(32, 32_000, 32, 10, 1.0)
@@ -227,7 +233,7 @@ def test_streaming_without_pyarrow_is_a_one_line_error(monkeypatch):
 
 def test_decode_run_costs_without_detail_keep_times_and_totals():
     from hardware.gpus import get_gpu
-    from simulator.cost.model import CostModel
+    from simulator.cost import CostModel
     from simulator.models import get_model
     cm = CostModel(get_model("llama-3.1-8b"), get_gpu("h100-sxm"), cuda_graphs=False)
     full = cm.decode_run_costs(48, 48_000, 48, 7, 2.0)

@@ -53,13 +53,20 @@ def group_size(p: VarlenParams) -> float:
     return p.q_heads / p.kv_heads
 
 
-def prefill_seconds(p: VarlenParams, tiles, padded_pairs, kv_tokens, q_tokens):
-    """The prompt chunks of a step: `tiles` query tiles (per head), `padded_pairs` (query row, key) pairs
-    computed including tile padding, `kv_tokens` keys read, `q_tokens` query rows."""
+def prefill_terms(p: VarlenParams, tiles, padded_pairs, kv_tokens, q_tokens):
+    """(compute_s, memory_s) of the prompt chunks of a step: `tiles` query tiles (per head), `padded_pairs`
+    (query row, key) pairs computed including tile padding, `kv_tokens` keys read, `q_tokens` query rows. With
+    fewer CTAs than the GPU holds at once, the arithmetic runs on that share of it."""
     flops = 2.0 * p.q_heads * (p.qk_dim + p.v_dim) * padded_pairs
     fill = np.minimum(1.0, np.maximum(tiles * p.q_heads, 1.0) / (p.num_sms * p.ctas_per_sm))
     compute = flops / (p.attn_flops_per_s * fill)
     memory = (kv_tokens * p.kv_bytes_per_token + q_tokens * p.q_heads * (p.qk_dim + p.v_dim) * 2.0) / p.bytes_per_s
+    return compute, memory
+
+
+def prefill_seconds(p: VarlenParams, tiles, padded_pairs, kv_tokens, q_tokens):
+    """The prompt chunks' launch: its floor plus the longer of its arithmetic and its bytes."""
+    compute, memory = prefill_terms(p, tiles, padded_pairs, kv_tokens, q_tokens)
     return p.floor_s + np.maximum(compute, memory)
 
 
@@ -70,10 +77,14 @@ def chunk_tiles(p: VarlenParams, new, cached):
     return tiles, tiles * p.tile * cached + new * (new + p.tile) / 2.0
 
 
+def decode_bytes(p: VarlenParams, num_decode, context_tokens):
+    """Bytes decodes read and write once each: their KV (`context_tokens` attended in all) and queries/outputs."""
+    return context_tokens * p.kv_bytes_per_token + num_decode * p.q_heads * (p.qk_dim + p.v_dim) * 2.0
+
+
 def decode_seconds(p: VarlenParams, num_decode, context_tokens):
     """Decodes alone (packed grouped heads): each KV head read once; a bandwidth-bound kernel."""
-    num_bytes = context_tokens * p.kv_bytes_per_token + num_decode * p.q_heads * (p.qk_dim + p.v_dim) * 2.0
-    return p.floor_s + num_bytes / p.bytes_per_s
+    return p.floor_s + decode_bytes(p, num_decode, context_tokens) / p.bytes_per_s
 
 
 def reread_share(p: VarlenParams, tiles, num_decode):

@@ -68,8 +68,8 @@ SCENARIO_OPTIONS: tuple[ScenarioOption, ...] = (
     _o("tp", int, "Tensor-parallel GPUs. [default: 1]", HW),
     _o("pp", int, "Pipeline-parallel stages (layers split across GPUs). [default: 1]", HW),
     _o("link", str, f"GPU-to-GPU link for --tp/--pp: {', '.join(LINKS)}. [default: the GPU entry's]", HW),
-    _o("attention", str, "Attention kernel: flash (FlashAttention IO) or naive (scores in HBM). [default: flash]",
-       HW),
+    _o("attention", str, "Attention kernel: varlen (vLLM V1's one launch for all sequences), flash (separate "
+                         "prefill and decode kernels) or naive (scores in HBM). [default: the engine's]", HW),
     _o("bandwidth_scale", float, "What-if: multiply the GPU's memory bandwidth. [default: 1]", HW),
     _o("flops_scale", float, "What-if: multiply the GPU's matrix FLOP rates. [default: 1]", HW),
     _o("cuda_graphs", bool, "CUDA graphs for decode steps: on or off. [default: on]", HW),
