@@ -7,6 +7,7 @@ from typing import Any, Mapping
 
 from hardware.links import LINKS
 from simulator.engines import ENGINES
+from simulator.speculative import DRAFT_METHODS, Speculation, parse_acceptance_profile
 
 
 class ConfigError(ValueError):
@@ -48,6 +49,7 @@ class SimConfig:
     trace_format: str = "auto"
     rate_scale: float = 1.0
     seed: int = 0
+    max_concurrency: int | None = None     # at most this many requests in flight (vllm bench serve's clients)
     # serving
     engine: str = "vllm-v1"                # engine preset (simulator/engines.py): scheduler rules, kernels, graphs
     batching: str = "continuous"
@@ -66,6 +68,14 @@ class SimConfig:
     kv_capacity_tokens: int | None = None
     preemption: str = "recompute"
     swap_space_gb: float = 4.0
+    prefix_caching: bool | None = None     # share cached prompt blocks between requests (vLLM V1's prefix caching);
+    #                                        None: the engine's default where it applies (continuous + paged)
+    # speculative decoding (continuous batching): K drafts verified per decode step
+    speculative_tokens: int = 0            # K; 0 turns speculation off
+    draft: str | None = None               # 'ngram' or 'eagle' (a drafter without a model of its own)...
+    draft_model: str | None = None         # ...or a draft model preset, priced on the same GPU
+    acceptance_rate: float | None = None   # each draft accepted with this probability given the earlier ones were
+    acceptance_profile: str | None = None  # or per-position rates 'p1,p2,...,pK' (vLLM's per-position metric)
     # metrics
     slo_ttft_s: float | None = None
     slo_tpot_s: float | None = None
@@ -79,7 +89,11 @@ class SimConfig:
         _check_positive(self, ("rate", "tp", "pp", "max_num_seqs", "batch_size", "max_batch_size",
                                "block_size", "rate_scale", "bandwidth_scale", "flops_scale"))
         _check_optional_positive(self, ("max_model_len", "num_requests", "duration_s", "max_num_batched_tokens", "num_gpu_blocks",
-                                        "kv_capacity_tokens", "slo_ttft_s", "slo_tpot_s", "max_request_rows"))
+                                        "kv_capacity_tokens", "slo_ttft_s", "slo_tpot_s", "max_request_rows",
+                                        "max_concurrency"))
+        if self.prefix_caching and self.batching != "continuous":
+            raise ConfigError(f"prefix caching needs continuous batching (the {self.batching} policy runs whole "
+                              "batches and takes no cache hits); use --batching continuous or --prefix-caching off")
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ConfigError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
         if self.max_wait_s < 0 or self.swap_space_gb < 0:
@@ -91,6 +105,7 @@ class SimConfig:
             _check_choice("link", self.link, tuple(LINKS))
         _check_choice("preemption", self.preemption, ("recompute", "swap"))
         _check_choice("kv_reservation", self.kv_reservation, ("max-model-len", "request"))
+        _check_speculation(self)
         if self.num_gpu_blocks is not None and self.kv_capacity_tokens is not None:
             raise ConfigError("give num_gpu_blocks or kv_capacity_tokens, not both")
         if not self.chunked and self.max_num_batched_tokens is not None and self.max_model_len \
@@ -100,9 +115,26 @@ class SimConfig:
                               "enable chunked prefill")
 
     @property
+    def prefix_cache(self) -> bool:
+        """Whether prompts share cached blocks: the scenario's choice, else the engine's default where prefix
+        caching applies (continuous batching over a paged KV cache)."""
+        if self.prefix_caching is not None:
+            return self.prefix_caching
+        return ENGINES[self.engine].prefix_caching and self.batching == "continuous" and self.kv == "paged"
+
+    @property
     def chunked(self) -> bool:
         """Whether prompts are chunked: the scenario's choice, else the engine's default."""
         return ENGINES[self.engine].chunked_prefill if self.chunked_prefill is None else self.chunked_prefill
+
+    @property
+    def speculation(self) -> Speculation | None:
+        """The acceptance model of speculative decoding, or None when it is off."""
+        if not self.speculative_tokens:
+            return None
+        if self.acceptance_profile is not None:
+            return Speculation(parse_acceptance_profile(self.acceptance_profile), self.seed)
+        return Speculation.from_rate(self.speculative_tokens, self.acceptance_rate, self.seed)
 
     @property
     def token_budget(self) -> int:
@@ -133,6 +165,38 @@ class SimConfig:
         if unknown:
             raise ConfigError(f"unknown config key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(known))}")
         return cls(**clean)
+
+
+def _check_speculation(cfg: SimConfig) -> None:
+    """Drafter and acceptance values valid wherever given; with K > 0, exactly one drafter and one acceptance model,
+    on continuous batching. With K = 0 they are ignored, so `compare --speculative-tokens 0,4` sweeps K."""
+    k = cfg.speculative_tokens
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        raise ConfigError(f"speculative-tokens must be a non-negative integer, got {k}")
+    if cfg.draft is not None:
+        _check_choice("draft", cfg.draft, DRAFT_METHODS)
+    rate = cfg.acceptance_rate
+    if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate <= 1):
+        raise ConfigError(f"acceptance-rate must lie in [0, 1], got {rate}")
+    rates = None
+    if cfg.acceptance_profile is not None:
+        try:
+            rates = parse_acceptance_profile(cfg.acceptance_profile)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+    if not k:
+        return
+    if (cfg.draft is None) == (cfg.draft_model is None):
+        raise ConfigError("speculative decoding needs one drafter: --draft ngram|eagle or --draft-model NAME "
+                          "(a model preset), not both")
+    if (rate is None) == (rates is None):
+        raise ConfigError("speculative decoding needs one acceptance model: --acceptance-rate A or "
+                          "--acceptance-profile p1,...,pK, not both")
+    if rates is not None and len(rates) != k:
+        raise ConfigError(f"acceptance-profile gives {len(rates)} rates for {k} speculative tokens; give one "
+                          "rate per draft position")
+    if cfg.batching != "continuous":
+        raise ConfigError(f"speculative decoding needs --batching continuous, got '{cfg.batching}'")
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:

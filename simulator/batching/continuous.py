@@ -26,7 +26,8 @@ class ContinuousBatching(BatchingPolicy):
 
     def enable_fast_path(self) -> None:
         super().enable_fast_path()
-        self.lazy = LazyDecoders(self.kv)
+        if self.fast_path:
+            self.lazy = LazyDecoders(self.kv)
 
     def has_work(self) -> bool:
         return bool(self.waiting or self.running or self.swapped)
@@ -57,7 +58,7 @@ class ContinuousBatching(BatchingPolicy):
                 break
             if req.status != RequestStatus.RUNNING:
                 continue                                    # preempted earlier in this loop
-            n = min(req.num_uncomputed_tokens, budget)
+            n = min(self._next_tokens(req), budget)
             if not self._make_room(req, req.num_computed_tokens + n, batch):
                 continue
             self.kv.allocate(req, req.num_computed_tokens + n)
@@ -65,6 +66,16 @@ class ContinuousBatching(BatchingPolicy):
             batch.num_new_tokens.append(n)
             budget -= n
         return budget
+
+    def _next_tokens(self, req: Request) -> int:
+        """Tokens a running request computes next: what it has not computed yet, plus, when it decodes under
+        speculative decoding, the drafts proposed after its last step (vLLM V1: num_tokens_with_spec -
+        num_computed_tokens)."""
+        n = req.num_uncomputed_tokens
+        spec = self.params.speculation
+        if spec is not None and n == 1 and req.num_output_tokens:
+            n += spec.num_drafts(req.output_tokens - req.num_output_tokens)
+        return n
 
     def _make_room(self, req: Request, num_tokens: int, batch: Batch) -> bool:
         """Preempt the most recently admitted running requests until `req` fits; False if `req` itself went."""
@@ -80,14 +91,14 @@ class ContinuousBatching(BatchingPolicy):
         admitted = False
         while self.waiting and not self.swapped and len(self.running) < self.params.max_num_seqs and budget > 0:
             req = self.waiting[0]
-            n = req.num_uncomputed_tokens
-            if n > budget and not self.params.chunked_prefill:
-                break                                       # a whole prompt must fit the step's budget
-            n = min(n, budget)
-            if not self._admissible(req, n):
+            grant = self._admission(req, budget)
+            if grant is None:
                 break
+            hit, n = grant
             self.waiting.popleft()
-            self.kv.allocate(req, req.num_computed_tokens + n)
+            self.kv.allocate(req, req.num_computed_tokens + hit + n, cached_tokens=hit)
+            if hit:
+                self._take_hit(req, hit)
             req.status = RequestStatus.RUNNING
             self._add_running(req)
             batch.requests.append(req)
@@ -96,12 +107,31 @@ class ContinuousBatching(BatchingPolicy):
             admitted = True
         return admitted
 
-    def _admissible(self, req: Request, n: int) -> bool:
-        """May waiting `req` be admitted with a chunk of `n` tokens? Its blocks for the chunk must fit (with the
-        KV manager's admission watermark); under `admit_whole_sequence` (vLLM V1's scheduler_reserve_full_isl)
-        blocks for its whole sequence so far must be free, although only the chunk's are allocated now."""
-        need = req.num_tokens if self.params.admit_whole_sequence else req.num_computed_tokens + n
-        return self.kv.can_allocate(req, need, admission=True)
+    def _admission(self, req: Request, budget: int) -> tuple[int, int] | None:
+        """(prefix-cache hit, new tokens) with which the waiting request `req` would be admitted within `budget`
+        tokens now, or None if it cannot be (the whole uncached prompt must fit without chunked prefill; under
+        `admit_whole_sequence` the KV blocks of its whole sequence must be free)."""
+        hit = self.kv.prefix_hit(req) if self.kv.prefix_caching and not req.num_computed_tokens else 0
+        n = req.num_uncomputed_tokens - hit
+        if n > budget and not self.params.chunked_prefill:
+            return None
+        n = min(n, budget)
+        # vLLM V1 (scheduler_reserve_full_isl): blocks for the whole sequence so far must be free, although only
+        # this step's chunk is allocated now
+        need = req.num_tokens if self.params.admit_whole_sequence else req.num_computed_tokens + hit + n
+        if not self.kv.can_allocate(req, need, admission=True, cached_tokens=hit):
+            return None
+        return hit, n
+
+    def _take_hit(self, req: Request, hit: int) -> None:
+        """`req` starts from `hit` cached tokens: counted as served from the cache on its first admission, as
+        work saved from its recompute after a preemption."""
+        req.num_computed_tokens += hit
+        self.kv_used_tokens += hit
+        if req.num_preemptions:
+            req.recomputed_tokens -= hit
+        else:
+            req.num_cached_tokens = hit
 
     def _preempt(self, victim: Request, batch: Batch) -> None:
         self.running.remove(victim)
@@ -154,7 +184,7 @@ class ContinuousBatching(BatchingPolicy):
 
     def plan_run(self, now: float) -> DecodeRun | None:
         lazy, n = self.lazy, len(self.running)
-        if not n or lazy.num_tracked != n or n > self.params.max_num_batched_tokens:
+        if lazy is None or not n or lazy.num_tracked != n or n > self.params.max_num_batched_tokens:
             return None
         if not self.params.chunked_prefill and (self.waiting or self.swapped) and self._next_step_admits():
             return None                            # the next step admits: step by step
@@ -162,7 +192,8 @@ class ContinuousBatching(BatchingPolicy):
         if not steps or (self.params.chunked_prefill and self._next_step_admits()):
             return None                            # the next step preempts or admits: step by step
         return DecodeRun(num_decode=n, live=n, context_tokens=self.kv_used_tokens + n, max_steps=steps,
-                         used_tokens=self.kv_used_tokens, num_running=n, num_waiting=len(self.waiting))
+                         used_tokens=self.kv_used_tokens - self.kv.shared_tokens, num_running=n,
+                         num_waiting=len(self.waiting))
 
     def _next_step_admits(self) -> bool:
         """Would the next step swap in or admit a request? (If not now, then not during a run either: a run
@@ -177,14 +208,13 @@ class ContinuousBatching(BatchingPolicy):
             return False
         head = self.waiting[0]
         if not p.chunked_prefill:              # admission comes before the running requests' tokens
-            n = head.num_uncomputed_tokens
-            return n <= p.max_num_batched_tokens and self._admissible(head, n)
+            return self._admission(head, p.max_num_batched_tokens) is not None
         budget = p.max_num_batched_tokens - len(self.running)
         if budget <= 0:
             return False
         first = self.lazy.first_step_blocks()  # admission comes after the decodes took their blocks
         kv.reserve(first)
-        fits = self._admissible(head, min(head.num_uncomputed_tokens, budget))
+        fits = self._admission(head, budget) is not None
         kv.reserve(-first)
         return fits
 

@@ -44,8 +44,8 @@ def attention_ops(d: Dims, r: Rates, kind: str, shape: StepShape, varlen: Varlen
     if kind == "varlen":
         return [scale(op, d.layers) for op in varlen_attention(d, varlen, shape)]
     ops = []
-    if shape.prefill:
-        ops += prefill_attention(d, r, kind, shape.prefill)
+    if shape.prefill or shape.verify:                 # verify chunks attend as small prompt chunks do
+        ops += prefill_attention(d, r, kind, shape.prefill + shape.verify)
     if shape.num_decode:
         ops.append(decode_attention(d, r, shape.num_decode, shape.decode_context_tokens))
     return [scale(op, d.layers) for op in ops]

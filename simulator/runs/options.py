@@ -12,6 +12,7 @@ from hardware.links import LINKS
 from simulator.batching import BATCHING_POLICIES
 from simulator.engines import DEFAULT_ENGINE, ENGINES
 from simulator.kv_cache import KV_CACHE_MANAGERS
+from simulator.speculative import DRAFT_METHODS
 
 
 def parse_bool(text: str) -> bool:
@@ -58,6 +59,7 @@ def _o(field: str, kind: type, help: str, panel: str, flag: str | None = None) -
 
 
 HW, WL, SV, KV, MT = "Hardware and model", "Workload", "Serving", "KV cache", "Metrics"
+SP = "Speculative decoding"
 SCENARIO_OPTIONS: tuple[ScenarioOption, ...] = (
     _o("gpu", str, "GPU from the catalog (see `servesim gpus`). [default: h100-sxm]", HW),
     _o("gpu_file", str, "A GPU described in a TOML/YAML file (overrides --gpu).", HW),
@@ -81,9 +83,12 @@ SCENARIO_OPTIONS: tuple[ScenarioOption, ...] = (
                           "bwb, empirical:FILE.csv[:column]. [default: sharegpt]", WL),
     _o("output_len", str, "Output tokens, same forms as --prompt-len. [default: sharegpt]", WL),
     _o("trace", str, "Replay a trace file instead of synthetic arrivals.", WL),
-    _o("trace_format", str, "Trace format: auto, azure, mooncake, plain. [default: auto]", WL),
+    _o("trace_format", str, "Trace format: auto, azure, mooncake, plain, tokens. [default: auto]", WL),
     _o("rate_scale", float, "Multiply a trace's arrival rate by this factor. [default: 1]", WL),
     _o("seed", int, "Seed of every random draw. [default: 0]", WL),
+    _o("max_concurrency", int, "At most this many requests in flight: one due while that many are running "
+                               "arrives when one finishes (vllm bench serve's --max-concurrency). [default: no limit]",
+       WL),
     _o("engine", str, f"Serving engine preset (scheduler rules, kernels, CUDA graphs, CPU time per step): "
                       f"{', '.join(ENGINES)}. [default: {DEFAULT_ENGINE}]", SV),
     _o("batching", str, f"Batching policy: {', '.join(BATCHING_POLICIES)}. [default: continuous]", SV),
@@ -99,8 +104,22 @@ SCENARIO_OPTIONS: tuple[ScenarioOption, ...] = (
        "--max-wait"),
     _o("preemption", str, "When KV runs out: recompute or swap. [default: recompute]", SV),
     _o("swap_space_gb", float, "Host memory for swapped KV, GB. [default: 4]", SV, "--swap-space"),
+    _o("speculative_tokens", int, "Draft tokens verified per decode step (K); each verify step computes K + 1 "
+                                  "tokens a request. [default: 0, off]", SP),
+    _o("draft", str, f"Drafter without a model: {', '.join(DRAFT_METHODS)} (ngram is free; eagle is one extra "
+                     "decoder layer and the LM head per draft token).", SP),
+    _o("draft_model", str, "Or a draft model preset (see `servesim models`), run K times per step on the same "
+                           "GPU.", SP),
+    _o("acceptance_rate", float, "Each draft accepted with this probability given the earlier ones were "
+                                 "(position i: rate^i).", SP),
+    _o("acceptance_profile", str, "Or per-position acceptance rates p1,...,pK, non-increasing (e.g. "
+                                  "0.8,0.6,0.4).", SP),
     _o("kv", str, f"KV-cache manager: {', '.join(KV_CACHE_MANAGERS)}. [default: paged]", KV),
     _o("block_size", int, "Paged: tokens per KV block. [default: 16]", KV),
+    _o("prefix_caching", bool, "Paged + continuous: reuse cached KV blocks of shared prompt prefixes (vLLM V1's "
+                               "automatic prefix caching; hits need a workload that describes its content, such "
+                               "as Mooncake hash_ids or token ids): on or off. [default: the engine's: on for vllm-v1 with "
+                               "continuous batching and a paged KV cache, off for vllm-v0]", KV),
     _o("kv_reservation", str, "Contiguous: reserve max-model-len or request (prompt + output) per request. "
                               "[default: max-model-len]", KV),
     _o("gpu_memory_utilization", float, "Share of GPU memory servesim may use. [default: 0.9]", KV),
