@@ -162,7 +162,7 @@ def run(*, scenario: dict, config: ConfigOpt = None, out: OutOpt = Path("servesi
         result = _simulate_with_progress(cfg, quiet)
         write_results(result, out)
     if format == RunFormat.vllm:
-        typer.echo(format_vllm_result((out / "vllm_result.json").read_text()))
+        typer.echo(json.dumps(json.loads((out / "vllm_result.json").read_text()), indent=2))
     elif not quiet:
         print_summary(result.summary(), OutputFormat(format.value), title=f"servesim run -> {out}/")
 
@@ -186,14 +186,6 @@ def vllm_metric_options(values: dict[str, Any], goodput: str | None, percentiles
     if metrics is not None:
         out["percentile_metrics"] = metrics
     return out
-
-
-def format_vllm_result(text: str) -> str:
-    """vllm_result.json with one key per line (its per-request lists stay on their line)."""
-    import json as _json
-    data = _json.loads(text)
-    lines = [f"  {_json.dumps(k)}: {_json.dumps(v)}" for k, v in data.items()]
-    return "{\n" + ",\n".join(lines) + "\n}"
 
 
 def _simulate_with_progress(cfg, quiet: bool):
