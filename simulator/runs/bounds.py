@@ -22,7 +22,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass
 
-from simulator.cost.model import StepShape
+from simulator.cost import StepShape
 
 BOUND_MARGIN = 1.5          # capacity bound = margin x the saturation estimate (see the module docstring)
 PREFILL_PROBE_TOKENS = 4096  # marginal prefill cost measured between this many tokens and half as many

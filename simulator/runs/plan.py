@@ -209,7 +209,7 @@ def candidates(base: SimConfig, axes: Mapping[str, Sequence[Any]], spec: PlanSpe
                stats: WorkloadStats) -> list[Candidate]:
     """Every configuration of the cross product, built and bounded (or marked: does not fit / invalid)."""
     from simulator.api import build_parts
-    from simulator.cost.model import CostModelError
+    from simulator.cost import CostModelError
     from simulator.memory import ModelDoesNotFit
     check_names(base, axes)
     singles = {name: values[0] for name, values in axes.items() if len(values) == 1}
