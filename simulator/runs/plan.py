@@ -147,6 +147,7 @@ class Candidate:
     config: SimConfig | None
     status: str = "pending"          # ok | does not fit | invalid | cannot meet SLO | skipped
     reason: str = ""
+    gpu_name: str = ""
     gpus_per_replica: int = 0
     usd_per_gpu_hour: float = math.nan
     bound: Bound | None = None
@@ -237,6 +238,7 @@ def _assess(cand: Candidate, parts, spec: PlanSpec, stats: WorkloadStats) -> Non
     from simulator.api import resolve_hardware
     cfg = cand.config
     _, gpu = resolve_hardware(cfg)
+    cand.gpu_name = gpu.name
     cand.usd_per_gpu_hour = _price(cfg, gpu, spec.prices)
     cand.gpus_per_replica = cfg.tp * cfg.pp
     start = 1
@@ -289,7 +291,7 @@ class PlanOutcome:
         tokens_per_hour = target * self.stats.mean_output * 3600
         metrics = c.operating.metrics if (c.operating and n) else {}
         return {"config": c.label, **{k: value_text(v) for k, v in c.values.items()}, "status": c.status,
-                "reason": c.reason, "replicas": n, "gpus": n * c.gpus_per_replica if n else None,
+                "reason": c.reason, "gpu_name": c.gpu_name, "replicas": n, "gpus": n * c.gpus_per_replica if n else None,
                 "usd_per_gpu_hour": c.usd_per_gpu_hour, "cost_per_hour": cost,
                 "cost_per_million_output_tokens": cost / tokens_per_hour * 1e6 if n else math.nan,
                 "rate_per_replica": target / n if n else math.nan,
@@ -320,9 +322,10 @@ def run_plan(base: SimConfig, axes: Mapping[str, Sequence[Any]], spec: PlanSpec,
     from simulator.runs.executors import make_executor
     if base.slo_ttft_s is None and base.slo_tpot_s is None:
         raise AxisError("plan needs an SLO: give --slo-ttft and/or --slo-tpot (seconds)")
+    pool = make_executor(executor, jobs=jobs, board=board, address=address)   # a bad name fails before work
     stats = workload_stats(base)
     cands = candidates(base, axes, spec, stats)
-    with make_executor(executor, jobs=jobs, board=board, address=address) as runner:
+    with pool as runner:
         width = WAVE_PER_WORKER * _workers(runner)
         counts = _search(cands, spec, runner, width)
     return PlanOutcome(spec, base, dict(axes), cands, stats, counts)
@@ -410,3 +413,54 @@ def _counts(cands: list[Candidate]) -> dict[str, int]:
     return {"configurations": len(cands), **by_status, "ruled_out_by_bounds": bound_ruled,
             "simulations": sum(c.simulations for c in cands), "reused": sum(c.reused for c in cands),
             "stopped_early": sum(c.stopped_early for c in cands)}
+
+
+# ---- command-line helpers -----------------------------------------------------------------------------------------
+def parse_prices(items: Sequence[str]) -> dict[str, float]:
+    """['h100-sxm=2.49', 'h200=3.5,l40s=0.9'] -> {gpu name: USD per GPU-hour}; catalog names are normalized."""
+    from hardware.gpus import get_gpu
+    prices: dict[str, float] = {}
+    for item in (piece.strip() for text in items for piece in str(text).split(",")):
+        name, sep, usd = item.partition("=")
+        try:
+            value = float(usd)
+        except ValueError:
+            value = math.nan
+        if not sep or not name.strip() or not value > 0 or not math.isfinite(value):
+            raise AxisError(f"--price {item}: expected GPU=USD_PER_GPU_HOUR with a positive price, "
+                            "e.g. --price h100-sxm=2.49")
+        try:
+            key = get_gpu(name).name
+        except ValueError:
+            key = name.strip().lower()           # a GPU file's name (its stem)
+        prices[key] = value
+    return prices
+
+
+def with_default_axes(base: SimConfig, axes: Mapping[str, Sequence[Any]], given: set[str]) -> dict:
+    """The search space: the given axes, plus defaults for the options not given at all (TP 1,2,4,8,
+    max-num-seqs 64,256, chunked prefill off,on, and every priced catalog GPU that holds the model's weights
+    at the largest TP)."""
+    out = dict(axes)
+    if "tp" not in given:
+        out["tp"] = DEFAULT_TP
+    if "max_num_seqs" not in given and base.batching == "continuous":
+        out["max_num_seqs"] = DEFAULT_MAX_NUM_SEQS
+    if "chunked_prefill" not in given and base.batching == "continuous":
+        out["chunked_prefill"] = DEFAULT_CHUNKED
+    if "gpu" not in given and "gpu_file" not in given:
+        out["gpu"] = _gpus_that_fit(base, max(out.get("tp", (base.tp,))) * base.pp)
+    return out
+
+
+def _gpus_that_fit(base: SimConfig, gpus_per_replica: int) -> tuple[str, ...]:
+    from hardware.gpus import GPUS
+    from simulator.models import resolve_model
+    model = resolve_model(None if base.model_config else base.model, base.model_config)
+    per_gpu = model.weight_bytes(base.dtype) / gpus_per_replica
+    fit = tuple(name for name, gpu in GPUS.items()
+                if gpu.usd_per_gpu_hour > 0 and per_gpu < gpu.hbm_bytes * base.gpu_memory_utilization)
+    if not fit:
+        raise AxisError(f"no catalog GPU holds {model.name}'s weights at {gpus_per_replica} GPUs per replica; "
+                        "give --gpu and --tp")
+    return fit
