@@ -18,7 +18,8 @@ from simulator.batching import BATCHING_POLICIES, PolicyParams
 from simulator.batching.continuous import Admission, ContinuousBatching
 from simulator.config import SimConfig
 from simulator.engine import Engine, EngineParts
-from simulator.kv_cache import KV_CACHE_MANAGERS, KVCacheManager, KVUsage
+from simulator.kv_cache import KV_CACHE_MANAGERS, KVCacheManager, KVUsage, make_kv_cache
+from workloads.spec import RequestSpec
 
 FRAMES = ("requests", "steps", "kv", "itl")
 
@@ -29,12 +30,12 @@ def assert_identical(fast, slow) -> None:
 
 
 def engine(specs, fast_path, *, batching="continuous", kv="paged", capacity_tokens=100_000, max_model_len=4096,
-           block_size=16, reservation="max-model-len", watermark=0.01, **params) -> Engine:
+           block_size=16, reservation="max-model-len", watermark=0.01, prefix_caching=False, **params) -> Engine:
     """An engine on the conftest's round-number cost model (10 ms a step + 0.1 ms a prefill token); `batching`
     and `kv` are registered names or classes."""
-    manager = (KV_CACHE_MANAGERS.get(kv, kv) if isinstance(kv, str) else kv)(
-        capacity_tokens, block_size=block_size, max_model_len=max_model_len, reservation=reservation,
-        watermark=watermark)
+    options = dict(block_size=block_size, max_model_len=max_model_len, reservation=reservation, watermark=watermark)
+    manager = (make_kv_cache(kv, capacity_tokens, prefix_caching=prefix_caching, **options) if isinstance(kv, str)
+               else kv(capacity_tokens, **options))
     policy = (BATCHING_POLICIES[batching] if isinstance(batching, str) else batching)(manager, PolicyParams(**params))
     parts = EngineParts(policy=policy, cost_model=RoundCostModel(), max_model_len=max_model_len, config={}, meta={})
     return Engine(parts, specs, fast_path=fast_path)
@@ -81,12 +82,7 @@ class SkipAheadBatching(ContinuousBatching):
     def _pick_next(self, budget: int) -> Admission | None:
         if self.swapped or len(self.running) >= self.params.max_num_seqs or budget <= 0:
             return None
-        for req in self.waiting:
-            n = min(req.num_uncomputed_tokens, budget)
-            whole = n == req.num_uncomputed_tokens or self.params.chunked_prefill
-            if whole and self.kv.can_allocate(req, req.num_computed_tokens + n, admission=True):
-                return Admission(req, n)
-        return None
+        return next(filter(None, (self._admission(req, budget) for req in self.waiting)), None)
 
 
 class CountedBlocks(KVCacheManager):
@@ -103,10 +99,10 @@ class CountedBlocks(KVCacheManager):
     def _need(self, req, num_tokens: int) -> int:
         return max(0, -(-num_tokens // self.block_size) - self.held.get(req.request_id, 0))
 
-    def can_allocate(self, req, num_tokens: int, *, admission: bool = False) -> bool:
+    def can_allocate(self, req, num_tokens: int, *, admission: bool = False, cached_tokens: int = 0) -> bool:
         return self._need(req, num_tokens) <= self.num_blocks - self.used - (self.keep if admission else 0)
 
-    def allocate(self, req, num_tokens: int) -> None:
+    def allocate(self, req, num_tokens: int, *, cached_tokens: int = 0) -> None:
         need = self._need(req, num_tokens)
         self.held[req.request_id] = self.held.get(req.request_id, 0) + need
         self.used += need
@@ -162,6 +158,25 @@ def test_kv_manager_without_fast_path_hooks_runs_step_by_step_correctly(batching
     assert_identical(fast, engine(specs_from(rows), True, kv="paged", **kwargs).run())   # what paged KV gives
     if batching == "continuous":
         assert eng.num_run_steps == 0            # it does not say how running requests grow: no decode runs
+
+
+shared_workloads = st.lists(
+    st.tuples(st.sampled_from([0.0, 0.01, 0.02, 0.05]) | st.floats(0, 0.5, allow_nan=False),
+              st.integers(1, 300), st.integers(1, 80), st.integers(-1, 2), st.integers(1, 300)), min_size=1,
+    max_size=25)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rows=shared_workloads, chunked=st.booleans(), swap=st.booleans(), block_size=st.sampled_from([1, 4, 16]),
+       capacity=st.sampled_from([600, 1024, 4096]))
+def test_fast_path_matches_step_by_step_with_prefix_caching(rows, chunked, swap, block_size, capacity):
+    # Requests share one of three prefixes (or none); small capacities force evictions and preemptions.
+    specs = [RequestSpec(i, a, p, o, ((pid, min(n, p + o)),) if pid >= 0 else ())
+             for i, (a, p, o, pid, n) in enumerate(rows)]
+    fast, slow, _ = both(specs, capacity_tokens=capacity, max_model_len=512, block_size=block_size,
+                         max_num_batched_tokens=512, max_num_seqs=8, kv_bytes_per_token=1.0, swap_space_bytes=300,
+                         chunked_prefill=chunked, preemption="swap" if swap else "recompute", prefix_caching=True)
+    assert_identical(fast, slow)
 
 
 # ---------------------------------------------------------------- the real cost model, ShareGPT lengths

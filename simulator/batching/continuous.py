@@ -21,7 +21,8 @@ class Admission(NamedTuple):
     """A waiting request the next step admits, and the tokens it computes in that step."""
 
     request: Request
-    tokens: int
+    tokens: int            # new tokens it computes in the step
+    cached: int = 0        # leading tokens served from the prefix cache instead
 
 
 class ContinuousBatching(BatchingPolicy):
@@ -85,33 +86,28 @@ class ContinuousBatching(BatchingPolicy):
 
     def _pick_next(self, budget: int) -> Admission | None:
         """The admission rule, written once: the waiting request the next step admits with `budget` tokens left
-        in it, and how many of its tokens it computes; None when none is admitted (FCFS: the queue's head or
-        nobody). schedule() admits through it and the fast path asks it whether the next step would admit.
+        in it (FCFS: the queue's head or nobody), or None. schedule() admits through it, and the fast path asks
+        it whether the next step would admit.
 
         It must only read state, and a None must stay None while free KV memory only shrinks and the queues
         and the running set stay as they are (what a run of decode steps does); see simulator/batching/lazy.py.
         """
         if self.swapped or not self.waiting or len(self.running) >= self.params.max_num_seqs or budget <= 0:
             return None                                     # swapped requests come back before any admission
-        req = self.waiting[0]
-        n = req.num_uncomputed_tokens
-        if n > budget and not self.params.chunked_prefill:
-            return None                                     # a whole prompt must fit the step's budget
-        n = min(n, budget)
-        if not self.kv.can_allocate(req, req.num_computed_tokens + n, admission=True):
-            return None
-        return Admission(req, n)
+        return self._admission(self.waiting[0], budget)
 
     def _admit_waiting(self, batch: Batch, budget: int) -> bool:
         """Admit waiting requests while `_pick_next` names one; True if any was admitted."""
         admitted = False
         while (pick := self._pick_next(budget)) is not None:
-            req, n = pick
+            req, n, hit = pick
             if self.waiting[0] is req:
                 self.waiting.popleft()
             else:
                 self.waiting.remove(req)
-            self.kv.allocate(req, req.num_computed_tokens + n)
+            self.kv.allocate(req, req.num_computed_tokens + hit + n, cached_tokens=hit)
+            if hit:
+                self._take_hit(req, hit)
             req.status = RequestStatus.RUNNING
             self._add_running(req)
             batch.requests.append(req)
@@ -119,6 +115,28 @@ class ContinuousBatching(BatchingPolicy):
             budget -= n
             admitted = True
         return admitted
+
+    def _admission(self, req: Request, budget: int) -> Admission | None:
+        """How the waiting request `req` would be admitted within `budget` tokens now (its prefix-cache hit and
+        new tokens), or None if it cannot be (the whole uncached prompt must fit without chunked prefill)."""
+        hit = self.kv.prefix_hit(req) if self.kv.prefix_caching and not req.num_computed_tokens else 0
+        n = req.num_uncomputed_tokens - hit
+        if n > budget and not self.params.chunked_prefill:
+            return None
+        n = min(n, budget)
+        if not self.kv.can_allocate(req, req.num_computed_tokens + hit + n, admission=True, cached_tokens=hit):
+            return None
+        return Admission(req, n, hit)
+
+    def _take_hit(self, req: Request, hit: int) -> None:
+        """`req` starts from `hit` cached tokens: counted as served from the cache on its first admission, as
+        work saved from its recompute after a preemption."""
+        req.num_computed_tokens += hit
+        self.kv_used_tokens += hit
+        if req.num_preemptions:
+            req.recomputed_tokens -= hit
+        else:
+            req.num_cached_tokens = hit
 
     def _preempt(self, victim: Request, batch: Batch) -> None:
         self.running.remove(victim)
@@ -184,7 +202,8 @@ class ContinuousBatching(BatchingPolicy):
         if not steps or (self.params.chunked_prefill and self._next_step_admits()):
             return None                            # the next step preempts or admits: step by step
         return DecodeRun(num_decode=n, live=n, context_tokens=self.kv_used_tokens + n, max_steps=steps,
-                         used_tokens=self.kv_used_tokens, num_running=n, num_waiting=len(self.waiting))
+                         used_tokens=self.kv_used_tokens - self.kv.shared_tokens, num_running=n,
+                         num_waiting=len(self.waiting))
 
     def _next_step_admits(self) -> bool:
         """Would the next step swap in or admit a request? Asked of the rules schedule() follows (_next_swap_in,
