@@ -38,6 +38,9 @@ from simulator.step import RunCosts, StepShape
 from workloads.spec import RequestSpec
 
 ProgressFn = Callable[[float, int, int], None]   # (simulated seconds, requests done, requests total)
+# Asked between steps with the engine and the simulated time: True ends the run there (meta["stopped_early"]),
+# e.g. once the SLO verdict is certain (simulator/runs/early_stop.py). The partial result is not a full run.
+StopFn = Callable[["Engine", float], bool]
 INF = float("inf")
 
 
@@ -83,8 +86,10 @@ class Engine:
     """Drives one replica. `fast_path` (default: the config's `fast_path`, else on) enables decode runs."""
 
     def __init__(self, parts: EngineParts, specs: Iterable[RequestSpec], progress: ProgressFn | None = None,
-                 *, fast_path: bool | None = None) -> None:
+                 *, fast_path: bool | None = None, stop: StopFn | None = None) -> None:
         self.parts = parts
+        self.stop = stop
+        self.stopped_early = False
         self.policy = parts.policy
         self.specs = list(specs)
         self.progress = progress
@@ -127,7 +132,7 @@ class Engine:
         requests = self.log.frame()
         meta = {**self.parts.meta, "preemptions_recompute": self.policy.num_preemptions["recompute"],
                 "preemptions_swap": self.policy.num_preemptions["swap"], "engine_steps": self.num_steps,
-                "run_steps": self.num_run_steps, "runs": self.num_runs,
+                "run_steps": self.num_run_steps, "runs": self.num_runs, "stopped_early": self.stopped_early,
                 "prefix_cache_evictions": self.policy.kv.num_evictions}
         if self.policy.params.speculation is not None:
             meta["speculative"] = self.policy.spec_stats.as_dict()
@@ -174,6 +179,9 @@ class Engine:
         env, policy = self.env, self.policy
         while True:
             self._admit_arrivals(env.now)
+            if self.stop is not None and self.stop(self, env.now):
+                self.stopped_early = True
+                return
             if self.fast_path:
                 end, delays = self._advance(env.now)
                 if delays:
