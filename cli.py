@@ -123,7 +123,8 @@ def build_config(scenario: dict[str, Any], config_file: Path | None):
 @scenario_command()
 def run(*, scenario: dict, config: ConfigOpt = None, out: OutOpt = Path("servesim-out"),
         format: FormatOpt = OutputFormat.table, quiet: QuietOpt = False) -> None:
-    """Simulate one scenario; print its summary and write requests/steps/kv CSVs, summary.json, config.json."""
+    """Simulate one scenario; print its summary and write requests/steps/kv CSVs, summary.json, config.json
+    (and replicas.csv, one row per replica, for a cluster: --replicas or --pools)."""
     with cli_errors():
         cfg = build_config(scenario, config)
         result = _simulate_with_progress(cfg, quiet)
@@ -173,6 +174,11 @@ SUMMARY_ROWS = (
                                                  f"{s['preemptions_swap']})"),
     ("MFU / MBU", lambda s: f"{100 * s['mfu']:.1f}% / {100 * s['mbu']:.1f}%"),
 )
+CLUSTER_ROWS = (
+    ("replicas", lambda s: f"{s['replicas']}"),
+    ("load balance: max / mean outstanding", lambda s: f"{s['outstanding_max_over_mean']:.3f}"),
+    ("load balance: Jain's index", lambda s: f"{s['outstanding_jain_index']:.3f}"),
+)
 
 
 def _ms(s: dict, name: str) -> str:
@@ -192,7 +198,7 @@ def print_summary(summary: dict, fmt: OutputFormat, title: str) -> None:
     from rich.console import Console
     from rich.table import Table
     table = Table(title=title, show_header=False)
-    for label, fmt_row in SUMMARY_ROWS:
+    for label, fmt_row in SUMMARY_ROWS + (CLUSTER_ROWS if "replicas" in summary else ()):
         table.add_row(label, fmt_row(summary))
     for reason, count in summary["rejected_reasons"].items():
         table.add_row("rejected: " + reason, str(count))

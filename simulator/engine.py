@@ -14,12 +14,13 @@ timestamp is identical to the last bit (tests compare both paths).
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import time
 from dataclasses import dataclass
 from functools import partial
 from itertools import chain
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Protocol
 
 import simpy
 
@@ -48,6 +49,19 @@ def step_by_step_costs(cost_model, num_seqs: int, context_tokens: int, context_s
     return costs
 
 
+@contextlib.contextmanager
+def paused_gc():
+    """The loop creates no reference cycles worth collecting, while the cyclic collector would rescan every live
+    request again and again (a third of the run time at 10^5 requests): pause it for a run."""
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if collecting:
+            gc.enable()
+
+
 @dataclass
 class EngineParts:
     """Everything the engine drives, built by simulator.api from a SimConfig."""
@@ -60,11 +74,29 @@ class EngineParts:
     slo: tuple[float | None, float | None] = (None, None)
 
 
+class EngineObserver(Protocol):
+    """What a cluster watches of a replica: the load it reports at each step's start (a run reports once, with
+    its step ends), when it goes idle, and every request it is done with (finished or rejected)."""
+
+    def step(self, start_s: float, num_running: int, num_waiting: int, used_tokens: int) -> None: ...
+
+    def run(self, start_s: float, ends_s: list[float], run: DecodeRun) -> None: ...
+
+    def idle(self, now_s: float, num_running: int, num_waiting: int, used_tokens: int) -> None: ...
+
+    def done(self, req: Request) -> None: ...
+
+
 class Engine:
-    """Drives one replica. `fast_path` (default: the config's `fast_path`, else on) enables decode runs."""
+    """Drives one replica. `fast_path` (default: the config's `fast_path`, else on) enables decode runs.
+
+    A cluster drives replicas differently: `start()`, then `feed()` each request a router sends here (in arrival
+    order) while `open`, `advance(t)` every replica to the next arrival, and `close()`; `horizon_s` (the next
+    arrival the router has not placed yet) bounds how far the fast path commits ahead.
+    """
 
     def __init__(self, parts: EngineParts, specs: Iterable[RequestSpec], progress: ProgressFn | None = None,
-                 *, fast_path: bool | None = None) -> None:
+                 *, fast_path: bool | None = None, observer: EngineObserver | None = None) -> None:
         self.parts = parts
         self.policy = parts.policy
         self.specs = list(specs)
@@ -79,6 +111,9 @@ class Engine:
         self.num_done = 0
         self.fast_path = parts.config.get("fast_path", True) if fast_path is None else fast_path
         self._next_arrival_s = INF              # the earliest arrival not yet handed to the policy
+        self.observer = observer
+        self.open = False                        # a router may still feed requests
+        self.horizon_s = INF                     # while open: no unfed request arrives before this
         self.num_steps = 0                       # engine steps simulated, and how many of them ran in runs
         self.num_run_steps = 0
         self.num_runs = 0
@@ -92,19 +127,37 @@ class Engine:
         self._detail = {"detail": False} if lean else {}
 
     def run(self) -> SimResult:
-        wall = time.perf_counter()
+        self.start()
+        with paused_gc():
+            self.env.run(until=self._server)
+        return self.finish()
+
+    def start(self) -> None:
+        self._wall = time.perf_counter()
         self._pending = sorted(self.specs, key=lambda s: (s.arrival_s, s.request_id))
         self._num_arrived = 0
-        server = self.env.process(self._serve())
-        # The loop creates no reference cycles worth collecting, while the cyclic collector would rescan every
-        # live request again and again (a third of the run time at 10^5 requests): pause it for the run.
-        collecting = gc.isenabled()
-        gc.disable()
-        try:
-            self.env.run(until=server)
-        finally:
-            if collecting:
-                gc.enable()
+        self._server = self.env.process(self._serve())
+
+    def feed(self, spec: RequestSpec) -> None:
+        """A request routed here while open (no earlier than any fed before it)."""
+        self.specs.append(spec)
+        self._pending.append(spec)
+        self._next_arrival_s = min(self._next_arrival_s, spec.arrival_s)
+
+    def advance(self, until_s: float) -> None:
+        """Simulate every event before `until_s` (events at `until_s` itself wait: a request arriving then is
+        fed first, as a plain run sees an arrival at the very end of a step)."""
+        if self.env.peek() < until_s:
+            self.env.run(until=until_s)
+
+    def close(self) -> SimResult:
+        """No more requests: run to the end and return the results."""
+        self.open, self.horizon_s = False, INF
+        if self._server.is_alive:
+            self.env.run(until=self._server)
+        return self.finish()
+
+    def finish(self) -> SimResult:
         requests = self.log.frame()
         meta = {**self.parts.meta, "preemptions_recompute": self.policy.num_preemptions["recompute"],
                 "preemptions_swap": self.policy.num_preemptions["swap"], "engine_steps": self.num_steps,
@@ -112,8 +165,13 @@ class Engine:
         if self.log.sums is not None:
             meta.update(request_rows_path=self.log.path, request_sums=self.log.sums.as_dict())
         result = self.recorder.result(self.parts.config, meta, requests)
-        result.meta["wall_s"] = time.perf_counter() - wall
+        result.meta["wall_s"] = time.perf_counter() - self._wall
         return result
+
+    def _done(self, req: Request) -> None:
+        self.log.add(req)
+        if self.observer is not None:
+            self.observer.done(req)
 
     def _admit_arrivals(self, until_s: float) -> None:
         """Hand the policy every request that has arrived by `until_s` (an arrival at the very end of a step is
@@ -127,14 +185,14 @@ class Engine:
             reason = "" if req.prompt_tokens + req.output_tokens <= fits else self._reject_reason(req)
             if reason:
                 req.status, req.reject_reason = RequestStatus.REJECTED, reason
-                self.log.add(req)
+                self._done(req)
                 self.num_done += 1
             else:
                 policy.add_request(req)
             i += 1
         self._num_arrived = i
-        self._next_arrival_s = pending[i].arrival_s if i < len(pending) else INF
-        if i == len(pending):
+        self._next_arrival_s = min(pending[i].arrival_s if i < len(pending) else INF, self.horizon_s)
+        if i == len(pending) and not self.open:
             policy.workload_ended = True
 
     def _reject_reason(self, req: Request) -> str:
@@ -156,7 +214,7 @@ class Engine:
             else:
                 batch = policy.schedule(env.now)
                 if batch is not None:
-                    start, priced = env.now, self._price(batch)
+                    start, priced = env.now, self._price(batch, env.now)
                     yield env.timeout(priced[1])
                     self._commit(batch, priced, start, env.now)
                     continue
@@ -179,7 +237,7 @@ class Engine:
             batch = policy.schedule(t)
             if batch is None:
                 break
-            priced = self._price(batch)
+            priced = self._price(batch, t)
             end = t + priced[1]
             self._commit(batch, priced, t, end)
             delays.append((priced[1],))
@@ -203,6 +261,8 @@ class Engine:
         costs = self._decode_costs(run.num_decode, run.context_tokens, run.live, run.max_steps, start,
                                    self._next_arrival_s, **self._detail)
         usage = policy.kv.usage()
+        if self.observer is not None:
+            self.observer.run(start, costs.ends, run)
         outcome = policy.commit_run(run, costs.ends)
         k = len(costs.ends)
         self.num_runs += 1
@@ -212,16 +272,16 @@ class Engine:
                           outcome.first_gaps)
         delays.append(costs.seconds)
         for req in outcome.finished:
-            self.log.add(req)
+            self._done(req)
         self.num_done += len(outcome.finished)
         if self.progress:
             self.progress(costs.ends[-1], self.num_done, len(self.specs))
         return costs.ends[-1]
 
     # ---- one step ----
-    def _price(self, batch) -> tuple:
+    def _price(self, batch, start: float) -> tuple:
         """(cost, seconds the step holds the GPU, swap seconds, shape counts, queues, used KV tokens, KV usage),
-        all taken when the step starts."""
+        all taken when the step starts (at `start`)."""
         policy, cost_model = self.policy, self.parts.cost_model
         fields = batch.shape_fields()
         cost = self._step_costs.get(fields)
@@ -233,8 +293,11 @@ class Engine:
         counts = (batch.batch_size, sum(n for n, _ in prefill), num_decode,
                   decode_context + sum(c for _, c in prefill))
         swap_s = cost_model.swap_seconds(batch.swap_bytes) if batch.swap_bytes else 0.0
-        return (cost, cost.seconds + swap_s, swap_s, counts, (len(policy.running), policy.num_waiting),
-                policy.kv_used_tokens + batch.num_batched_tokens, policy.kv.usage())
+        used = policy.kv_used_tokens + batch.num_batched_tokens
+        if self.observer is not None:
+            self.observer.step(start, len(policy.running), policy.num_waiting, used)
+        return (cost, cost.seconds + swap_s, swap_s, counts, (len(policy.running), policy.num_waiting), used,
+                policy.kv.usage())
 
     def _commit(self, batch, priced: tuple, start: float, end: float) -> None:
         """Commit a step that ran from `start` to `end`, and record it."""
@@ -245,7 +308,7 @@ class Engine:
         if outcome.itl_gaps:
             self.recorder.itl_gaps(outcome.itl_gaps)
         for req in outcome.finished:
-            self.log.add(req)
+            self._done(req)
         self.num_done += len(outcome.finished)
         if self.progress:
             self.progress(end, self.num_done, len(self.specs))
@@ -253,6 +316,8 @@ class Engine:
     def _idle(self):
         """Sleep until the next arrival or the policy's deadline; a stall with nothing to wait for is a bug."""
         now = self.env.now
+        if self.observer is not None:
+            self.observer.idle(now, len(self.policy.running), self.policy.num_waiting, self.policy.kv_used_tokens)
         deadline = self.policy.next_deadline(now)
         wake = min(self._next_arrival_s, INF if deadline is None else deadline)
         if wake == INF:

@@ -27,15 +27,18 @@ class RoundCostModel:
         return num_bytes / 1e9
 
 
-def make_engine(specs, *, batching="continuous", kv="paged", capacity_tokens=100_000, max_model_len=4096,
-                cost_model=None, progress=None, **params) -> Engine:
+def make_parts(*, batching="continuous", kv="paged", capacity_tokens=100_000, max_model_len=4096, cost_model=None,
+               **params) -> EngineParts:
     kv_manager = make_kv_cache(kv, capacity_tokens, block_size=params.pop("block_size", 16),
                                max_model_len=max_model_len, reservation=params.pop("reservation", "max-model-len"),
                                watermark=params.pop("watermark", 0.01))
     policy = make_policy(batching, kv_manager, PolicyParams(**params))
-    parts = EngineParts(policy=policy, cost_model=cost_model or RoundCostModel(), max_model_len=max_model_len,
-                        config={}, meta={})
-    return Engine(parts, specs, progress)
+    return EngineParts(policy=policy, cost_model=cost_model or RoundCostModel(), max_model_len=max_model_len,
+                       config={}, meta={"kv_capacity_tokens": capacity_tokens})
+
+
+def make_engine(specs, *, progress=None, **kwargs) -> Engine:
+    return Engine(make_parts(**kwargs), specs, progress)
 
 
 def specs_from(rows) -> list[RequestSpec]:
