@@ -43,6 +43,7 @@ class SimConfig:
     trace_format: str = "auto"
     rate_scale: float = 1.0
     seed: int = 0
+    max_concurrency: int | None = None     # at most this many requests in flight (vllm bench serve's clients)
     # serving
     batching: str = "continuous"
     kv: str = "paged"
@@ -60,6 +61,7 @@ class SimConfig:
     kv_capacity_tokens: int | None = None
     preemption: str = "recompute"
     swap_space_gb: float = 4.0
+    prefix_caching: bool = False           # share cached prompt blocks between requests (vLLM V1's prefix caching)
     # metrics
     slo_ttft_s: float | None = None
     slo_tpot_s: float | None = None
@@ -78,7 +80,11 @@ class SimConfig:
         _check_positive(self, ("rate", "tp", "pp", "replicas", "max_num_seqs", "batch_size", "max_batch_size",
                                "block_size", "rate_scale", "bandwidth_scale", "flops_scale"))
         _check_optional_positive(self, ("max_model_len", "num_requests", "duration_s", "max_num_batched_tokens", "num_gpu_blocks",
-                                        "kv_capacity_tokens", "slo_ttft_s", "slo_tpot_s", "max_request_rows"))
+                                        "kv_capacity_tokens", "slo_ttft_s", "slo_tpot_s", "max_request_rows",
+                                        "max_concurrency"))
+        if self.prefix_caching and self.batching != "continuous":
+            raise ConfigError(f"prefix caching needs continuous batching (the {self.batching} policy runs whole "
+                              "batches and takes no cache hits); use --batching continuous or --prefix-caching off")
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ConfigError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
         if self.max_wait_s < 0 or self.swap_space_gb < 0:

@@ -17,6 +17,7 @@ from simulator.cluster.result import merge_runs
 from simulator.cluster.router import ROUTERS, block_hash, make_router
 from simulator.cluster.sim import Replica, run_cluster
 from simulator.config import ConfigError, SimConfig
+from simulator.kv_cache.prefix import content_block_hashes
 from simulator.metrics import SUMMARY_KEYS
 from workloads.spec import RequestSpec
 
@@ -88,13 +89,13 @@ def test_random_router_is_seeded_and_uniform_draws():
 
 
 def test_prefix_affinity_trace():
-    # Requests sharing their first block id land together (stable hash mod N); one without ids goes to the
-    # least-outstanding replica.
+    # Requests sharing their first 16-token block land together (its prefix-caching hash, mixed, mod N); a
+    # request whose content covers no full block goes to the least-outstanding replica.
     ids = [7, 7, 1234, 7, 1234]
-    specs = [RequestSpec(i, 0.001 * i, 64, 2, (b, 100 + i), 32) for i, b in enumerate(ids)]
-    specs.append(RequestSpec(5, 0.0055, 64, 2))
+    specs = [RequestSpec(i, 0.001 * i, 64, 2, ((b, 20), (100 + i, 44))) for i, b in enumerate(ids)]
+    specs.append(RequestSpec(5, 0.0055, 64, 2, ((7, 8),)))
     where, _ = route(specs, "prefix-affinity", capacities=(10_000,) * 4)
-    assert where[:5] == [block_hash(b) % 4 for b in ids]
+    assert where[:5] == [block_hash(content_block_hashes(((b, 16),), 16, 16)[0]) % 4 for b in ids]
     assert where[0] == where[1] == where[3] and where[2] == where[4]
     counts = [where[:5].count(r) for r in range(4)]
     assert where[5] == min(range(4), key=lambda r: (counts[r], r))

@@ -18,6 +18,7 @@ from simulator.batching import BATCHING_POLICIES, PolicyParams, make_policy
 from simulator.config import SimConfig
 from simulator.engine import Engine, EngineParts
 from simulator.kv_cache import KV_CACHE_MANAGERS, make_kv_cache
+from workloads.spec import RequestSpec
 
 FRAMES = ("requests", "steps", "kv", "itl")
 
@@ -28,10 +29,10 @@ def assert_identical(fast, slow) -> None:
 
 
 def engine(specs, fast_path, *, batching="continuous", kv="paged", capacity_tokens=100_000, max_model_len=4096,
-           block_size=16, reservation="max-model-len", watermark=0.01, **params) -> Engine:
+           block_size=16, reservation="max-model-len", watermark=0.01, prefix_caching=False, **params) -> Engine:
     """An engine on the conftest's round-number cost model (10 ms a step + 0.1 ms a prefill token)."""
     manager = make_kv_cache(kv, capacity_tokens, block_size=block_size, max_model_len=max_model_len,
-                            reservation=reservation, watermark=watermark)
+                            reservation=reservation, watermark=watermark, prefix_caching=prefix_caching)
     parts = EngineParts(policy=make_policy(batching, manager, PolicyParams(**params)), cost_model=RoundCostModel(),
                         max_model_len=max_model_len, config={}, meta={})
     return Engine(parts, specs, fast_path=fast_path)
@@ -67,6 +68,25 @@ def test_fast_path_matches_step_by_step(batching, kv, rows, chunked, swap, block
                          block_size=block_size, max_num_batched_tokens=512, max_num_seqs=8, batch_size=4,
                          max_batch_size=4, max_wait_s=0.05, kv_bytes_per_token=1.0, swap_space_bytes=300,
                          chunked_prefill=chunked, preemption="swap" if swap else "recompute")
+    assert_identical(fast, slow)
+
+
+shared_workloads = st.lists(
+    st.tuples(st.sampled_from([0.0, 0.01, 0.02, 0.05]) | st.floats(0, 0.5, allow_nan=False),
+              st.integers(1, 300), st.integers(1, 80), st.integers(-1, 2), st.integers(1, 300)), min_size=1,
+    max_size=25)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rows=shared_workloads, chunked=st.booleans(), swap=st.booleans(), block_size=st.sampled_from([1, 4, 16]),
+       capacity=st.sampled_from([600, 1024, 4096]))
+def test_fast_path_matches_step_by_step_with_prefix_caching(rows, chunked, swap, block_size, capacity):
+    # Requests share one of three prefixes (or none); small capacities force evictions and preemptions.
+    specs = [RequestSpec(i, a, p, o, ((pid, min(n, p + o)),) if pid >= 0 else ())
+             for i, (a, p, o, pid, n) in enumerate(rows)]
+    fast, slow, _ = both(specs, capacity_tokens=capacity, max_model_len=512, block_size=block_size,
+                         max_num_batched_tokens=512, max_num_seqs=8, kv_bytes_per_token=1.0, swap_space_bytes=300,
+                         chunked_prefill=chunked, preemption="swap" if swap else "recompute", prefix_caching=True)
     assert_identical(fast, slow)
 
 
@@ -147,7 +167,7 @@ COST_MODELS = {
        num_steps=st.integers(1, 6), start=st.floats(0, 1e5, allow_nan=False))
 def test_decode_run_costs_equal_step_cost_bit_for_bit(name, num_seqs, context_per_seq, step, num_steps, start):
     from hardware.gpus import get_gpu
-    from simulator.cost.model import FAMILIES, CostModel, StepShape
+    from simulator.cost import FAMILIES, CostModel, StepShape
     from simulator.models import get_model
     model, gpu, options = COST_MODELS[name]
     cm = CostModel(get_model(model), get_gpu(gpu), **options)
@@ -166,7 +186,7 @@ def test_decode_run_costs_equal_step_cost_bit_for_bit(name, num_seqs, context_pe
 
 def test_decode_run_costs_stop_at_the_first_step_ending_at_or_after_stop():
     from hardware.gpus import get_gpu
-    from simulator.cost.model import CostModel
+    from simulator.cost import CostModel
     from simulator.models import get_model
     cm = CostModel(get_model("llama-3.1-8b"), get_gpu("h100-sxm"))
     full = cm.decode_run_costs(32, 32_000, 32, 10, 1.0)
@@ -227,7 +247,7 @@ def test_streaming_without_pyarrow_is_a_one_line_error(monkeypatch):
 
 def test_decode_run_costs_without_detail_keep_times_and_totals():
     from hardware.gpus import get_gpu
-    from simulator.cost.model import CostModel
+    from simulator.cost import CostModel
     from simulator.models import get_model
     cm = CostModel(get_model("llama-3.1-8b"), get_gpu("h100-sxm"), cuda_graphs=False)
     full = cm.decode_run_costs(48, 48_000, 48, 7, 2.0)

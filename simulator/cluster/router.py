@@ -10,8 +10,9 @@ Registered routers (one line each in ROUTERS):
   random             a seeded uniform draw per request
   least-outstanding  fewest outstanding requests
   least-kv           smallest reported KV use (used / capacity); ties: fewer outstanding, then lowest index
-  prefix-affinity    requests that share their first prompt block go to the same replica (a stable hash of the
-                     block's id modulo N); a request without block ids goes to the least-outstanding replica
+  prefix-affinity    requests that share their first prompt block go to the same replica: the block's prefix-
+                     caching hash (kv_cache/prefix.py, from the request's content pieces), mixed, modulo N; a request
+                     whose prompt has no full block of known content goes to the least-outstanding replica
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
+from simulator.kv_cache.prefix import content_block_hashes
 from workloads.spec import RequestSpec
 
 
@@ -44,7 +46,7 @@ class Router:
 
     needs_load = True
 
-    def __init__(self, num_replicas: int, seed: int = 0) -> None:
+    def __init__(self, num_replicas: int, seed: int = 0, block_size: int = 16) -> None:
         self.num_replicas = num_replicas
 
     def route(self, spec: RequestSpec, views: Sequence[ReplicaView] | None) -> int:
@@ -54,7 +56,7 @@ class Router:
 class RoundRobin(Router):
     needs_load = False
 
-    def __init__(self, num_replicas: int, seed: int = 0) -> None:
+    def __init__(self, num_replicas: int, seed: int = 0, block_size: int = 16) -> None:
         super().__init__(num_replicas)
         self._next = 0
 
@@ -67,7 +69,7 @@ class RoundRobin(Router):
 class RandomRouter(Router):
     needs_load = False
 
-    def __init__(self, num_replicas: int, seed: int = 0) -> None:
+    def __init__(self, num_replicas: int, seed: int = 0, block_size: int = 16) -> None:
         super().__init__(num_replicas)
         # a stream of its own, so routing draws never shift the workload's (which uses `seed` directly)
         self._rng = np.random.default_rng([seed, 0x5EED])
@@ -90,15 +92,26 @@ class LeastKV(Router):
 
 
 class PrefixAffinity(Router):
+    def __init__(self, num_replicas: int, seed: int = 0, block_size: int = 16) -> None:
+        super().__init__(num_replicas)
+        self.block_size = block_size
+
     def route(self, spec, views) -> int:
-        if spec.prefix_block_ids:
-            return block_hash(spec.prefix_block_ids[0]) % self.num_replicas
+        first = first_block_hash(spec, self.block_size)
+        if first is not None:
+            return block_hash(first) % self.num_replicas
         return min(views, key=lambda v: (v.outstanding, v.index)).index
 
 
+def first_block_hash(spec: RequestSpec, block_size: int) -> int | None:
+    """The prefix-caching hash of the prompt's first full block, or None if its content is unknown."""
+    hashes = content_block_hashes(spec.content, block_size, min(spec.prompt_tokens, block_size))
+    return hashes[0] if hashes else None
+
+
 def block_hash(block_id: int) -> int:
-    """A stable 64-bit hash of a block id (Python's hash of an int is the int itself, which would map
-    consecutive ids to consecutive replicas)."""
+    """A block hash mixed into a stable 64-bit number (Python's hash of small ints is the int itself, which
+    would send consecutive ids to consecutive replicas)."""
     digest = hashlib.blake2b(int(block_id).to_bytes(16, "little", signed=True), digest_size=8).digest()
     return int.from_bytes(digest, "little")
 
@@ -112,7 +125,7 @@ ROUTERS: dict[str, type[Router]] = {
 }
 
 
-def make_router(name: str, num_replicas: int, seed: int = 0) -> Router:
+def make_router(name: str, num_replicas: int, seed: int = 0, block_size: int = 16) -> Router:
     if name not in ROUTERS:
         raise ValueError(f"unknown router '{name}'; choose one of {', '.join(ROUTERS)}")
-    return ROUTERS[name](num_replicas, seed)
+    return ROUTERS[name](num_replicas, seed, block_size)

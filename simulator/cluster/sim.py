@@ -27,7 +27,7 @@ from typing import NamedTuple
 from simulator.batching.lazy import DecodeRun
 from simulator.cluster.pools import ReplicaGroup, replica_groups
 from simulator.cluster.router import ReplicaView, Router, make_router
-from simulator.config import SimConfig
+from simulator.config import ConfigError, SimConfig
 from simulator.engine import Engine, EngineParts, paused_gc
 from simulator.metrics import SimResult
 from simulator.request import Request
@@ -65,8 +65,8 @@ class LoadBoard:
     def idle(self, now_s: float, num_running: int, num_waiting: int, used_tokens: int) -> None:
         self.reports.append(LoadReport(now_s, num_running, num_waiting, used_tokens))
 
-    def done(self, req: Request) -> None:
-        heapq.heappush(self.answers, req.finish_s if req.finish_s is not None else req.arrival_s)
+    def done(self, req: Request, time_s: float) -> None:
+        heapq.heappush(self.answers, time_s)
 
     # ---- what the router reads ----
     def outstanding(self, now_s: float) -> int:
@@ -135,8 +135,12 @@ def build_replicas(groups: list[ReplicaGroup]) -> list[Replica]:
 
 def run_replicas(cfg: SimConfig, specs: list[RequestSpec]) -> list[ReplicaRun]:
     """Simulate the cluster `cfg` describes on `specs`; one ReplicaRun per replica, in index order."""
+    if cfg.max_concurrency is not None or any(s.after >= 0 for s in specs):
+        raise ConfigError("a cluster serves open-loop arrivals only: max-concurrency and follow-up turns "
+                          "(conversations) are not supported with replicas yet")
     replicas = build_replicas(replica_groups(cfg))
-    return run_cluster(replicas, make_router(cfg.router, len(replicas), cfg.seed), specs, cfg.router_delay_s)
+    router = make_router(cfg.router, len(replicas), cfg.seed, cfg.block_size)
+    return run_cluster(replicas, router, specs, cfg.router_delay_s)
 
 
 def run_cluster(replicas: list[Replica], router: Router, specs: list[RequestSpec],
