@@ -5,6 +5,8 @@ import dataclasses
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
+from simulator.speculative import DRAFT_METHODS, Speculation, parse_acceptance_profile
+
 
 class ConfigError(ValueError):
     """A bad knob: the message is one line naming the problem and the valid choices."""
@@ -35,11 +37,13 @@ class SimConfig:
     # workload
     rate: float = 6.4                      # requests/s: 80% of the default scenario's 8.0 req/s saturation
     arrival: str = "poisson"
+    burstiness: float | None = None        # vLLM's gamma arrivals (shape = burstiness, mean 1/rate), rescaled as vLLM
     num_requests: int | None = None        # None: 2000 synthetic requests, or the whole trace
     duration_s: float | None = None
     prompt_len: str = "sharegpt"
     output_len: str = "sharegpt"
     trace: str | None = None
+    dataset: str | None = None             # prompt/output lengths from a ShareGPT JSON or a vLLM bench result
     trace_format: str = "auto"
     rate_scale: float = 1.0
     seed: int = 0
@@ -62,9 +66,18 @@ class SimConfig:
     preemption: str = "recompute"
     swap_space_gb: float = 4.0
     prefix_caching: bool = False           # share cached prompt blocks between requests (vLLM V1's prefix caching)
+    # speculative decoding (continuous batching): K drafts verified per decode step
+    speculative_tokens: int = 0            # K; 0 turns speculation off
+    draft: str | None = None               # 'ngram' or 'eagle' (a drafter without a model of its own)...
+    draft_model: str | None = None         # ...or a draft model preset, priced on the same GPU
+    acceptance_rate: float | None = None   # each draft accepted with this probability given the earlier ones were
+    acceptance_profile: str | None = None  # or per-position rates 'p1,p2,...,pK' (vLLM's per-position metric)
     # metrics
     slo_ttft_s: float | None = None
     slo_tpot_s: float | None = None
+    slo_e2e_s: float | None = None
+    metric_percentiles: str = "99"         # vllm_result.json: percentiles, as vLLM's --metric-percentiles
+    percentile_metrics: str = "ttft,tpot,itl,e2el"   # ... of these metrics (vLLM's --percentile-metrics)
     summary_only: bool = False             # keep histograms and running sums, not per-step and per-token rows
     max_request_rows: int = 1_000_000      # per-request rows kept in memory; more stream to Parquet
     request_rows_path: str | None = None   # where they stream (None: a temporary file, named in the results)
@@ -80,8 +93,8 @@ class SimConfig:
         _check_positive(self, ("rate", "tp", "pp", "replicas", "max_num_seqs", "batch_size", "max_batch_size",
                                "block_size", "rate_scale", "bandwidth_scale", "flops_scale"))
         _check_optional_positive(self, ("max_model_len", "num_requests", "duration_s", "max_num_batched_tokens", "num_gpu_blocks",
-                                        "kv_capacity_tokens", "slo_ttft_s", "slo_tpot_s", "max_request_rows",
-                                        "max_concurrency"))
+                                        "kv_capacity_tokens", "slo_ttft_s", "slo_tpot_s", "slo_e2e_s", "max_request_rows",
+                                        "burstiness", "max_concurrency"))
         if self.prefix_caching and self.batching != "continuous":
             raise ConfigError(f"prefix caching needs continuous batching (the {self.batching} policy runs whole "
                               "batches and takes no cache hits); use --batching continuous or --prefix-caching off")
@@ -93,6 +106,8 @@ class SimConfig:
         _check_choice("attention", self.attention, ("flash", "naive"))
         _check_choice("preemption", self.preemption, ("recompute", "swap"))
         _check_choice("kv_reservation", self.kv_reservation, ("max-model-len", "request"))
+        _check_vllm_workload(self)
+        _check_speculation(self)
         if self.num_gpu_blocks is not None and self.kv_capacity_tokens is not None:
             raise ConfigError("give num_gpu_blocks or kv_capacity_tokens, not both")
         if not self.chunked_prefill and self.max_num_batched_tokens is not None and self.max_model_len \
@@ -113,6 +128,15 @@ class SimConfig:
     def is_cluster(self) -> bool:
         """Several replicas (or a pools file): simulated by simulator.cluster."""
         return self.replicas > 1 or self.pools is not None
+
+    @property
+    def speculation(self) -> Speculation | None:
+        """The acceptance model of speculative decoding, or None when it is off."""
+        if not self.speculative_tokens:
+            return None
+        if self.acceptance_profile is not None:
+            return Speculation(parse_acceptance_profile(self.acceptance_profile), self.seed)
+        return Speculation.from_rate(self.speculative_tokens, self.acceptance_rate, self.seed)
 
     @property
     def token_budget(self) -> int:
@@ -145,6 +169,38 @@ class SimConfig:
         return cls(**clean)
 
 
+def _check_speculation(cfg: SimConfig) -> None:
+    """Drafter and acceptance values valid wherever given; with K > 0, exactly one drafter and one acceptance model,
+    on continuous batching. With K = 0 they are ignored, so `compare --speculative-tokens 0,4` sweeps K."""
+    k = cfg.speculative_tokens
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        raise ConfigError(f"speculative-tokens must be a non-negative integer, got {k}")
+    if cfg.draft is not None:
+        _check_choice("draft", cfg.draft, DRAFT_METHODS)
+    rate = cfg.acceptance_rate
+    if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate <= 1):
+        raise ConfigError(f"acceptance-rate must lie in [0, 1], got {rate}")
+    rates = None
+    if cfg.acceptance_profile is not None:
+        try:
+            rates = parse_acceptance_profile(cfg.acceptance_profile)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+    if not k:
+        return
+    if (cfg.draft is None) == (cfg.draft_model is None):
+        raise ConfigError("speculative decoding needs one drafter: --draft ngram|eagle or --draft-model NAME "
+                          "(a model preset), not both")
+    if (rate is None) == (rates is None):
+        raise ConfigError("speculative decoding needs one acceptance model: --acceptance-rate A or "
+                          "--acceptance-profile p1,...,pK, not both")
+    if rates is not None and len(rates) != k:
+        raise ConfigError(f"acceptance-profile gives {len(rates)} rates for {k} speculative tokens; give one "
+                          "rate per draft position")
+    if cfg.batching != "continuous":
+        raise ConfigError(f"speculative decoding needs --batching continuous, got '{cfg.batching}'")
+
+
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ConfigError(f"{name} must be one of {', '.join(choices)}, got '{value}'")
@@ -162,3 +218,16 @@ def _check_optional_positive(cfg: SimConfig, names: tuple[str, ...]) -> None:
         value = getattr(cfg, name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
             raise ConfigError(f"{name.replace('_', '-')} must be positive, got {value}")
+
+
+def _check_vllm_workload(cfg: SimConfig) -> None:
+    """The vLLM-form workload options: one source of lengths and of arrivals, and vllm_result.json's lists."""
+    from simulator.vllm_result import parse_percentile_metrics, parse_percentiles
+    if cfg.dataset is not None and cfg.trace is not None:
+        raise ConfigError("give --trace or --dataset, not both (a trace has its own lengths)")
+    if cfg.dataset is not None and (cfg.prompt_len, cfg.output_len) != ("sharegpt", "sharegpt"):
+        raise ConfigError("--dataset gives the prompt and output lengths; drop --prompt-len / --output-len")
+    if cfg.burstiness is not None and cfg.arrival != "poisson":
+        raise ConfigError(f"give --arrival or --burstiness, not both (got arrival '{cfg.arrival}')")
+    parse_percentiles(cfg.metric_percentiles)
+    parse_percentile_metrics(cfg.percentile_metrics)
