@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from simulator.metrics import SimResult, summarize
+from simulator.speculative import SpecStats
 
 BALANCE_KEYS = ("replicas", "outstanding_max_over_mean", "outstanding_jain_index")
 
@@ -67,8 +68,17 @@ def _merged_meta(runs: list) -> dict[str, Any]:
     out = {"replica_meta": metas[0], "num_replicas": len(runs),
            "groups": sorted({r.group for r in runs}),
            "kv_capacity_tokens": sum(int(m["kv_capacity_tokens"]) for m in metas if "kv_capacity_tokens" in m)}
-    for key in ("preemptions_recompute", "preemptions_swap", "engine_steps", "run_steps", "runs"):
+    for key in ("preemptions_recompute", "preemptions_swap", "engine_steps", "run_steps", "runs",
+                "prefix_cache_evictions"):
         out[key] = sum(int(m.get(key, 0)) for m in metas)
+    if any("speculative" in m for m in metas):
+        totals = SpecStats()
+        for m in metas:
+            spec = m.get("speculative") or {}
+            totals.verify_steps += spec.get("spec_verify_steps", 0)
+            totals.draft_tokens += spec.get("spec_draft_tokens", 0)
+            totals.accepted_tokens += spec.get("spec_accepted_tokens", 0)
+        out["speculative"] = totals.as_dict()
     for key in ("peak_flops_per_s", "peak_bytes_per_s"):
         peaks = [float(m.get(key, 0.0)) for m in metas]
         total = sum(busy)
