@@ -23,9 +23,8 @@ from workloads.spec import RequestSpec
 
 def route(specs, router, capacities=(100_000, 100_000), delay_s=0.0, fast_path=True, **params):
     """Run a hand-sized cluster (RoundCostModel replicas); return (replica of each request id, runs)."""
-    replicas = [Replica(i, "g", make_parts(capacity_tokens=c, **params)) for i, c in enumerate(capacities)]
-    for r in replicas:
-        r.parts.config["fast_path"] = fast_path
+    replicas = [Replica(i, "g", make_parts(capacity_tokens=c, fast_path=fast_path, **params))
+                for i, c in enumerate(capacities)]
     runs = run_cluster(replicas, make_router(router, len(replicas)), specs, delay_s)
     where = {int(rid): run.index for run in runs for rid in run.result.requests.request_id}
     return [where[s.request_id] for s in specs], runs
