@@ -1,4 +1,5 @@
-"""The Python API that the CLI and notebooks call: simulate(config) -> SimResult, compare(...) -> {label: SimResult}."""
+"""The Python API that the CLI and notebooks call: simulate(config) -> SimResult (compare, which runs many
+scenarios, is simulator.runs.sweep.compare_many, exported as simulator.compare)."""
 from __future__ import annotations
 
 from dataclasses import asdict
@@ -85,15 +86,3 @@ def simulate(config: SimConfig | None = None, *, requests: list[RequestSpec] | N
     parts = build_parts(cfg)
     specs = requests if requests is not None else workload(cfg)
     return Engine(parts, specs, progress, stop=stop).run()
-
-
-def compare(configs=None, *, jobs: int | None = None, progress: bool = False, **axes) -> dict[str, SimResult]:
-    """Run several scenarios on the local cores; return {label: SimResult} in order.
-
-    compare(SimConfig(num_requests=500), batching=["static", "continuous"], rate=[5, 10])  # cross product
-    compare([config_a, config_b])                 # labelled by the fields that differ
-    compare({"mine": config, "saved": SimResult.load("servesim-out")})   # results are used as they are
-    Each scenario is deterministic from its seed, so results do not depend on `jobs` (default: all cores).
-    """
-    from simulator.runs.sweep import compare_many
-    return compare_many(configs, jobs=jobs, progress=progress, **axes)
