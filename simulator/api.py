@@ -54,7 +54,8 @@ def workload(cfg: SimConfig) -> list[RequestSpec]:
     """The requests a config describes (synthetic, or a replayed trace)."""
     return make_requests(seed=cfg.seed, rate=cfg.rate, arrival=cfg.arrival, prompt_len=cfg.prompt_len,
                          output_len=cfg.output_len, num_requests=cfg.request_cap, duration_s=cfg.duration_s,
-                         trace=cfg.trace, trace_format=cfg.trace_format, rate_scale=cfg.rate_scale)
+                         trace=cfg.trace, trace_format=cfg.trace_format, rate_scale=cfg.rate_scale,
+                         system_prompts=cfg.system_prompts, sessions=cfg.sessions)
 
 
 def simulate(config: SimConfig | None = None, *, requests: list[RequestSpec] | None = None,

@@ -13,6 +13,7 @@ import numpy as np
 from workloads.arrivals import ARRIVAL_FORMS, ARRIVAL_KINDS, parse_arrival_spec
 from workloads.errors import SpecError, TraceError
 from workloads.lengths import LENGTH_DATASETS, LENGTH_FORMS, parse_length_spec
+from workloads.sessions import generate_sessions, parse_sessions, parse_system_prompts, with_system_prompts
 from workloads.spec import RequestSpec
 from workloads.synthetic import check_caps, generate
 from workloads.traces import TRACE_FORMATS, TRACE_READERS, read_trace
@@ -46,6 +47,8 @@ def make_requests(
     trace: str | None = None,
     trace_format: str = "auto",
     rate_scale: float = 1.0,
+    system_prompts: str | None = None,
+    sessions: str | None = None,
 ) -> list[RequestSpec]:
     """The workload as RequestSpecs 0..n-1 in arrival order.
 
@@ -56,6 +59,10 @@ def make_requests(
     Replay when `trace` is a file path: read with `trace_format`, arrivals divided by `rate_scale`, capped by
     `num_requests`/`duration_s` if given. `rate`, `arrival` and the length specs do not apply to a replay
     (they are still checked, so a typo fails early), and neither does `seed` (a replay draws nothing).
+
+    `system_prompts` ('N:LEN[:SHARE]') puts shared system prompts before synthetic prompts; `sessions`
+    ('multi-turn:...' or 'agentic:...') makes closed-loop sessions instead, `rate` then counting sessions per
+    second (workloads.sessions).
     """
     process = parse_arrival_spec(arrival)
     prompt = parse_length_spec(prompt_len, "prompt")
@@ -63,6 +70,11 @@ def make_requests(
     check_caps(num_requests, duration_s)
     if isinstance(rate_scale, bool) or not (math.isfinite(rate_scale) and rate_scale > 0):
         raise ValueError(f"rate_scale must be positive, got {rate_scale}")
+    system = None if system_prompts is None else parse_system_prompts(system_prompts)
+    loops = None if sessions is None else parse_sessions(sessions)
+    if trace is not None and (system or loops):
+        raise ValueError("--system-prompts and --sessions make synthetic workloads; a replayed trace brings its own "
+                         "content (drop --trace or those options)")
     if trace is not None:
         return read_trace(
             trace, trace_format, rate_scale=rate_scale, max_requests=num_requests, max_duration_s=duration_s
@@ -72,7 +84,13 @@ def make_requests(
     if num_requests is None and duration_s is None:
         raise ValueError("a synthetic workload needs num_requests or duration_s (or both)")
     rng = np.random.default_rng(seed)
-    requests = generate(process, rate, prompt, output, rng, num_requests=num_requests, duration_s=duration_s)
+    if loops is not None:
+        requests = generate_sessions(loops, process, rate, prompt, output, rng, num_requests=num_requests,
+                                     duration_s=duration_s, system=system)
+    else:
+        requests = generate(process, rate, prompt, output, rng, num_requests=num_requests, duration_s=duration_s)
+        if system is not None:
+            requests = with_system_prompts(requests, system, rng)
     if not requests:
         raise ValueError(
             f"no request arrives within duration_s={duration_s} at rate {rate} req/s; raise duration_s or rate"
