@@ -171,6 +171,8 @@ def report_figures(inputs: ReportInputs) -> list[tuple[str, go.Figure]]:
              ("preemptions", plots.preemption_figure(steps, colors)),
              ("step-timeline", plots.step_timeline_figure(steps)),
              ("ttft-vs-prompt", plots.ttft_vs_prompt_figure(requests, colors))]
+    if any("cached_tokens" in f and f.cached_tokens.any() for f in kv.values()):    # only with prefix caching
+        figs.append(("prefix-cache", plots.prefix_cache_figure(requests, kv, colors)))
     if inputs.roofline is not None:
         rl = inputs.roofline
         figs.append(("roofline", plots.roofline_figure(
