@@ -75,7 +75,7 @@ def scenario_command(*, lists: bool = False) -> Callable:
 
 
 def _option_parameter(opt: ScenarioOption, lists: bool) -> inspect.Parameter:
-    kind = str if lists or opt.kind is bool else opt.kind
+    kind = str if lists or opt.kind is bool or opt.parser is not None else opt.kind
     help_text = opt.help_text + (" Comma list to vary it." if lists else "")
     option = typer.Option(None, opt.flag, help=help_text, rich_help_panel=opt.panel, show_default=False)
     return inspect.Parameter(opt.field, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=Optional[kind])
@@ -124,17 +124,76 @@ def scenario_values(scenario: dict[str, Any], config_file: Path | None) -> dict[
     return values
 
 
+class RunFormat(str, Enum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+    vllm = "vllm"
+
+
+GoodputOpt = Annotated[Optional[str], typer.Option(
+    "--goodput", metavar="KEY:MS ...", rich_help_panel="Metrics",
+    help="SLOs for goodput as vLLM spells them, in milliseconds: --goodput ttft:500 tpot:50 (keys ttft, tpot, "
+         "e2el); the same as --slo-ttft 500ms --slo-tpot 50ms.")]
+PercentilesOpt = Annotated[Optional[str], typer.Option(
+    "--metric-percentiles", rich_help_panel="Metrics",
+    help="Percentiles in vllm_result.json and --format vllm, as vLLM's option: 25,50,99. \\[default: 99]")]
+PercentileMetricsOpt = Annotated[Optional[str], typer.Option(
+    "--percentile-metrics", rich_help_panel="Metrics",
+    help="Metrics with statistics in vllm_result.json: ttft, tpot, itl, e2el. \\[default: ttft,tpot,itl,e2el]")]
+
+
 @app.command()
 @scenario_command()
 def run(*, scenario: dict, config: ConfigOpt = None, out: OutOpt = Path("servesim-out"),
-        format: FormatOpt = OutputFormat.table, quiet: QuietOpt = False) -> None:
-    """Simulate one scenario; print its summary and write requests/steps/kv CSVs, summary.json, config.json."""
+        goodput: GoodputOpt = None, metric_percentiles: PercentilesOpt = None,
+        percentile_metrics: PercentileMetricsOpt = None,
+        format: Annotated[RunFormat, typer.Option("--format", help="stdout format: table, csv, json (servesim's "
+                                                  "summary) or vllm (vllm_result.json: the keys and units of "
+                                                  "`vllm bench serve --save-result`).")] = RunFormat.table,
+        quiet: QuietOpt = False) -> None:
+    """Simulate one scenario; print its summary and write requests/steps/kv CSVs, summary.json,
+    vllm_result.json, config.json."""
     with cli_errors():
-        cfg = build_config(scenario, config)
+        values = scenario_values(scenario, config)
+        values.update(vllm_metric_options(values, goodput, metric_percentiles, percentile_metrics))
+        from simulator.config import SimConfig
+        cfg = SimConfig.from_mapping(values)
         result = _simulate_with_progress(cfg, quiet)
         write_results(result, out)
-    if not quiet:
-        print_summary(result.summary(), format, title=f"servesim run -> {out}/")
+    if format == RunFormat.vllm:
+        typer.echo(format_vllm_result((out / "vllm_result.json").read_text()))
+    elif not quiet:
+        print_summary(result.summary(), OutputFormat(format.value), title=f"servesim run -> {out}/")
+
+
+def vllm_metric_options(values: dict[str, Any], goodput: str | None, percentiles: str | None,
+                        metrics: str | None) -> dict[str, Any]:
+    """--goodput (vLLM's KEY:MS pairs) as SLO fields, and the percentile lists; an SLO given twice is an error."""
+    from simulator.runs.options import OPTIONS_BY_FIELD, parse_goodput
+    out: dict[str, Any] = {}
+    if goodput is not None:
+        try:
+            slos = parse_goodput(goodput)
+        except ValueError as exc:
+            raise ValueError(f"--goodput: {exc}") from None
+        twice = [f for f in slos if values.get(f) is not None]
+        if twice:
+            raise ValueError(f"--goodput and {OPTIONS_BY_FIELD[twice[0]].flag} both set that SLO; give one")
+        out.update(slos)
+    if percentiles is not None:
+        out["metric_percentiles"] = percentiles
+    if metrics is not None:
+        out["percentile_metrics"] = metrics
+    return out
+
+
+def format_vllm_result(text: str) -> str:
+    """vllm_result.json with one key per line (its per-request lists stay on their line)."""
+    import json as _json
+    data = _json.loads(text)
+    lines = [f"  {_json.dumps(k)}: {_json.dumps(v)}" for k, v in data.items()]
+    return "{\n" + ",\n".join(lines) + "\n}"
 
 
 def _simulate_with_progress(cfg, quiet: bool):
@@ -465,7 +524,24 @@ def explain(
         typer.echo(f"wrote {html}", err=True)
 
 
+def join_goodput(argv: list[str]) -> list[str]:
+    """vLLM writes `--goodput ttft:500 tpot:50` (several values after one flag): join them into one value."""
+    out, i = [], 0
+    while i < len(argv):
+        out.append(argv[i])
+        if argv[i] == "--goodput":
+            values = []
+            while i + 1 < len(argv) and not argv[i + 1].startswith("-") and ":" in argv[i + 1]:
+                values.append(argv[i + 1])
+                i += 1
+            if values:
+                out.append(" ".join(values))
+        i += 1
+    return out
+
+
 def main() -> None:
+    sys.argv[1:] = join_goodput(sys.argv[1:])
     app()
 
 

@@ -37,11 +37,13 @@ class SimConfig:
     # workload
     rate: float = 6.4                      # requests/s: 80% of the default scenario's 8.0 req/s saturation
     arrival: str = "poisson"
+    burstiness: float | None = None        # vLLM's gamma arrivals (shape = burstiness, mean 1/rate), rescaled as vLLM
     num_requests: int | None = None        # None: 2000 synthetic requests, or the whole trace
     duration_s: float | None = None
     prompt_len: str = "sharegpt"
     output_len: str = "sharegpt"
     trace: str | None = None
+    dataset: str | None = None             # prompt/output lengths from a ShareGPT JSON or a vLLM bench result
     trace_format: str = "auto"
     rate_scale: float = 1.0
     seed: int = 0
@@ -73,6 +75,9 @@ class SimConfig:
     # metrics
     slo_ttft_s: float | None = None
     slo_tpot_s: float | None = None
+    slo_e2e_s: float | None = None
+    metric_percentiles: str = "99"         # vllm_result.json: percentiles, as vLLM's --metric-percentiles
+    percentile_metrics: str = "ttft,tpot,itl,e2el"   # ... of these metrics (vLLM's --percentile-metrics)
     summary_only: bool = False             # keep histograms and running sums, not per-step and per-token rows
     max_request_rows: int = 1_000_000      # per-request rows kept in memory; more stream to Parquet
     request_rows_path: str | None = None   # where they stream (None: a temporary file, named in the results)
@@ -83,8 +88,8 @@ class SimConfig:
         _check_positive(self, ("rate", "tp", "pp", "max_num_seqs", "batch_size", "max_batch_size",
                                "block_size", "rate_scale", "bandwidth_scale", "flops_scale"))
         _check_optional_positive(self, ("max_model_len", "num_requests", "duration_s", "max_num_batched_tokens", "num_gpu_blocks",
-                                        "kv_capacity_tokens", "slo_ttft_s", "slo_tpot_s", "max_request_rows",
-                                        "max_concurrency"))
+                                        "kv_capacity_tokens", "slo_ttft_s", "slo_tpot_s", "slo_e2e_s", "max_request_rows",
+                                        "burstiness", "max_concurrency"))
         if self.prefix_caching and self.batching != "continuous":
             raise ConfigError(f"prefix caching needs continuous batching (the {self.batching} policy runs whole "
                               "batches and takes no cache hits); use --batching continuous or --prefix-caching off")
@@ -95,6 +100,7 @@ class SimConfig:
         _check_choice("attention", self.attention, ("flash", "naive"))
         _check_choice("preemption", self.preemption, ("recompute", "swap"))
         _check_choice("kv_reservation", self.kv_reservation, ("max-model-len", "request"))
+        _check_vllm_workload(self)
         _check_speculation(self)
         if self.num_gpu_blocks is not None and self.kv_capacity_tokens is not None:
             raise ConfigError("give num_gpu_blocks or kv_capacity_tokens, not both")
@@ -193,3 +199,16 @@ def _check_optional_positive(cfg: SimConfig, names: tuple[str, ...]) -> None:
         value = getattr(cfg, name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
             raise ConfigError(f"{name.replace('_', '-')} must be positive, got {value}")
+
+
+def _check_vllm_workload(cfg: SimConfig) -> None:
+    """The vLLM-form workload options: one source of lengths and of arrivals, and vllm_result.json's lists."""
+    from simulator.vllm_result import parse_percentile_metrics, parse_percentiles
+    if cfg.dataset is not None and cfg.trace is not None:
+        raise ConfigError("give --trace or --dataset, not both (a trace has its own lengths)")
+    if cfg.dataset is not None and (cfg.prompt_len, cfg.output_len) != ("sharegpt", "sharegpt"):
+        raise ConfigError("--dataset gives the prompt and output lengths; drop --prompt-len / --output-len")
+    if cfg.burstiness is not None and cfg.arrival != "poisson":
+        raise ConfigError(f"give --arrival or --burstiness, not both (got arrival '{cfg.arrival}')")
+    parse_percentiles(cfg.metric_percentiles)
+    parse_percentile_metrics(cfg.percentile_metrics)
