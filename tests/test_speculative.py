@@ -249,14 +249,17 @@ def test_verify_chunks_are_their_own_shape():
     assert shape.num_tokens == 5 and shape.num_seqs == 2 and shape.num_sampling_seqs == 2
 
 
-def test_verify_costs_more_than_a_decode_and_replays_a_graph():
-    cm = CostModel(resolve_model("llama-3.1-8b", None), resolve_gpu("h100-sxm", None))
+@pytest.mark.parametrize("attention", ["flash", "varlen"])
+def test_verify_costs_more_than_a_decode_and_replays_a_graph(attention):
+    cm = build_parts(SimConfig(attention=attention)).cost_model      # the default engine's kernels otherwise
     decode = cm.step_cost(StepShape((), 8, 8 * 1024, 8))
     verify = cm.step_cost(StepShape((), 0, 0, 8 * 4, ((4, 1023),) * 8))
     assert cm.graphed(StepShape((), 0, 0, 32, ((4, 1023),) * 8))
     # memory-bound: four tokens a sequence cost far less than four decode steps
     assert decode.seconds < verify.seconds < 1.5 * decode.seconds
     assert verify.flops > 3.5 * decode.flops
+    # the verify chunks' attention reads the same KV as the decodes'
+    assert verify.family_seconds("attention") > 0.9 * decode.family_seconds("attention") > 0
 
 
 def test_drafters_add_their_passes():
