@@ -13,7 +13,8 @@ the clock and then holds the GPU once, until the end of the step during which th
 when the policy can plan a run of identical decode steps (no request finishes before the run's last step, no
 block is missing, no arrival lands before its last step starts), the run is priced and committed at once,
 its requests advanced lazily. Step end times are the same running float sums as step by step, so every
-timestamp is identical to the last bit (tests compare both paths).
+timestamp is identical to the last bit (tests compare both paths). The fast path's contract, between the engine,
+the policy, the KV manager and the cost model, is in simulator/batching/lazy.py.
 """
 from __future__ import annotations
 
@@ -221,7 +222,7 @@ class Engine:
         self.num_runs += 1
         self.num_run_steps += k
         self.num_steps += k
-        self.recorder.run(start, costs, run, usage, outcome.new_blocks, policy.kv.growth_block_tokens,
+        self.recorder.run(start, costs, run, usage, outcome.new_blocks, policy.kv.growth_block_tokens or 0,
                           outcome.first_gaps)
         delays.append(costs.seconds)
         for req in outcome.finished:
