@@ -332,13 +332,18 @@ def expand_runs(runs: list[RunRecord], full: bool = True) -> tuple[dict[str, np.
                      **{f"{f}_s": _per_step([getattr(c, f"{f}_s") for c in costs], k, flat) for f in FAMILIES},
                      "swap_s": np.zeros(total), "num_preempted": zeros, "preemptions_total": rep(r.preemptions_total),
                      "row": rep(r.row0) + within})
-    later = within > 0                                   # steps after a run's first: one gap per live request
-    idx = np.nonzero(later)[0]
+    return (rows, *_run_gaps(ends, first_gaps, end, within, live_rep))
+
+
+def _run_gaps(ends, first_gaps, end: np.ndarray, within: np.ndarray, live_rep: np.ndarray):
+    """(gaps, counts) of runs' inter-token gaps: their first tokens' (from each run's first_gaps), then one gap
+    per live request for every later step of a run."""
+    idx = np.nonzero(within > 0)[0]
     first_vals = [e[0] - t for e, pairs in zip(ends, first_gaps) for t, _ in pairs]
     first_counts = [c for pairs in first_gaps for _, c in pairs]
     gaps = np.concatenate([np.asarray(first_vals, dtype=np.float64), end[idx] - end[idx - 1]])
     counts = np.concatenate([np.asarray(first_counts, dtype=np.int64), live_rep[idx]])
-    return rows, gaps, counts
+    return gaps, counts
 
 
 def steps_frame(rows: dict[str, np.ndarray]) -> pd.DataFrame:

@@ -30,11 +30,9 @@ class DecodeRun(NamedTuple):
 
 def price_decode_run(run: DecodeRun, r: Rates, layers: float, step_overhead_s: float, context_tokens: int,
                      context_step: int, max_steps: int, start_s: float, stop_s: float, detail: bool) -> RunCosts:
-    """See CostModel.decode_run_costs. A Python loop on purpose: the roofline blend raises to the power
-    `roofline_overlap`, and numpy's vectorized power differs from the C library's pow (which Python uses) in the
-    last bit for a few percent of inputs, so vectorized step times would drift from step-by-step ones."""
-    g, a0, e, c, o = run.base.family_s
-    bc0, bm0, bl0 = run.base.bound_s
+    """See CostModel.decode_run_costs. A Python loop on purpose: numpy's vectorized power (the roofline blend)
+    differs from the C library's pow in the last bit for a few percent of inputs; step times would drift."""
+    (g, a0, e, c, o), (bc0, bm0, bl0) = run.base.family_s, run.base.bound_s
     flops0, bytes0, excess0, graphed = run.base.flops, run.base.bytes, run.base.excess_s, run.graphed
     fpt, kv_elems, kvb, query_bytes = run.work
     varlen, num_seqs = run.varlen, run.num_seqs
@@ -79,6 +77,12 @@ def price_decode_run(run: DecodeRun, r: Rates, layers: float, step_overhead_s: f
     over = step_overhead_s + 0.0 if graphed else overhead
     if detail:
         return RunCosts(seconds, ends, flops, nbytes, bound, g, attention, e, c, over)
+    return _lean(run.base, seconds, ends, over, flops_total * layers, bytes_total * layers)
+
+
+def _lean(base: Totals, seconds: list[float], ends: list[float], overhead, flops: float, nbytes: float) -> RunCosts:
+    """A run's costs without the per-step breakdown: times per step, FLOPs and bytes as totals (`flops` and
+    `nbytes` are its attention's, over all layers)."""
     k = len(seconds)
-    return RunCosts(seconds, ends, overhead_s=over, flops_total=k * flops0 + flops_total * layers,
-                    bytes_total=k * bytes0 + bytes_total * layers)
+    return RunCosts(seconds, ends, overhead_s=overhead, flops_total=k * base.flops + flops,
+                    bytes_total=k * base.bytes + nbytes)
