@@ -123,24 +123,28 @@ def replica_config(cfg: SimConfig) -> SimConfig:
     return cfg.replace(replicas=1, pools=None, max_request_rows=None, request_rows_path=None)
 
 
-def build_replicas(groups: list[ReplicaGroup]) -> list[Replica]:
+def build_replicas(groups: list[ReplicaGroup], first_index: int = 0) -> list[Replica]:
     from simulator.api import build_parts
     replicas = []
     for group in groups:
         config = replica_config(group.config)
         for _ in range(group.count):
-            replicas.append(Replica(len(replicas), group.name, build_parts(config), config))
+            replicas.append(Replica(first_index + len(replicas), group.name, build_parts(config), config))
     return replicas
 
 
 def run_replicas(cfg: SimConfig, specs: list[RequestSpec]) -> list[ReplicaRun]:
     """Simulate the cluster `cfg` describes on `specs`; one ReplicaRun per replica, in index order."""
-    if cfg.max_concurrency is not None or any(s.after >= 0 for s in specs):
-        raise ConfigError("a cluster serves open-loop arrivals only: max-concurrency and follow-up turns "
-                          "(conversations) are not supported with replicas yet")
+    check_open_loop(cfg, specs)
     replicas = build_replicas(replica_groups(cfg))
     router = make_router(cfg.router, len(replicas), cfg.seed, cfg.block_size)
     return run_cluster(replicas, router, specs, cfg.router_delay_s)
+
+
+def check_open_loop(cfg: SimConfig, specs: list[RequestSpec]) -> None:
+    if cfg.max_concurrency is not None or any(s.after >= 0 for s in specs):
+        raise ConfigError("a cluster serves open-loop arrivals only: max-concurrency and follow-up turns "
+                          "(conversations) are not supported with replicas yet")
 
 
 def run_cluster(replicas: list[Replica], router: Router, specs: list[RequestSpec],
@@ -156,7 +160,7 @@ def _one_by_one(replicas: list[Replica], router: Router, specs: list[RequestSpec
     """Route everything up front, then run each replica alone (and drop its engine before the next)."""
     shares: list[list[RequestSpec]] = [[] for _ in replicas]
     for spec in specs:
-        shares[router.route(spec, None)].append(spec)
+        shares[router.route(spec, None)].append(spec)       # the router's index: position in `replicas`
     runs = []
     for replica, share in zip(replicas, shares):
         runs.append(ReplicaRun(replica.index, replica.group, replica.config, Engine(replica.parts, share).run()))
@@ -177,7 +181,7 @@ def _side_by_side(replicas: list[Replica], router: Router, specs: list[RequestSp
             for replica in replicas:
                 replica.engine.horizon_s = now
                 replica.engine.advance(now)
-            views = [view_of(replica, now, now - delay_s) for replica in replicas]
+            views = [view_of(replica, i, now, now - delay_s) for i, replica in enumerate(replicas)]
             chosen = replicas[router.route(spec, views)]
             chosen.board.sent += 1
             chosen.engine.feed(spec)
@@ -185,7 +189,6 @@ def _side_by_side(replicas: list[Replica], router: Router, specs: list[RequestSp
     return [ReplicaRun(r.index, r.group, r.config, result) for r, result in zip(replicas, results)]
 
 
-def view_of(replica: Replica, now_s: float, report_s: float) -> ReplicaView:
+def view_of(replica: Replica, position: int, now_s: float, report_s: float) -> ReplicaView:
     running, waiting, used = replica.board.reported(report_s)
-    return ReplicaView(replica.index, replica.board.outstanding(now_s), running, waiting, used,
-                       replica.capacity_tokens)
+    return ReplicaView(position, replica.board.outstanding(now_s), running, waiting, used, replica.capacity_tokens)
