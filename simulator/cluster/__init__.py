@@ -8,10 +8,9 @@ from simulator.cluster.router import ROUTERS, make_router
 def simulate_cluster(cfg, specs):
     """Simulate the cluster `cfg` describes (replicas, router, pools, prefill/decode pools) on `specs`; return a
     ClusterResult."""
-    from simulator.cluster.disagg import simulate_disaggregated
     from simulator.cluster.pools import ReplicaGroup
     from simulator.cluster.result import merge_runs
-    from simulator.cluster.sim import check_open_loop, run_replicas
+    from simulator.cluster.sim import check_open_loop, run_replicas, simulate_disaggregated
     if cfg.prefill_replicas:
         check_open_loop(cfg, specs)
         base = cfg.replace(prefill_replicas=0, decode_replicas=0)

@@ -167,35 +167,6 @@ def ttft_split(requests: pd.DataFrame) -> dict[str, float]:
 PD_PARTS = ("queue_s", "prefill_s", "transfer_s", "decode_queue_s", "first_step_s")
 
 
-def simulate_disaggregated(cfg, specs: list[RequestSpec], prefill_groups, decode_groups):
-    """Run the prefill pool, the transfers and the decode pool; return the merged ClusterResult."""
-    from simulator.cluster.result import merge_disaggregated
-    from simulator.cluster.router import make_router
-    from simulator.cluster.sim import build_replicas, run_cluster
-    prefill = build_replicas(prefill_groups)
-    decode = build_replicas(decode_groups, first_index=len(prefill))
-    for replica in decode:
-        replica.parts = decode_parts(replica.parts)
-    link = get_kv_link(cfg.kv_link)
-    shapes = {r.index: instance_shape(r) for r in prefill}
-    router = make_router(cfg.router, len(prefill), cfg.seed, cfg.block_size)
-    first = [replace(s, output_tokens=1) for s in specs]
-    prefill_runs = run_cluster(prefill, router, first, cfg.router_delay_s)
-    done = pd.concat([r.result.requests.assign(replica=r.index) for r in prefill_runs], ignore_index=True)
-    transfers = schedule_transfers(done[done.status == "finished"], link, shapes, cfg.kv_transfer == "layerwise")
-    by_id = {s.request_id: s for s in specs}
-    router = make_router(cfg.router, len(decode), cfg.seed + 1, cfg.block_size)
-    decode_runs = run_cluster(decode, router, decode_specs(by_id, transfers), cfg.router_delay_s)
-    return merge_disaggregated(cfg, prefill_runs, decode_runs, transfers, link)
-
-
-def instance_shape(replica) -> InstanceShape:
-    meta = replica.parts.meta
-    cfg = replica.config
-    return InstanceShape(float(meta["memory"]["kv_bytes_per_token"]), cfg.tp * cfg.pp,
-                         int(meta["model"]["num_layers"]))
-
-
 def transfer_stats(transfers: list[Transfer]) -> dict[str, float]:
     secs = np.array([t.end_s - t.ready_s for t in transfers]) if transfers else np.zeros(0)
     return {"kv_transfers": len(transfers), "kv_transfer_bytes": float(sum(t.bytes for t in transfers)),

@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from simulator.metrics import SimResult, summarize
+from simulator.cluster.disagg import PD_PARTS, transfer_stats, ttft_split
+from simulator.metrics import SimResult, meets_slo, summarize
 from simulator.speculative import SpecStats
 
 BALANCE_KEYS = ("replicas", "outstanding_max_over_mean", "outstanding_jain_index")
@@ -60,8 +61,6 @@ def merge_disaggregated(cfg, prefill_runs: list, decode_runs: list, transfers: l
     """One ClusterResult of a prefill pool and a decode pool (disagg.py): a request's row joins its prefill, its
     transfer and its decode; replicas are numbered prefill first; load balance is the decode pool's (the
     prefill pool's under prefill_*)."""
-    from simulator.cluster.disagg import PD_PARTS, transfer_stats, ttft_split
-    from simulator.metrics import meets_slo
     runs = prefill_runs + decode_runs
     pre = _stack([r.result.requests for r in prefill_runs], [r.index for r in prefill_runs]).set_index("request_id")
     dec = _stack([r.result.requests for r in decode_runs], [r.index for r in decode_runs]).set_index("request_id")

@@ -21,11 +21,16 @@ from __future__ import annotations
 import heapq
 from bisect import bisect_left
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
+import pandas as pd
+
 from simulator.batching.lazy import DecodeRun
+from simulator.cluster.disagg import (InstanceShape, decode_parts, decode_specs, get_kv_link,
+                                      schedule_transfers)
 from simulator.cluster.pools import ReplicaGroup, replica_groups
+from simulator.cluster.result import merge_disaggregated
 from simulator.cluster.router import ReplicaView, Router, make_router
 from simulator.config import ConfigError, SimConfig
 from simulator.engine import Engine, EngineParts, paused_gc
@@ -192,3 +197,29 @@ def _side_by_side(replicas: list[Replica], router: Router, specs: list[RequestSp
 def view_of(replica: Replica, position: int, now_s: float, report_s: float) -> ReplicaView:
     running, waiting, used = replica.board.reported(report_s)
     return ReplicaView(position, replica.board.outstanding(now_s), running, waiting, used, replica.capacity_tokens)
+
+
+def simulate_disaggregated(cfg, specs: list[RequestSpec], prefill_groups, decode_groups):
+    """Run the prefill pool, the transfers and the decode pool; return the merged ClusterResult."""
+    prefill = build_replicas(prefill_groups)
+    decode = build_replicas(decode_groups, first_index=len(prefill))
+    for replica in decode:
+        replica.parts = decode_parts(replica.parts)
+    link = get_kv_link(cfg.kv_link)
+    shapes = {r.index: instance_shape(r) for r in prefill}
+    router = make_router(cfg.router, len(prefill), cfg.seed, cfg.block_size)
+    first = [replace(s, output_tokens=1) for s in specs]
+    prefill_runs = run_cluster(prefill, router, first, cfg.router_delay_s)
+    done = pd.concat([r.result.requests.assign(replica=r.index) for r in prefill_runs], ignore_index=True)
+    transfers = schedule_transfers(done[done.status == "finished"], link, shapes, cfg.kv_transfer == "layerwise")
+    by_id = {s.request_id: s for s in specs}
+    router = make_router(cfg.router, len(decode), cfg.seed + 1, cfg.block_size)
+    decode_runs = run_cluster(decode, router, decode_specs(by_id, transfers), cfg.router_delay_s)
+    return merge_disaggregated(cfg, prefill_runs, decode_runs, transfers, link)
+
+
+def instance_shape(replica: Replica) -> InstanceShape:
+    meta = replica.parts.meta
+    cfg = replica.config
+    return InstanceShape(float(meta["memory"]["kv_bytes_per_token"]), cfg.tp * cfg.pp,
+                         int(meta["model"]["num_layers"]))
