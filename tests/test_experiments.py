@@ -187,6 +187,13 @@ def test_speculative_decoding_speedup_falls_with_batch_and_crosses_one():
     assert draft.iloc[-1] < 1.0                               # the crossover: a slowdown at the largest batch
 
 
+def test_pd_disaggregation_claims_hold():
+    result = quick("pd-disaggregation")
+    assert [c.held for c in result.claims] == [True, True, True]
+    gain = result.claims[0].measured
+    assert gain > 1.0                  # 2 prefill + 2 decode GPUs serve more within both SLOs than 4 colocated
+
+
 def test_every_quick_result_is_complete():
     for name in EXPERIMENTS:
         result = quick(name)
