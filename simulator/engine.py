@@ -31,7 +31,7 @@ from simulator.arrivals import ArrivalQueue
 from simulator.batching import BatchingPolicy
 from simulator.batching.lazy import DecodeRun
 from simulator.cost import CostModel
-from simulator.metrics import Recorder, SimResult
+from simulator.metrics import Recorder, SimResult, StepRecord
 from simulator.request import Request, RequestStatus
 from simulator.request_log import RequestLog
 from simulator.step import RunCosts, StepShape
@@ -57,6 +57,18 @@ def step_by_step_costs(cost_model, num_seqs: int, context_tokens: int, context_s
     return costs
 
 
+@dataclass(frozen=True)
+class EngineOptions:
+    """How the engine runs and what it keeps (SimConfig's fields of the same names; these defaults keep every row
+    and admit every arrival as it comes)."""
+
+    fast_path: bool = True                  # advance runs of identical decode steps at once (identical results)
+    summary_only: bool = False              # histograms and running sums instead of per-step and per-token rows
+    max_request_rows: int | None = None     # per-request rows kept in memory (None: all); more stream to Parquet
+    request_rows_path: str | None = None    # where they stream
+    max_concurrency: int | None = None      # requests in the server at most; later arrivals queue outside
+
+
 @dataclass
 class EngineParts:
     """Everything the engine drives, built by simulator.api from a SimConfig."""
@@ -64,8 +76,9 @@ class EngineParts:
     policy: BatchingPolicy
     cost_model: CostModel
     max_model_len: int
-    config: dict
+    config: dict                            # the resolved configuration, stored with the results (not read here)
     meta: dict
+    options: EngineOptions = EngineOptions()
     slo: tuple[float | None, ...] = (None, None, None)     # TTFT, TPOT and E2E SLOs, seconds
 
 
@@ -81,14 +94,14 @@ class Engine:
         self.specs = list(specs)
         self.progress = progress
         self.env = simpy.Environment()
-        config = parts.config
-        self.recorder = Recorder(summary_only=config.get("summary_only", False))
-        self.log = RequestLog(config.get("max_request_rows"), config.get("request_rows_path"), parts.slo)
+        options = parts.options
+        self.recorder = Recorder(summary_only=options.summary_only)
+        self.log = RequestLog(options.max_request_rows, options.request_rows_path, parts.slo)
         self.requests: list[Request] = []        # every request, unless summary-only or rows may stream
         self._keep_requests = not self.recorder.summary_only and (self.log.max_rows is None
                                                                    or len(self.specs) <= self.log.max_rows)
         self.num_done = 0
-        self.fast_path = parts.config.get("fast_path", True) if fast_path is None else fast_path
+        self.fast_path = options.fast_path if fast_path is None else fast_path
         self._next_arrival_s = INF              # the earliest arrival not yet handed to the policy
         self.num_steps = 0                       # engine steps simulated, and how many of them ran in runs
         self.num_run_steps = 0
@@ -104,7 +117,7 @@ class Engine:
 
     def run(self) -> SimResult:
         wall = time.perf_counter()
-        self.arrivals = ArrivalQueue(self.specs, self.parts.config.get("max_concurrency"))
+        self.arrivals = ArrivalQueue(self.specs, self.parts.options.max_concurrency)
         self._next_arrival_s = self.arrivals.next_s()
         server = self.env.process(self._serve())
         # The loop creates no reference cycles worth collecting, while the cyclic collector would rescan every
@@ -177,9 +190,9 @@ class Engine:
             else:
                 batch = policy.schedule(env.now)
                 if batch is not None:
-                    start, priced = env.now, self._price(batch)
-                    yield env.timeout(priced[1])
-                    self._commit(batch, priced, start, env.now)
+                    start, rec = env.now, self._price(batch)
+                    yield env.timeout(rec.seconds)
+                    self._commit(batch, rec, start, env.now)
                     continue
             if policy.workload_ended and not policy.has_work():
                 return
@@ -201,10 +214,10 @@ class Engine:
             batch = policy.schedule(t)
             if batch is None:
                 break
-            priced = self._price(batch)
-            end = t + priced[1]
-            self._commit(batch, priced, t, end)
-            delays.append((priced[1],))
+            rec = self._price(batch)
+            end = t + rec.seconds
+            self._commit(batch, rec, t, end)
+            delays.append((rec.seconds,))
             t = end
         return t, delays
 
@@ -240,9 +253,8 @@ class Engine:
         return costs.ends[-1]
 
     # ---- one step ----
-    def _price(self, batch) -> tuple:
-        """(cost, seconds the step holds the GPU, swap seconds, shape counts, queues, used KV tokens, KV usage),
-        all taken when the step starts."""
+    def _price(self, batch) -> StepRecord:
+        """The step's record: its cost, shape, queues and KV usage, all taken when it starts."""
         policy, cost_model = self.policy, self.parts.cost_model
         fields = batch.shape_fields()
         cost = self._step_costs.get(fields)
@@ -251,19 +263,18 @@ class Engine:
             if len(self._step_costs) < 1 << 16:
                 self._step_costs[fields] = cost
         prefill, num_decode, decode_context, _, verify = fields
-        counts = (batch.batch_size, sum(n for n, _ in prefill), num_decode + sum(n for n, _ in verify),
-                  decode_context + sum(c for _, c in prefill) + sum(c + n for n, c in verify))
         swap_s = cost_model.swap_seconds(batch.swap_bytes) if batch.swap_bytes else 0.0
         used = policy.kv_used_tokens + batch.num_batched_tokens - policy.kv.shared_tokens   # shared blocks once
-        return (cost, cost.seconds + swap_s, swap_s, counts, (len(policy.running), policy.num_waiting), used,
-                policy.kv.usage())
+        return StepRecord(cost, cost.seconds + swap_s, swap_s, batch.batch_size, sum(n for n, _ in prefill),
+                          num_decode + sum(n for n, _ in verify),
+                          decode_context + sum(c for _, c in prefill) + sum(c + n for n, c in verify),
+                          len(policy.running), policy.num_waiting, batch.num_preempted, used, policy.kv.usage())
 
-    def _commit(self, batch, priced: tuple, start: float, end: float) -> None:
+    def _commit(self, batch, rec: StepRecord, start: float, end: float) -> None:
         """Commit a step that ran from `start` to `end`, and record it."""
-        cost, _, swap_s, counts, queues, used, usage = priced
         outcome = self.policy.commit(batch, start, end)
         self.num_steps += 1
-        self.recorder.step(start, cost, swap_s, counts, queues, batch.num_preempted, used, usage)
+        self.recorder.step(start, rec)
         if outcome.itl_gaps:
             self.recorder.itl_gaps(outcome.itl_gaps)
         for req in outcome.finished:

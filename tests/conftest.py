@@ -11,7 +11,7 @@ sys.path.insert(0, str(ROOT))
 
 from simulator.batching import PolicyParams, make_policy  # noqa: E402
 from simulator.cost import StepCost, StepShape  # noqa: E402
-from simulator.engine import Engine, EngineParts  # noqa: E402
+from simulator.engine import Engine, EngineOptions, EngineParts  # noqa: E402
 from simulator.kv_cache import make_kv_cache  # noqa: E402
 from workloads.spec import RequestSpec  # noqa: E402
 
@@ -35,7 +35,7 @@ def make_engine(specs, *, batching="continuous", kv="paged", capacity_tokens=100
                                prefix_caching=params.pop("prefix_caching", False))
     policy = make_policy(batching, kv_manager, PolicyParams(**params))
     parts = EngineParts(policy=policy, cost_model=cost_model or RoundCostModel(), max_model_len=max_model_len,
-                        config={"max_concurrency": max_concurrency}, meta={})
+                        config={}, meta={}, options=EngineOptions(max_concurrency=max_concurrency))
     return Engine(parts, specs, progress, fast_path=fast_path)
 
 
