@@ -82,9 +82,11 @@ def simulate(config: SimConfig | None = None, *, requests: list[RequestSpec] | N
     cfg = config or SimConfig()
     if overrides:
         cfg = cfg.replace(**overrides)
-    parts = build_parts(cfg)
     specs = requests if requests is not None else workload(cfg)
-    return Engine(parts, specs, progress, stop=stop).run()
+    if cfg.is_cluster:
+        from simulator.cluster import simulate_cluster
+        return simulate_cluster(cfg, specs)
+    return Engine(build_parts(cfg), specs, progress, stop=stop).run()
 
 
 def compare(configs=None, *, jobs: int | None = None, progress: bool = False, **axes) -> dict[str, SimResult]:
