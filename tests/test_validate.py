@@ -144,6 +144,8 @@ def test_cli_writes_the_three_files_and_the_simulated_run(tmp_path):
     assert list(csv.columns) == ["metric", "stat", "unit", "real", "simulated", "error_pct"] and len(csv) == 21
     page = (out / "validation.html").read_text()
     assert "Latency CDFs, real vs simulated" in page and "Running and waiting requests over time" in page
+    assert "simulated on rtx-4090 with llama-3.1-8b, engine vllm-v1, tp 1, prefix caching on, max_num_seqs 256, " \
+           "max_num_batched_tokens 2048, chunked prefill on, KV blocks 2588" in page
 
 
 def test_max_error_exits_non_zero_naming_the_means(tmp_path):
@@ -153,6 +155,12 @@ def test_max_error_exits_non_zero_naming_the_means(tmp_path):
     assert line.startswith("error: off by more than --max-error 0.001%: ttft mean ")
     ok = invoke("validate", RUN, "--out", tmp_path / "v", "--quiet", "--max-error", "1000")
     assert ok.exit_code == 0, ok.output
+
+
+def test_workload_options_do_not_apply_to_a_replay(tmp_path):
+    result = invoke("validate", RUN, "--out", tmp_path / "v", "--rate", "5")
+    assert one_line(result) == ("error: --rate: validate replays the run's own requests and arrivals; workload "
+                                "options do not apply")
 
 
 def test_options_override_the_run_settings(tmp_path):
