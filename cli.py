@@ -153,7 +153,7 @@ def run(*, scenario: dict, config: ConfigOpt = None, out: OutOpt = Path("servesi
                                                   "`vllm bench serve --save-result`).")] = RunFormat.table,
         quiet: QuietOpt = False) -> None:
     """Simulate one scenario; print its summary and write requests/steps/kv CSVs, summary.json,
-    vllm_result.json, config.json."""
+    vllm_result.json, config.json (and replicas.csv, one row per replica, for a cluster: --replicas or --pools)."""
     with cli_errors():
         values = scenario_values(scenario, config)
         values.update(vllm_metric_options(values, goodput, metric_percentiles, percentile_metrics))
@@ -229,6 +229,11 @@ SUMMARY_ROWS = (
                                                  f"{s['preemptions_swap']})"),
     ("MFU / MBU", lambda s: f"{100 * s['mfu']:.1f}% / {100 * s['mbu']:.1f}%"),
 )
+CLUSTER_ROWS = (
+    ("replicas", lambda s: f"{s['replicas']}"),
+    ("load balance: max / mean outstanding", lambda s: f"{s['outstanding_max_over_mean']:.3f}"),
+    ("load balance: Jain's index", lambda s: f"{s['outstanding_jain_index']:.3f}"),
+)
 
 
 def _ms(s: dict, name: str) -> str:
@@ -248,7 +253,7 @@ def print_summary(summary: dict, fmt: OutputFormat, title: str) -> None:
     from rich.console import Console
     from rich.table import Table
     table = Table(title=title, show_header=False)
-    for label, fmt_row in SUMMARY_ROWS:
+    for label, fmt_row in SUMMARY_ROWS + (CLUSTER_ROWS if "replicas" in summary else ()):
         table.add_row(label, fmt_row(summary))
     if summary.get("spec_verify_steps"):
         table.add_row("speculative: accepted drafts per verify step (acceptance rate)",

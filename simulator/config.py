@@ -87,11 +87,16 @@ class SimConfig:
     summary_only: bool = False             # keep histograms and running sums, not per-step and per-token rows
     max_request_rows: int = 1_000_000      # per-request rows kept in memory; more stream to Parquet
     request_rows_path: str | None = None   # where they stream (None: a temporary file, named in the results)
+    # cluster (simulator/cluster): replicas behind a router
+    replicas: int = 1
+    router: str = "round-robin"
+    router_delay_s: float = 0.0            # replicas' load reports reach the router this late
+    pools: str | None = None               # a TOML/YAML file of replica groups (instead of `replicas`)
     # speed
     fast_path: bool = True                 # advance runs of identical decode steps at once (identical results)
 
     def __post_init__(self) -> None:
-        _check_positive(self, ("rate", "tp", "pp", "max_num_seqs", "batch_size", "max_batch_size",
+        _check_positive(self, ("rate", "tp", "pp", "replicas", "max_num_seqs", "batch_size", "max_batch_size",
                                "block_size", "rate_scale", "bandwidth_scale", "flops_scale"))
         _check_optional_positive(self, ("max_model_len", "num_requests", "duration_s", "max_num_batched_tokens", "num_gpu_blocks",
                                         "kv_capacity_tokens", "slo_ttft_s", "slo_tpot_s", "slo_e2e_s", "max_request_rows",
@@ -103,6 +108,7 @@ class SimConfig:
             raise ConfigError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
         if self.max_wait_s < 0 or self.swap_space_gb < 0:
             raise ConfigError("max_wait_s and swap_space_gb must not be negative")
+        self._check_cluster()
         if self.attention is not None:
             _check_choice("attention", self.attention, ("flash", "naive", "varlen"))
         _check_choice("engine", self.engine, tuple(ENGINES))
@@ -119,6 +125,19 @@ class SimConfig:
             raise ConfigError(f"max_num_batched_tokens ({self.max_num_batched_tokens}) is smaller than max_model_len "
                               f"({self.max_model_len}): a long prompt could never be scheduled; raise it or "
                               "enable chunked prefill")
+
+    def _check_cluster(self) -> None:
+        from simulator.cluster.router import ROUTERS
+        _check_choice("router", self.router, tuple(ROUTERS))
+        if not isinstance(self.router_delay_s, (int, float)) or self.router_delay_s < 0:
+            raise ConfigError(f"router-delay must not be negative, got {self.router_delay_s}")
+        if self.pools is not None and self.replicas != 1:
+            raise ConfigError("give replicas or pools, not both (a pools file sets each group's count)")
+
+    @property
+    def is_cluster(self) -> bool:
+        """Several replicas (or a pools file): simulated by simulator.cluster."""
+        return self.replicas > 1 or self.pools is not None
 
     @property
     def prefix_cache(self) -> bool:
@@ -231,6 +250,8 @@ def _check_vllm_workload(cfg: SimConfig) -> None:
         raise ConfigError("give --trace or --dataset, not both (a trace has its own lengths)")
     if cfg.dataset is not None and (cfg.prompt_len, cfg.output_len) != ("sharegpt", "sharegpt"):
         raise ConfigError("--dataset gives the prompt and output lengths; drop --prompt-len / --output-len")
+    if cfg.burstiness is not None and not cfg.burstiness > 0:
+        raise ConfigError(f"burstiness must be positive, got {cfg.burstiness}")
     if cfg.burstiness is not None and cfg.arrival != "poisson":
         raise ConfigError(f"give --arrival or --burstiness, not both (got arrival '{cfg.arrival}')")
     parse_percentiles(cfg.metric_percentiles)
