@@ -72,4 +72,5 @@ def workload(cfg: SimConfig) -> list[RequestSpec]:
     return make_requests(seed=cfg.seed, rate=cfg.rate, arrival=cfg.arrival, prompt_len=cfg.prompt_len,
                          output_len=cfg.output_len, num_requests=cfg.request_cap, duration_s=cfg.duration_s,
                          trace=cfg.trace, trace_format=cfg.trace_format, rate_scale=cfg.rate_scale,
-                         dataset=cfg.dataset, burstiness=cfg.burstiness)
+                         dataset=cfg.dataset, burstiness=cfg.burstiness, system_prompts=cfg.system_prompts,
+                         sessions=cfg.sessions)

@@ -51,6 +51,8 @@ class SimConfig:
     trace_format: str = "auto"
     rate_scale: float = 1.0
     seed: int = 0
+    system_prompts: str | None = None      # 'N:LEN[:SHARE]': shared system prompts before prompts (workloads.sessions)
+    sessions: str | None = None            # 'multi-turn:...' or 'agentic:...': closed-loop sessions
     max_concurrency: int | None = None     # at most this many requests in flight (vllm bench serve's clients)
     # serving
     engine: str = "vllm-v1"                # engine preset (simulator/engines.py): scheduler rules, kernels, graphs
@@ -92,6 +94,10 @@ class SimConfig:
     router: str = "round-robin"
     router_delay_s: float = 0.0            # replicas' load reports reach the router this late
     pools: str | None = None               # a TOML/YAML file of replica groups (instead of `replicas`)
+    prefill_replicas: int = 0              # prefill/decode disaggregation: this many prefill replicas...
+    decode_replicas: int = 0               # ...and this many decode replicas (both, or neither)
+    kv_link: str = "ib-ndr"                # the link prompts' KV crosses from prefill to decode (per GPU)
+    kv_transfer: str = "whole"             # 'whole' after the prefill, or 'layerwise' as layers finish
     # speed
     fast_path: bool = True                 # advance runs of identical decode steps at once (identical results)
 
@@ -133,11 +139,18 @@ class SimConfig:
             raise ConfigError(f"router-delay must not be negative, got {self.router_delay_s}")
         if self.pools is not None and self.replicas != 1:
             raise ConfigError("give replicas or pools, not both (a pools file sets each group's count)")
+        _check_choice("kv_transfer", self.kv_transfer, ("whole", "layerwise"))
+        pd = (self.prefill_replicas, self.decode_replicas)
+        if any(isinstance(n, bool) or not isinstance(n, int) or n < 0 for n in pd) or (min(pd) == 0 < max(pd)):
+            raise ConfigError(f"prefill-replicas and decode-replicas must both be positive integers (or both 0), "
+                              f"got {pd[0]} and {pd[1]}")
+        if max(pd) and (self.replicas != 1 or self.pools is not None):
+            raise ConfigError("give prefill-replicas and decode-replicas, or replicas, or pools; not several")
 
     @property
     def is_cluster(self) -> bool:
         """Several replicas (or a pools file): simulated by simulator.cluster."""
-        return self.replicas > 1 or self.pools is not None
+        return self.replicas > 1 or self.pools is not None or self.prefill_replicas > 0
 
     @property
     def prefix_cache(self) -> bool:

@@ -42,7 +42,10 @@ class Drafter:
 def make_drafter(draft: str | None, draft_model: str | None, target: ModelSpec, tp: int = 1) -> Drafter | None:
     """The drafter a config names (--draft ngram|eagle, or --draft-model PRESET); None without speculation."""
     if draft_model is not None:
-        model = resolve_model(draft_model, None)
+        try:
+            model = resolve_model(draft_model, None)
+        except ValueError as err:
+            raise ValueError(f"draft-model: {err}") from None
         return Drafter(draft_model, model, tp=draft_tp(model, tp))
     if draft == "ngram":
         return Drafter("ngram")
