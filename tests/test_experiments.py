@@ -38,7 +38,7 @@ def rows(result: ExperimentResult, **match) -> pd.DataFrame:
 def test_registry_names_the_experiments():
     assert list(EXPERIMENTS) == ["kv-waste", "paged-throughput", "continuous-vs-static", "chunked-prefill",
                                  "bound-by-phase", "bandwidth-what-if", "gqa-and-quantization", "cuda-graphs",
-                                 "speculative-decoding", "prefix-caching"]
+                                 "speculative-decoding", "prefix-caching", "pd-disaggregation"]
     for name, exp in EXPERIMENTS.items():
         assert exp.name == name and exp.source and exp.claim and exp.setup
 
