@@ -39,7 +39,7 @@ class SimConfig:
     bandwidth_scale: float = 1.0           # what-if: the GPU's memory bandwidth times this
     flops_scale: float = 1.0               # what-if: the GPU's matrix rates times this
     # workload
-    rate: float = 6.4                      # requests/s: 80% of the default scenario's 8.0 req/s saturation
+    rate: float = 6.4                      # requests/s: below the default scenario's saturation (6.9 req/s)
     arrival: str = "poisson"
     burstiness: float | None = None        # vLLM's gamma arrivals (shape = burstiness, mean 1/rate), rescaled as vLLM
     num_requests: int | None = None        # None: 2000 synthetic requests, or the whole trace
