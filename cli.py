@@ -464,7 +464,8 @@ def validate(run_path: Annotated[Path, typer.Argument(
                                                     "E2E) is off by more than PCT percent.")] = None,
              format: FormatOpt = OutputFormat.table, quiet: QuietOpt = False) -> None:
     """Replay a real serving run and compare: the run's requests and arrivals, simulated with its engine
-    settings (any option given here overrides them), against the latencies it measured."""
+    settings (any option given here overrides them; the defaults listed are `run`'s, replaced here by the
+    run's metadata), against the latencies it measured."""
     from simulator.runs.outputs import staged
     from simulator.validate import load_real_run, validate as replay
     from simulator.validate.page import validation_record, write_validation
