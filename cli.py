@@ -271,9 +271,11 @@ def gpus(format: FormatOpt = OutputFormat.table) -> None:
              "memory_gb": g.hbm_bytes / 1e9, "bandwidth_tb_s": g.hbm_bytes_per_s / 1e12,
              "link": g.interconnect().name, "allreduce_gb_s": g.interconnect().bus_bytes_per_s / 1e9,
              "calibration": "calibrated" if g.calibrated_from else "datasheet-only",
-             "calibrated_from": g.calibrated_from, "source": g.source} for g in GPUS.values()]
-    if format == OutputFormat.table:      # sources and calibration profiles: --format csv/json
-        rows = [{k: v for k, v in row.items() if k not in ("source", "calibrated_from")} for row in rows]
+             "calibrated_from": g.calibrated_from, "source": g.source, "usd_per_gpu_hour": g.usd_per_gpu_hour,
+             "price_source": g.price_source} for g in GPUS.values()]
+    if format == OutputFormat.table:      # sources, calibration profiles and price sources: --format csv/json
+        rows = [{k: v for k, v in row.items() if k not in ("source", "calibrated_from", "price_source")}
+                for row in rows]
     print_rows(rows, format, "GPU catalog (dense matrix rates)")
 
 
@@ -464,7 +466,8 @@ def validate(run_path: Annotated[Path, typer.Argument(
                                                     "E2E) is off by more than PCT percent.")] = None,
              format: FormatOpt = OutputFormat.table, quiet: QuietOpt = False) -> None:
     """Replay a real serving run and compare: the run's requests and arrivals, simulated with its engine
-    settings (any option given here overrides them), against the latencies it measured."""
+    settings (any option given here overrides them; the defaults listed are `run`'s, replaced here by the
+    run's metadata), against the latencies it measured."""
     from simulator.runs.outputs import staged
     from simulator.validate import load_real_run, validate as replay
     from simulator.validate.page import validation_record, write_validation
