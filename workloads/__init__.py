@@ -87,6 +87,13 @@ def make_requests(
         return read_trace(
             trace, trace_format, rate_scale=rate_scale, max_requests=num_requests, max_duration_s=duration_s
         )
+    return _synthetic(process, rate, prompt, output, seed=seed, num_requests=num_requests, duration_s=duration_s,
+                      dataset=dataset, burstiness=burstiness, system=system, loops=loops)
+
+
+def _synthetic(process, rate, prompt, output, *, seed, num_requests, duration_s, dataset, burstiness, system,
+               loops) -> list[RequestSpec]:
+    """make_requests without a trace: options parsed, one rng drawn from `seed`."""
     if rate is None or not rate > 0:
         raise ValueError(f"rate must be positive, got {rate}")
     if num_requests is None and duration_s is None:

@@ -65,6 +65,35 @@ def merge_disaggregated(cfg, prefill_runs: list, decode_runs: list, transfers: l
     pre = _stack([r.result.requests for r in prefill_runs], [r.index for r in prefill_runs]).set_index("request_id")
     dec = _stack([r.result.requests for r in decode_runs], [r.index for r in decode_runs]).set_index("request_id")
     moved = pd.DataFrame([t.__dict__ for t in transfers]).set_index("request_id") if transfers else None
+    rows = _join_phases(pre, dec, moved)
+    refused = pre[pre.status != "finished"].copy()          # rejected by a prefill replica: never transferred
+    refused["prefill_replica"] = refused.replica
+    requests = pd.concat([rows, refused]).sort_index(kind="stable").reset_index()
+    requests["ttft_s"] = requests.first_token_s - requests.arrival_s
+    requests["e2e_s"] = requests.finish_s - requests.arrival_s
+    requests["queueing_s"] = requests.scheduled_s - requests.arrival_s
+    requests["met_slo"] = meets_slo(requests, cfg.slo_ttft_s, cfg.slo_tpot_s, cfg.slo_e2e_s)
+    frames = {name: _stack([getattr(r.result, name) for r in runs], [r.index for r in runs])
+              for name in ("steps", "kv")}
+    itl = pd.concat([r.result.itl for r in decode_runs], ignore_index=True)
+    meta = _merged_meta(runs)
+    meta["balance"], per_replica = _two_pool_balance(pre, dec, prefill_runs, decode_runs)
+    decode_sums = merge_step_sums([r.result.meta.get("step_sums") or _step_sums_of(r.result) for r in decode_runs])
+    meta["disaggregation"] = {"prefill_replicas": len(prefill_runs), "decode_replicas": len(decode_runs),
+                              "kv_link": link.name, **transfer_stats(transfers),
+                              "decode_kv_utilization_mean": decode_sums["utilization_mean"],
+                              "decode_kv_utilization_max": decode_sums["kv_utilization_max"],
+                              **ttft_split(requests)}
+    result = ClusterResult(config=cfg.to_dict(), meta=meta, requests=requests, itl=itl, replicas=pd.DataFrame(),
+                           **frames)
+    result.replicas = replica_rows(runs, per_replica).assign(
+        role=["prefill"] * len(prefill_runs) + ["decode"] * len(decode_runs))
+    assert set(PD_PARTS) <= set(requests.columns) or not len(rows)
+    return result
+
+
+def _join_phases(pre: pd.DataFrame, dec: pd.DataFrame, moved: pd.DataFrame | None) -> pd.DataFrame:
+    """The decode pool's rows (indexed by request id) joined with each request's prefill and KV transfer."""
     rows = dec.copy()
     if len(rows):
         p = pre.loc[rows.index]
@@ -81,17 +110,12 @@ def merge_disaggregated(cfg, prefill_runs: list, decode_runs: list, transfers: l
         rows["transfer_s"] = rows.transfer_end_s - p.first_token_s
         rows["decode_queue_s"] = dec.scheduled_s - rows.transfer_end_s
         rows["first_step_s"] = dec.first_token_s - dec.scheduled_s
-    refused = pre[pre.status != "finished"].copy()          # rejected by a prefill replica: never transferred
-    refused["prefill_replica"] = refused.replica
-    requests = pd.concat([rows, refused]).sort_index(kind="stable").reset_index()
-    requests["ttft_s"] = requests.first_token_s - requests.arrival_s
-    requests["e2e_s"] = requests.finish_s - requests.arrival_s
-    requests["queueing_s"] = requests.scheduled_s - requests.arrival_s
-    requests["met_slo"] = meets_slo(requests, cfg.slo_ttft_s, cfg.slo_tpot_s, cfg.slo_e2e_s)
-    frames = {name: _stack([getattr(r.result, name) for r in runs], [r.index for r in runs])
-              for name in ("steps", "kv")}
-    itl = pd.concat([r.result.itl for r in decode_runs], ignore_index=True)
-    meta = _merged_meta(runs)
+    return rows
+
+
+def _two_pool_balance(pre: pd.DataFrame, dec: pd.DataFrame, prefill_runs: list, decode_runs: list):
+    """Load balance of a P/D cluster: the decode pool's, the prefill pool's under prefill_*, and per-replica rows
+    numbered prefill first. Returns (meta["balance"], per-replica frame)."""
     first = prefill_runs[0].index
     pool_pre, per_pre = load_balance(pre.reset_index().assign(replica=pre.replica.to_numpy() - first),
                                      len(prefill_runs))
@@ -99,22 +123,11 @@ def merge_disaggregated(cfg, prefill_runs: list, decode_runs: list, transfers: l
                                      len(decode_runs))
     per_replica = pd.concat([per_pre, per_dec.assign(replica=per_dec.replica + len(prefill_runs))],
                             ignore_index=True)
-    meta["balance"] = {**pool_dec, "replicas": len(runs),
-                       "prefill_outstanding_max_over_mean": pool_pre["outstanding_max_over_mean"],
-                       "prefill_outstanding_jain_index": pool_pre["outstanding_jain_index"],
-                       "per_replica": per_replica.to_dict("records")}
-    decode_sums = merge_step_sums([r.result.meta.get("step_sums") or _step_sums_of(r.result) for r in decode_runs])
-    meta["disaggregation"] = {"prefill_replicas": len(prefill_runs), "decode_replicas": len(decode_runs),
-                              "kv_link": link.name, **transfer_stats(transfers),
-                              "decode_kv_utilization_mean": decode_sums["utilization_mean"],
-                              "decode_kv_utilization_max": decode_sums["kv_utilization_max"],
-                              **ttft_split(requests)}
-    result = ClusterResult(config=cfg.to_dict(), meta=meta, requests=requests, itl=itl, replicas=pd.DataFrame(),
-                           **frames)
-    result.replicas = replica_rows(runs, per_replica).assign(
-        role=["prefill"] * len(prefill_runs) + ["decode"] * len(decode_runs))
-    assert set(PD_PARTS) <= set(requests.columns) or not len(rows)
-    return result
+    balance = {**pool_dec, "replicas": len(prefill_runs) + len(decode_runs),
+               "prefill_outstanding_max_over_mean": pool_pre["outstanding_max_over_mean"],
+               "prefill_outstanding_jain_index": pool_pre["outstanding_jain_index"],
+               "per_replica": per_replica.to_dict("records")}
+    return balance, per_replica
 
 
 def _stack(frames: list[pd.DataFrame], indices: list[int]) -> pd.DataFrame:
