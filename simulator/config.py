@@ -96,13 +96,15 @@ class SimConfig:
     pools: str | None = None               # a TOML/YAML file of replica groups (instead of `replicas`)
     prefill_replicas: int = 0              # prefill/decode disaggregation: this many prefill replicas...
     decode_replicas: int = 0               # ...and this many decode replicas (both, or neither)
+    dp: int = 1                            # data-parallel ranks (cluster/dp_ep.py with expert_parallel)
+    expert_parallel: bool = False          # MoE: experts sharded over the dp ranks, which step in lockstep
     kv_link: str = "ib-ndr"                # the link prompts' KV crosses from prefill to decode (per GPU)
     kv_transfer: str = "whole"             # 'whole' after the prefill, or 'layerwise' as layers finish
     # speed
     fast_path: bool = True                 # advance runs of identical decode steps at once (identical results)
 
     def __post_init__(self) -> None:
-        _check_positive(self, ("rate", "tp", "pp", "replicas", "max_num_seqs", "batch_size", "max_batch_size",
+        _check_positive(self, ("rate", "tp", "pp", "replicas", "dp", "max_num_seqs", "batch_size", "max_batch_size",
                                "block_size", "rate_scale", "bandwidth_scale", "flops_scale"))
         _check_optional_positive(self, ("max_model_len", "num_requests", "duration_s", "max_num_batched_tokens", "num_gpu_blocks",
                                         "kv_capacity_tokens", "slo_ttft_s", "slo_tpot_s", "slo_e2e_s", "max_request_rows",
@@ -146,11 +148,15 @@ class SimConfig:
                               f"got {pd[0]} and {pd[1]}")
         if max(pd) and (self.replicas != 1 or self.pools is not None):
             raise ConfigError("give prefill-replicas and decode-replicas, or replicas, or pools; not several")
+        if self.dp > 1 and (self.replicas != 1 or self.pools is not None or max(pd)):
+            raise ConfigError("give dp, or replicas, or pools, or prefill/decode replicas; not several")
+        if self.expert_parallel and self.dp < 2:
+            raise ConfigError("expert-parallel shards experts over data-parallel ranks: give --dp 2 or more")
 
     @property
     def is_cluster(self) -> bool:
         """Several replicas (or a pools file): simulated by simulator.cluster."""
-        return self.replicas > 1 or self.pools is not None or self.prefill_replicas > 0
+        return self.replicas > 1 or self.pools is not None or self.prefill_replicas > 0 or self.dp > 1
 
     @property
     def prefix_cache(self) -> bool:

@@ -480,7 +480,9 @@ def with_default_axes(base: SimConfig, axes: Mapping[str, Sequence[Any]], given:
         out["chunked_prefill"] = DEFAULT_CHUNKED
     if "gpu" not in given and "gpu_file" not in given:
         out["gpu"] = _gpus_that_fit(base, max(out.get("tp", (base.tp,))) * base.pp)
-    return out
+    from simulator.runs.options import OPTIONS_BY_FIELD
+    order = list(OPTIONS_BY_FIELD)                      # labels read in the options' order: gpu first
+    return {name: out[name] for name in sorted(out, key=lambda n: order.index(n) if n in order else len(order))}
 
 
 def _gpus_that_fit(base: SimConfig, gpus_per_replica: int) -> tuple[str, ...]:
