@@ -11,12 +11,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10: the same parser, packaged as tomli
-    import tomli as tomllib
 
 
 @dataclass(frozen=True)
@@ -255,23 +250,11 @@ def _quantity(field_name: str, value: object, where: str) -> float:
 
 def _read_mapping(path: Path) -> dict:
     """Parse a TOML or YAML file (by extension) into a dict; errors name the file."""
+    from simulator.files import read_mapping    # here: simulator imports this module
     suffix = path.suffix.lower()
     if suffix not in (".toml", ".yaml", ".yml"):
         raise GPUFileError(f"{path}: unsupported GPU file type '{suffix}'; use .toml, .yaml or .yml")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise GPUFileError(f"{path}: GPU file not found") from None
-    except OSError as exc:
-        raise GPUFileError(f"{path}: cannot read GPU file ({exc.strerror})") from None
-    try:
-        data = tomllib.loads(text) if suffix == ".toml" else yaml.safe_load(text)
-    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
-        detail = " ".join(str(exc).split())
-        raise GPUFileError(f"{path}: cannot parse {suffix[1:].upper()}: {detail}") from None
-    if not isinstance(data, dict):
-        raise GPUFileError(f"{path}: expected a table of GPUSpec fields (key = value), got {type(data).__name__}")
-    return data
+    return read_mapping(path, "GPU file", error=GPUFileError)
 
 
 def _check_value(field: dataclasses.Field, value: object, where: str) -> object:

@@ -274,13 +274,11 @@ _FOUR_NORM_TYPES = {"gemma2", "gemma3", "gemma3_text"}
 
 
 def _read_config(path: Path) -> dict:
+    from simulator.files import read_text
+    text = read_text(path, "model config", error=ModelConfigError)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ModelConfigError(f"{path}: config file not found") from None
-    except OSError as exc:
-        raise ModelConfigError(f"{path}: cannot read config file ({exc.strerror})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        data = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
         raise ModelConfigError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(data, dict):
         raise ModelConfigError(f"{path}: expected a JSON object, got {type(data).__name__}")

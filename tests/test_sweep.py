@@ -76,7 +76,7 @@ def test_expand_errors_name_the_problem():
         expand(SimConfig(), {"rate": ()})
     with pytest.raises(AxisError, match=r"^2500 scenarios in the cross product; at most 2000"):
         expand(SimConfig(), {"seed": tuple(range(50)), "rate": tuple(range(1, 51))})
-    with pytest.raises(AxisError, match=r"^scenario 'tp=0': tp must be positive, got 0$"):
+    with pytest.raises(AxisError, match=r"^scenario 'tp=0': tp must be at least 1, got 0$"):
         expand(SimConfig(), {"tp": (1, 0)})
 
 

@@ -237,7 +237,10 @@ def write_report(path: str | os.PathLike, inputs: ReportInputs) -> Path:
     """Render and write the report atomically (a temporary file renamed into place: no partial file)."""
     path = Path(path)
     text = render_report(inputs)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
