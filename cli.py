@@ -229,12 +229,28 @@ def load_config_file(path: Path) -> dict[str, Any]:
     return data
 
 
-def build_config(scenario: dict[str, Any], config_file: Path | None, *, one_value: bool = True):
+def build_config(scenario: dict[str, Any], config_file: Path | None):
     """SimConfig from an options file (if any) overridden by the command line, with one-line errors that name
     the flag (or the file and key) of a bad value."""
     from simulator.config import ConfigError, SimConfig
-    from simulator.runs.options import OPTIONS_BY_FIELD, coerce
     where: dict[str, str] = {}
+    values = scenario_values(scenario, config_file, where)
+    try:
+        return SimConfig.from_mapping(values)
+    except ConfigError as exc:
+        field = getattr(exc, "field", None)
+        if field in where and str(exc).startswith(field):
+            raise ConfigError(f"{where[field]}:{str(exc)[len(field):]}", field) from None
+        raise
+
+
+def scenario_values(scenario: dict[str, Any], config_file: Path | None, where: dict[str, str] | None = None,
+                    *, one_value: bool = True) -> dict[str, Any]:
+    """The options given in a file (if any) and on the command line (which wins), parsed: {field: value}.
+    `where` receives each field's origin (flag, or file and key) for error messages."""
+    from simulator.config import ConfigError
+    from simulator.runs.options import OPTIONS_BY_FIELD, coerce
+    where = {} if where is None else where
     values: dict[str, Any] = {}
     if config_file:
         for key, value in load_config_file(config_file).items():
@@ -257,14 +273,7 @@ def build_config(scenario: dict[str, Any], config_file: Path | None, *, one_valu
         except ValueError as exc:
             raise ConfigError(f"{opt.flag}: {exc}") from None
     check_rate_with_trace(values, where)
-    try:
-        return SimConfig.from_mapping(values)
-    except ConfigError as exc:
-        field = getattr(exc, "field", None)
-        if field in where and str(exc).startswith(field):
-            raise ConfigError(f"{where[field]}:{str(exc)[len(field):]}".replace(": must", ": must"),
-                              field) from None
-        raise
+    return values
 
 
 def check_rate_with_trace(values: dict[str, Any], where: dict[str, str]) -> None:
@@ -412,7 +421,10 @@ def _axes_and_base(scenario: dict, config_file: Path | None):
     """Comma lists and ranges -> {field: values}; the single values (and --config) make the base config."""
     from simulator.runs.sweep import parse_axes
     axes = parse_axes(scenario)
-    return axes, build_config({f: v[0] for f, v in axes.items() if len(v) == 1}, config_file)
+    base = build_config({f: v[0] for f, v in axes.items() if len(v) == 1}, config_file)
+    if (base.trace is not None or "trace" in axes) and "rate" in axes:
+        check_rate_with_trace({"trace": True, "rate": True}, {"rate": "--rate"})
+    return axes, base
 
 
 @contextlib.contextmanager
@@ -501,6 +513,60 @@ def report(paths: Annotated[list[Path], typer.Argument(help="Results folders: on
         _wrote(target)
 
 
+# ---- replaying a real run (the logic lives in simulator/validate) ----
+@app.command()
+@scenario_command()
+def validate(run_path: Annotated[Path, typer.Argument(
+                 metavar="RUN", help="A run folder (meta.json, workload.jsonl, requests.jsonl, optional "
+                                     "timeseries.csv) or a `vllm bench serve --save-result --save-detailed` JSON.")],
+             *, scenario: dict, config: ConfigOpt = None,
+             out: Annotated[Path, typer.Option("--out", help="Folder for validation.json, validation.csv, "
+                                               "validation.html and the simulated run.")] = Path("servesim-validate"),
+             max_error: Annotated[Optional[float], typer.Option(
+                 "--max-error", metavar="PCT", help="Exit with status 1 when a latency mean (TTFT, TPOT, ITL, "
+                                                    "E2E) is off by more than PCT percent.")] = None,
+             format: FormatOpt = OutputFormat.table, quiet: QuietOpt = False) -> None:
+    """Replay a real serving run and compare: the run's requests and arrivals, simulated with its engine
+    settings (any option given here overrides them), against the latencies it measured."""
+    from simulator.runs.outputs import staged
+    from simulator.validate import load_real_run, validate as replay
+    from simulator.validate.page import validation_record, write_validation
+    with cli_errors():
+        if max_error is not None and not max_error > 0:
+            raise ValueError(f"--max-error: must be a positive percentage, got {max_error}")
+        run = load_real_run(run_path)
+        result = replay(run, scenario_values(scenario, config))
+        with staged(out) as tmp:
+            result.result.save(tmp / "simulated")
+            write_validation(result, tmp)
+    if not quiet:
+        from simulator.metrics import _jsonable
+        from simulator.present import tables
+        if format == OutputFormat.json:
+            typer.echo(json.dumps(_jsonable(validation_record(result)), indent=2))
+        else:
+            tables.emit(result.table, format.value, lambda: _validation_table(result))
+        typer.echo(f"wrote {out}/validation.html, validation.json, validation.csv", err=True)
+    off = result.worst_mean(max_error) if max_error is not None else []
+    if off:
+        typer.echo(f"error: off by more than --max-error {max_error:g}%: {', '.join(off)}", err=True)
+        raise typer.Exit(1)
+
+
+def _validation_table(v):
+    from rich.table import Table
+    table = Table(title=f"servesim validate {v.run.name}: real vs simulated ({len(v.run.specs)} requests)")
+    for col in ("metric", "stat", "unit", "real", "simulated", "error"):
+        table.add_column(col, justify="left" if col in ("metric", "stat", "unit") else "right")
+    fmt = lambda x: "n/a" if x != x else f"{x:,.2f}"             # noqa: E731 (NaN is not equal to itself)
+    for r in v.table.itertuples():
+        table.add_row(r.metric, r.stat, r.unit, fmt(r.real), fmt(r.simulated),
+                      "n/a" if r.error_pct != r.error_pct else f"{r.error_pct:+.1f}%")
+    for note in v.run.notes:
+        table.caption = (table.caption + "; " if table.caption else "note: ") + note
+    return table
+
+
 # ---- built-in experiments (the logic lives in simulator/experiments) ----
 @app.command()
 def experiment(name: Annotated[Optional[str], typer.Argument(help="The experiment to run (see --list).")] = None,
@@ -550,7 +616,7 @@ def explain(
         html: Annotated[Optional[Path], typer.Option(help="Also write a roofline chart here.")] = None) -> None:
     """Explain one step operator by operator: FLOPs, bytes, intensity, bound, time, share; roofline with --html."""
     from hardware.gpus import resolve_gpu
-    from simulator.cost.model import CostModel
+    from simulator.cost import CostModel
     from simulator.present.explain import explain_step, format_explain_table, roofline_figure, step_shape
     from simulator.models import resolve_model
     with cli_errors():

@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hardware.gpus import get_gpu  # noqa: E402
-from simulator.cost.model import CostModel, StepShape  # noqa: E402
+from simulator.cost import CostModel, StepShape  # noqa: E402
 from simulator.models import ModelSpec  # noqa: E402
 
 PROMPT_TOKENS = 512

@@ -20,7 +20,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hardware.gpus import get_gpu  # noqa: E402
-from simulator.cost.model import CostModel, StepShape  # noqa: E402
+from simulator.cost import CostModel, StepShape  # noqa: E402
 from simulator.models import ModelSpec  # noqa: E402
 
 ARCH_COLUMNS = ["hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim", "intermediate_size",

@@ -6,7 +6,7 @@ from dataclasses import asdict
 from hardware.gpus import GPUSpec, resolve_gpu
 from simulator.batching import PolicyParams, make_policy
 from simulator.config import DEFAULT_MAX_MODEL_LEN, SimConfig
-from simulator.cost.model import CostModel
+from simulator.cost import CostModel
 from simulator.engine import Engine, EngineParts, ProgressFn
 from simulator.kv_cache import make_kv_cache
 from simulator.memory import plan_memory

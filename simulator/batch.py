@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from simulator.cost.model import StepShape
 from simulator.request import Request
+from simulator.step import StepShape
 
 
 @dataclass

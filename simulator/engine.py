@@ -25,10 +25,11 @@ import simpy
 
 from simulator.batching import BatchingPolicy
 from simulator.batching.lazy import DecodeRun
-from simulator.cost.model import CostModel, RunCosts, StepShape
+from simulator.cost import CostModel
 from simulator.metrics import Recorder, SimResult
 from simulator.request import Request, RequestStatus
 from simulator.request_log import RequestLog
+from simulator.step import RunCosts, StepShape
 from workloads.spec import RequestSpec
 
 ProgressFn = Callable[[float, int, int], None]   # (simulated seconds, requests done, requests total)

@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from simulator.cost.model import RunCosts, StepCost
 from simulator.kv_cache.base import KVUsage
+from simulator.step import BOUNDS, FAMILIES, RunCosts, StepCost
 
 STEP_COLUMNS = ("step", "start_s", "duration_s", "batch_size", "num_prefill_tokens", "num_decode_tokens",
                 "context_tokens", "flops", "bytes", "bound", "gemm_s", "attention_s", "elementwise_s",
@@ -41,7 +41,6 @@ REQUEST_COLUMNS = ("request_id", "arrival_s", "prompt_tokens", "output_tokens", 
 RAW_REQUEST_COLUMNS = ("request_id", "arrival_s", "prompt_tokens", "output_tokens", "status", "reject_reason",
                        "scheduled_s", "first_token_s", "finish_s", "num_preemptions", "recomputed_tokens",
                        "swapped_bytes")
-FAMILIES = ("gemm", "attention", "elementwise", "communication", "overhead")
 _LAT = lambda name: tuple(f"{name}_{k}_s" for k in ("mean", "p50", "p90", "p99", "max"))   # noqa: E731
 SUMMARY_KEYS = ("num_requests", "completed", "rejected", "duration_s", "request_throughput",
                 "output_token_throughput", "total_token_throughput", *_LAT("ttft"), *_LAT("tpot"), *_LAT("itl"),
@@ -59,7 +58,6 @@ ROW_FIELDS = (("start_s", "d"), ("duration_s", "d"), ("batch_size", "q"), ("num_
 # What a summary-only step row keeps (the columns StepSums.add reads), in order.
 SUM_FIELDS = ("duration_s", "flops", "bytes", "num_running", "num_waiting", "used_tokens", "allocated_tokens",
               "capacity_tokens", "free_tokens", "largest_free_hole_tokens")
-BOUNDS = ("compute", "memory", "latency")
 BOUND_CODE = {b: i for i, b in enumerate(BOUNDS)}
 FOLD_ROWS = 1 << 16                  # summary-only: fold rows into sums this often
 RUN_BATCH = 256                     # runs queued before they are expanded into rows

@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from simulator.batching import PolicyParams, make_policy  # noqa: E402
-from simulator.cost.model import StepCost, StepShape  # noqa: E402
+from simulator.cost import StepCost, StepShape  # noqa: E402
 from simulator.engine import Engine, EngineParts  # noqa: E402
 from simulator.kv_cache import make_kv_cache  # noqa: E402
 from workloads.spec import RequestSpec  # noqa: E402

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from hardware.gpus import GPUS, get_gpu
 from hardware.roofline import kernel_time
-from simulator.cost.model import ELEMENTWISE, CostModel, CostModelError, StepShape
+from simulator.cost import ELEMENTWISE, CostModel, CostModelError, StepShape
 from simulator.models import ModelSpec, get_model
 
 DATA = Path(__file__).resolve().parents[1] / "benchmarks" / "data"

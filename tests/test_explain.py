@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from cli import app
 from hardware.gpus import get_gpu
-from simulator.cost.model import CostModel
+from simulator.cost import CostModel
 from simulator.present.explain import ExplainError, explain_step, format_explain_table, roofline_figure, step_shape
 from simulator.models import get_model
 

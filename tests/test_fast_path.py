@@ -147,7 +147,7 @@ COST_MODELS = {
        num_steps=st.integers(1, 6), start=st.floats(0, 1e5, allow_nan=False))
 def test_decode_run_costs_equal_step_cost_bit_for_bit(name, num_seqs, context_per_seq, step, num_steps, start):
     from hardware.gpus import get_gpu
-    from simulator.cost.model import FAMILIES, CostModel, StepShape
+    from simulator.cost import FAMILIES, CostModel, StepShape
     from simulator.models import get_model
     model, gpu, options = COST_MODELS[name]
     cm = CostModel(get_model(model), get_gpu(gpu), **options)
@@ -166,7 +166,7 @@ def test_decode_run_costs_equal_step_cost_bit_for_bit(name, num_seqs, context_pe
 
 def test_decode_run_costs_stop_at_the_first_step_ending_at_or_after_stop():
     from hardware.gpus import get_gpu
-    from simulator.cost.model import CostModel
+    from simulator.cost import CostModel
     from simulator.models import get_model
     cm = CostModel(get_model("llama-3.1-8b"), get_gpu("h100-sxm"))
     full = cm.decode_run_costs(32, 32_000, 32, 10, 1.0)
@@ -227,7 +227,7 @@ def test_streaming_without_pyarrow_is_a_one_line_error(monkeypatch):
 
 def test_decode_run_costs_without_detail_keep_times_and_totals():
     from hardware.gpus import get_gpu
-    from simulator.cost.model import CostModel
+    from simulator.cost import CostModel
     from simulator.models import get_model
     cm = CostModel(get_model("llama-3.1-8b"), get_gpu("h100-sxm"), cuda_graphs=False)
     full = cm.decode_run_costs(48, 48_000, 48, 7, 2.0)

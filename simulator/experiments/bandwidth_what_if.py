@@ -18,7 +18,7 @@ from plotly.subplots import make_subplots
 
 from simulator.api import resolve_hardware
 from simulator.config import SimConfig
-from simulator.cost.model import CostModel
+from simulator.cost import CostModel
 from simulator.experiments.base import Experiment, ExperimentResult, claim
 from simulator.experiments.bound_by_phase import decode_shape, prefill_shape
 from simulator.experiments.common import Job, fixed_requests, run_jobs

@@ -20,7 +20,7 @@ from plotly.subplots import make_subplots
 
 from simulator.api import resolve_hardware
 from simulator.config import SimConfig
-from simulator.cost.model import CostModel, StepShape
+from simulator.cost import CostModel, StepShape
 from simulator.experiments.base import Experiment, ExperimentResult, claim
 from simulator.experiments.common import Job, fixed_requests, run_jobs
 from simulator.present.explain import roofline_figure

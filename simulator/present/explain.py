@@ -11,7 +11,7 @@ import math
 import pandas as pd
 import plotly.graph_objects as go
 
-from simulator.cost.model import CostModel, OperatorCost, StepShape
+from simulator.cost import CostModel, Op, StepShape
 
 PHASES = ("prefill", "decode")
 FAMILY_COLORS = {"gemm": "#1f77b4", "attention": "#d62728", "elementwise": "#2ca02c",
@@ -87,7 +87,7 @@ def format_explain_table(df: pd.DataFrame, cost_model: CostModel | None = None) 
     return "\n".join(lines)
 
 
-def roofline_figure(cost_model: CostModel, operators: list[OperatorCost]) -> go.Figure:
+def roofline_figure(cost_model: CostModel, operators: list[Op]) -> go.Figure:
     """Log-log roofline: arithmetic intensity (FLOP/byte) vs achieved FLOP/s of each operator, under the GPU's
     compute roof (datasheet matrix peak) and bandwidth roof (datasheet bytes/s x intensity); dashed lines are
     the achievable roofs after the calibration fractions. Operators with no FLOPs (copies) have no place on a

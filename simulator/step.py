@@ -1,0 +1,87 @@
+"""What the engine, the cost model and the recorder exchange about a step: its shape and its priced cost.
+
+A leaf module (it imports nothing of servesim), so the batch, the cost model and the metrics all depend on it and
+none of them on each other. FAMILIES and BOUNDS are defined here, once.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# The operator families a step's seconds are split into (StepCost.breakdown, the steps frame's *_s columns).
+FAMILIES = ("gemm", "attention", "elementwise", "communication", "overhead")
+# What bounds a kernel or a step: its arithmetic, its memory traffic, or a fixed latency.
+BOUNDS = ("compute", "memory", "latency")
+
+
+@dataclass(frozen=True, slots=True)
+class StepShape:
+    """What one step computes, reduced to what its cost depends on.
+
+    prefill: one (new_tokens, cached_tokens) pair per request computing prompt tokens this step, where
+        cached_tokens are the tokens already in its KV cache before the step (0 for a fresh prompt).
+    num_decode: requests computing exactly one new token from a cached context.
+    decode_context_tokens: sum over decode requests of the tokens attended (cached tokens + the new one).
+    num_sampled: sequences whose last position goes through the LM head (decodes, and prefills that complete).
+    """
+
+    prefill: tuple[tuple[int, int], ...] = ()
+    num_decode: int = 0
+    decode_context_tokens: int = 0
+    num_sampled: int = 0
+
+    @property
+    def num_prefill_tokens(self) -> int:
+        return sum(new for new, _ in self.prefill)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.num_prefill_tokens + self.num_decode
+
+    @property
+    def num_seqs(self) -> int:
+        return len(self.prefill) + self.num_decode
+
+
+@dataclass(frozen=True, slots=True)
+class StepCost:
+    """Seconds of one step, with what drove them. `breakdown` maps operator family -> seconds."""
+
+    seconds: float
+    flops: float
+    bytes: float
+    bound: str
+    breakdown: tuple[tuple[str, float], ...] = ()
+
+    def family_seconds(self, family: str) -> float:
+        return dict(self.breakdown).get(family, 0.0)
+
+
+@dataclass
+class RunCosts:
+    """The costs of a run of decode steps as columns: entry j of each list is step j's StepCost field (bound as
+    text, families by name), `ends[j]` when step j ends. A family that is the same in every step of the run
+    may be one float instead of a list."""
+
+    seconds: list[float] = field(default_factory=list)
+    ends: list[float] = field(default_factory=list)
+    flops: list[float] = field(default_factory=list)
+    bytes: list[float] = field(default_factory=list)
+    bound: list[str] = field(default_factory=list)
+    gemm_s: list[float] | float = field(default_factory=list)
+    attention_s: list[float] | float = field(default_factory=list)
+    elementwise_s: list[float] | float = field(default_factory=list)
+    communication_s: list[float] | float = field(default_factory=list)
+    overhead_s: list[float] | float = field(default_factory=list)
+    flops_total: float | None = None       # set instead of the per-step columns when priced without detail
+    bytes_total: float | None = None
+
+    def append(self, cost: StepCost, end_s: float) -> None:
+        """Add one step that ends at `end_s` (every column must be a list)."""
+        fam = dict(cost.breakdown)
+        self.seconds.append(cost.seconds)
+        self.ends.append(end_s)
+        self.flops.append(cost.flops)
+        self.bytes.append(cost.bytes)
+        self.bound.append(cost.bound)
+        for f in FAMILIES:
+            getattr(self, f"{f}_s").append(fam.get(f, 0.0))
