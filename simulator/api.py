@@ -36,7 +36,7 @@ def build_parts(cfg: SimConfig) -> EngineParts:
                            bandwidth_scale=cfg.bandwidth_scale, flops_scale=cfg.flops_scale)
     plan = plan_memory(cfg, model, gpu, cost_model.activation_workspace_bytes(cfg.token_budget))
     kv = make_kv_cache(cfg.kv, plan.capacity_tokens, block_size=cfg.block_size, max_model_len=cfg.max_model_len,
-                       reservation=cfg.kv_reservation)
+                       reservation=cfg.kv_reservation, prefix_caching=cfg.prefix_caching)
     params = PolicyParams(max_num_seqs=cfg.max_num_seqs, max_num_batched_tokens=cfg.token_budget,
                           chunked_prefill=cfg.chunked_prefill, preemption=cfg.preemption,
                           swap_space_bytes=cfg.swap_space_gb * 1e9, kv_bytes_per_token=plan.kv_bytes_per_token,

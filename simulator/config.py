@@ -55,6 +55,7 @@ class SimConfig:
     trace_format: str = "auto"
     rate_scale: float = 1.0
     seed: int = 0
+    max_concurrency: int | None = None     # at most this many requests in flight (vllm bench serve's clients)
     # serving
     batching: str = "continuous"
     kv: str = "paged"
@@ -72,6 +73,7 @@ class SimConfig:
     kv_capacity_tokens: int | None = None
     preemption: str = "recompute"
     swap_space_gb: float = 4.0
+    prefix_caching: bool = False           # share cached prompt blocks between requests (vLLM V1's prefix caching)
     # metrics
     slo_ttft_s: float | None = None
     slo_tpot_s: float | None = None
@@ -89,6 +91,9 @@ class SimConfig:
             raise ConfigError(f"duration_s {self.duration_s:g} at rate {self.rate:g} makes about "
                               f"{self.rate * self.duration_s:.3g} requests, more than {MAX_REQUESTS:,}; lower it or "
                               "set num_requests", "duration_s")
+        if self.prefix_caching and self.batching != "continuous":
+            raise ConfigError(f"prefix caching needs continuous batching (the {self.batching} policy runs whole "
+                              "batches and takes no cache hits); use --batching continuous or --prefix-caching off")
         _check_choice("attention", self.attention, ("flash", "naive"))
         _check_choice("preemption", self.preemption, ("recompute", "swap"))
         _check_choice("kv_reservation", self.kv_reservation, ("max-model-len", "request"))
@@ -145,7 +150,7 @@ FIELD_RANGES: dict[str, tuple[float, float] | tuple[float, float, str]] = {
     "batch_size": (1, 10**7), "max_batch_size": (1, 10**7), "max_wait_s": (0, 1e9), "block_size": (1, 10**6),
     "gpu_memory_utilization": (0, 1, OPEN), "num_gpu_blocks": (1, 10**15), "kv_capacity_tokens": (1, 10**16),
     "swap_space_gb": (0, 1e9), "slo_ttft_s": (0, 1e9, OPEN), "slo_tpot_s": (0, 1e9, OPEN),
-    "max_request_rows": (1, 10**10),
+    "max_request_rows": (1, 10**10), "max_concurrency": (1, 10**7),
 }
 FIELD_KINDS: dict[str, tuple[type, bool]] = {}        # field -> (int/float/str/bool, None allowed), filled below
 

@@ -5,6 +5,9 @@ workload is a sorted list, so arrivals need no events of their own); an idle ser
 arrival or the policy's next deadline. The serve loop asks the batching policy for a batch, prices it with
 the cost model, holds the GPU for that long, then commits the step and records it.
 
+Arrivals come from an ArrivalQueue (simulator/arrivals.py): at their times, or after the request they follow
+finishes (conversation turns), within --max-concurrency.
+
 Fast path: arrivals are the only outside events, so between two arrivals the serve loop commits steps ahead of
 the clock and then holds the GPU once, until the end of the step during which the next request arrives. And
 when the policy can plan a run of identical decode steps (no request finishes before the run's last step, no
@@ -23,6 +26,7 @@ from typing import Callable, Iterable
 
 import simpy
 
+from simulator.arrivals import ArrivalQueue
 from simulator.batching import BatchingPolicy
 from simulator.batching.lazy import DecodeRun
 from simulator.cost import CostModel
@@ -94,8 +98,8 @@ class Engine:
 
     def run(self) -> SimResult:
         wall = time.perf_counter()
-        self._pending = sorted(self.specs, key=lambda s: (s.arrival_s, s.request_id))
-        self._num_arrived = 0
+        self.arrivals = ArrivalQueue(self.specs, self.parts.config.get("max_concurrency"))
+        self._next_arrival_s = self.arrivals.next_s()
         server = self.env.process(self._serve())
         # The loop creates no reference cycles worth collecting, while the cyclic collector would rescan every
         # live request again and again (a third of the run time at 10^5 requests): pause it for the run.
@@ -109,7 +113,8 @@ class Engine:
         requests = self.log.frame()
         meta = {**self.parts.meta, "preemptions_recompute": self.policy.num_preemptions["recompute"],
                 "preemptions_swap": self.policy.num_preemptions["swap"], "engine_steps": self.num_steps,
-                "run_steps": self.num_run_steps, "runs": self.num_runs}
+                "run_steps": self.num_run_steps, "runs": self.num_runs,
+                "prefix_cache_evictions": self.policy.kv.num_evictions}
         if self.log.sums is not None:
             meta.update(request_rows_path=self.log.path, request_sums=self.log.sums.as_dict())
         result = self.recorder.result(self.parts.config, meta, requests)
@@ -119,24 +124,28 @@ class Engine:
     def _admit_arrivals(self, until_s: float) -> None:
         """Hand the policy every request that has arrived by `until_s` (an arrival at the very end of a step is
         seen by the next schedule), or reject it with a reason."""
-        pending, i, policy = self._pending, self._num_arrived, self.policy
+        policy = self.policy
         fits = min(self.parts.max_model_len, policy.kv.max_request_tokens() + 1)   # prompt + output at most
-        while i < len(pending) and pending[i].arrival_s <= until_s:
-            req = Request(pending[i])
+        for spec, arrival_s in self.arrivals.pop_until(until_s):
+            req = Request(spec)
+            req.arrival_s = arrival_s
             if self._keep_requests:
                 self.requests.append(req)
             reason = "" if req.prompt_tokens + req.output_tokens <= fits else self._reject_reason(req)
             if reason:
                 req.status, req.reject_reason = RequestStatus.REJECTED, reason
-                self.log.add(req)
-                self.num_done += 1
+                self._done(req, arrival_s)
             else:
                 policy.add_request(req)
-            i += 1
-        self._num_arrived = i
-        self._next_arrival_s = pending[i].arrival_s if i < len(pending) else INF
-        if i == len(pending):
-            policy.workload_ended = True
+        self._next_arrival_s = self.arrivals.next_s()
+        policy.workload_ended = self.arrivals.ended
+
+    def _done(self, req: Request, time_s: float) -> None:
+        """`req` finished or was rejected at `time_s`: keep its row, release the requests that follow it."""
+        self.log.add(req)
+        self.num_done += 1
+        self.arrivals.finished(req.request_id, time_s)
+        self._next_arrival_s = self.arrivals.next_s()
 
     def _reject_reason(self, req: Request) -> str:
         if req.prompt_tokens + req.output_tokens > self.parts.max_model_len:
@@ -171,8 +180,8 @@ class Engine:
         next arrival (which may change the next batch) or nothing can run. Nothing else happens in the
         simulation meanwhile: arrivals are the only outside events. Returns the end time and every step's
         duration, a sequence per run or step (empty if nothing could run)."""
-        policy, arrival, delays, t = self.policy, self._next_arrival_s, [], now
-        while t < arrival:
+        policy, delays, t = self.policy, [], now
+        while t < self._next_arrival_s:             # a finish may bring the next arrival forward
             run = policy.plan_run(t)
             if run is not None:
                 t = self._run(run, t, delays)
@@ -213,8 +222,7 @@ class Engine:
                           outcome.first_gaps)
         delays.append(costs.seconds)
         for req in outcome.finished:
-            self.log.add(req)
-        self.num_done += len(outcome.finished)
+            self._done(req, costs.ends[-1])
         if self.progress:
             self.progress(costs.ends[-1], self.num_done, len(self.specs))
         return costs.ends[-1]
@@ -234,8 +242,9 @@ class Engine:
         counts = (batch.batch_size, sum(n for n, _ in prefill), num_decode,
                   decode_context + sum(c for _, c in prefill))
         swap_s = cost_model.swap_seconds(batch.swap_bytes) if batch.swap_bytes else 0.0
-        return (cost, cost.seconds + swap_s, swap_s, counts, (len(policy.running), policy.num_waiting),
-                policy.kv_used_tokens + batch.num_batched_tokens, policy.kv.usage())
+        used = policy.kv_used_tokens + batch.num_batched_tokens - policy.kv.shared_tokens   # shared blocks once
+        return (cost, cost.seconds + swap_s, swap_s, counts, (len(policy.running), policy.num_waiting), used,
+                policy.kv.usage())
 
     def _commit(self, batch, priced: tuple, start: float, end: float) -> None:
         """Commit a step that ran from `start` to `end`, and record it."""
@@ -246,8 +255,7 @@ class Engine:
         if outcome.itl_gaps:
             self.recorder.itl_gaps(outcome.itl_gaps)
         for req in outcome.finished:
-            self.log.add(req)
-        self.num_done += len(outcome.finished)
+            self._done(req, end)
         if self.progress:
             self.progress(end, self.num_done, len(self.specs))
 

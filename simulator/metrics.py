@@ -32,32 +32,34 @@ STEP_COLUMNS = ("step", "start_s", "duration_s", "batch_size", "num_prefill_toke
                 "context_tokens", "flops", "bytes", "bound", "gemm_s", "attention_s", "elementwise_s",
                 "communication_s", "overhead_s", "swap_s", "num_running", "num_waiting", "num_preempted")
 KV_COLUMNS = ("time_s", "used_tokens", "allocated_tokens", "capacity_tokens", "free_tokens",
-              "largest_free_hole_tokens", "utilization", "internal_fragmentation", "external_fragmentation",
+              "largest_free_hole_tokens", "cached_tokens", "utilization", "internal_fragmentation", "external_fragmentation",
               "num_running", "num_waiting", "preemptions_total")
 REQUEST_COLUMNS = ("request_id", "arrival_s", "prompt_tokens", "output_tokens", "status", "reject_reason",
                    "scheduled_s", "first_token_s", "finish_s", "ttft_s", "tpot_s", "e2e_s", "queueing_s",
-                   "num_preemptions", "recomputed_tokens", "swapped_bytes", "met_slo")
+                   "num_preemptions", "recomputed_tokens", "swapped_bytes", "cached_tokens", "met_slo")
 # What a request's row holds when it is taken (request_log.py); requests_frame derives the latencies.
 RAW_REQUEST_COLUMNS = ("request_id", "arrival_s", "prompt_tokens", "output_tokens", "status", "reject_reason",
                        "scheduled_s", "first_token_s", "finish_s", "num_preemptions", "recomputed_tokens",
-                       "swapped_bytes")
+                       "swapped_bytes", "cached_tokens")
 _LAT = lambda name: tuple(f"{name}_{k}_s" for k in ("mean", "p50", "p90", "p99", "max"))   # noqa: E731
 SUMMARY_KEYS = ("num_requests", "completed", "rejected", "duration_s", "request_throughput",
                 "output_token_throughput", "total_token_throughput", *_LAT("ttft"), *_LAT("tpot"), *_LAT("itl"),
                 *_LAT("e2e"), "goodput", "slo_attainment", "kv_utilization_mean", "internal_fragmentation_mean",
                 "external_fragmentation_mean", "kv_utilization_max", "max_concurrent_requests", "preemptions",
-                "preemptions_recompute", "preemptions_swap", "preemption_rate_per_s", "mfu", "mbu", "busy_s",
-                "num_steps", "rejected_reasons")
+                "preemptions_recompute", "preemptions_swap", "preemption_rate_per_s", "prefix_cache_hit_rate",
+                "cached_prompt_tokens", "prefix_cache_evictions", "mfu", "mbu", "busy_s", "num_steps",
+                "rejected_reasons")
 # What one row holds, in append order: (name, array typecode). 'bound' is a code into BOUNDS.
 ROW_FIELDS = (("start_s", "d"), ("duration_s", "d"), ("batch_size", "q"), ("num_prefill_tokens", "q"),
               ("num_decode_tokens", "q"), ("context_tokens", "q"), ("flops", "d"), ("bytes", "d"), ("bound", "b"),
               ("gemm_s", "d"), ("attention_s", "d"), ("elementwise_s", "d"), ("communication_s", "d"),
               ("overhead_s", "d"), ("swap_s", "d"), ("num_running", "q"), ("num_waiting", "q"),
               ("num_preempted", "q"), ("used_tokens", "q"), ("allocated_tokens", "q"), ("capacity_tokens", "q"),
-              ("free_tokens", "q"), ("largest_free_hole_tokens", "q"), ("preemptions_total", "q"))
+              ("free_tokens", "q"), ("largest_free_hole_tokens", "q"), ("cached_tokens", "q"),
+              ("preemptions_total", "q"))
 # What a summary-only step row keeps (the columns StepSums.add reads), in order.
 SUM_FIELDS = ("duration_s", "flops", "bytes", "num_running", "num_waiting", "used_tokens", "allocated_tokens",
-              "capacity_tokens", "free_tokens", "largest_free_hole_tokens")
+              "capacity_tokens", "free_tokens", "largest_free_hole_tokens", "cached_tokens")
 BOUND_CODE = {b: i for i, b in enumerate(BOUNDS)}
 FOLD_ROWS = 1 << 16                  # summary-only: fold rows into sums this often
 RUN_BATCH = 256                     # runs queued before they are expanded into rows
@@ -275,7 +277,8 @@ def expand_runs(runs: list[tuple], full: bool = True) -> tuple[dict[str, np.ndar
             "num_running": rep(running), "num_waiting": rep(waiting),
             "used_tokens": rep(used) + (within + 1) * live_rep,
             "allocated_tokens": rep([u.allocated_tokens for u in usage]) + grown, "capacity_tokens": cap,
-            "free_tokens": free, "largest_free_hole_tokens": largest}
+            "free_tokens": free, "largest_free_hole_tokens": largest,
+            "cached_tokens": rep([u.cached_tokens for u in usage])}   # a run caches and evicts nothing
     if full:
         zeros = np.zeros(total, np.int64)
         rows.update({"start_s": begin, "batch_size": rep(num_decode), "num_prefill_tokens": zeros,
@@ -309,7 +312,7 @@ def kv_frame(rows) -> pd.DataFrame:
                          "allocated_tokens": rows["allocated_tokens"], "capacity_tokens": rows["capacity_tokens"],
                          "free_tokens": rows["free_tokens"],
                          "largest_free_hole_tokens": rows["largest_free_hole_tokens"],
-                         **kv_ratios(rows), "num_running": rows["num_running"], "num_waiting": rows["num_waiting"],
+                         "cached_tokens": rows["cached_tokens"], **kv_ratios(rows), "num_running": rows["num_running"], "num_waiting": rows["num_waiting"],
                          "preemptions_total": rows["preemptions_total"]}, copy=False)
 
 
@@ -505,6 +508,7 @@ def summarize(res: SimResult) -> dict[str, Any]:
     out["preemptions_recompute"] = int(res.meta.get("preemptions_recompute", 0))
     out["preemptions_swap"] = int(res.meta.get("preemptions_swap", 0))
     out["preemption_rate_per_s"] = per_s(out["preemptions"])
+    out["prefix_cache_evictions"] = int(res.meta.get("prefix_cache_evictions", 0))
     peak_flops, peak_bw = res.meta.get("peak_flops_per_s", 0), res.meta.get("peak_bytes_per_s", 0)
     out["mfu"] = float(sums["flops"] / (busy * peak_flops)) if busy and peak_flops else 0.0
     out["mbu"] = float(sums["bytes"] / (busy * peak_bw)) if busy and peak_bw else 0.0
@@ -527,8 +531,15 @@ def _request_summary(req: pd.DataFrame) -> dict[str, Any]:
             "total_token_throughput": per_s(float(done.prompt_tokens.sum() + done.output_tokens.sum())),
             **_stats("ttft", done.ttft_s), **_stats("tpot", done.tpot_s), **_stats("e2e", done.e2e_s),
             "goodput": per_s(met), "slo_attainment": met / len(req) if len(req) else float("nan"),
-            "preemptions": int(req.num_preemptions.sum()),
+            "preemptions": int(req.num_preemptions.sum()), **_cache_hits(req[req.status == "finished"]),
             "rejected_reasons": dict(Counter(req.loc[req.status == "rejected", "reject_reason"]))}
+
+
+def _cache_hits(done: pd.DataFrame) -> dict[str, Any]:
+    """Prompt tokens served from the prefix cache, and their share of all prompt tokens (completed requests)."""
+    cached = int(done.cached_tokens.sum()) if "cached_tokens" in done else 0   # results saved before the column
+    prompt = int(done.prompt_tokens.sum())
+    return {"cached_prompt_tokens": cached, "prefix_cache_hit_rate": cached / prompt if prompt else 0.0}
 
 
 def _streamed_summary(sums: dict[str, Any]) -> dict[str, Any]:
@@ -541,7 +552,9 @@ def _streamed_summary(sums: dict[str, Any]) -> dict[str, Any]:
             "request_throughput": per_s(done), "output_token_throughput": per_s(float(sums["output_tokens"])),
             "total_token_throughput": per_s(float(sums["total_tokens"])), **latency,
             "goodput": per_s(sums["met_slo"]), "slo_attainment": sums["met_slo"] / n if n else float("nan"),
-            "preemptions": sums["preemptions"], "rejected_reasons": dict(sums["rejected_reasons"])}
+            "preemptions": sums["preemptions"], "cached_prompt_tokens": sums["cached_tokens"],
+            "prefix_cache_hit_rate": sums["cached_tokens"] / sums["prompt_tokens"] if sums["prompt_tokens"] else 0.0,
+            "rejected_reasons": dict(sums["rejected_reasons"])}
 
 
 def _step_sums(steps: pd.DataFrame, kv: pd.DataFrame) -> dict[str, Any]:

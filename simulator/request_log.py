@@ -39,7 +39,7 @@ class RequestLog:
         self._reset()
 
     def _reset(self) -> None:
-        self.cols = {name: array(code) for name, code in zip(RAW_REQUEST_COLUMNS, "qdqqbqdddqqd")}
+        self.cols = {name: array(code) for name, code in zip(RAW_REQUEST_COLUMNS, "qdqqbqdddqqdq")}
         self.reasons: dict[str, int] = {"": 0}
         self.pending: list[tuple] = []        # rows not yet in the columns (moved in bulk)
         self.count = 0
@@ -52,12 +52,12 @@ class RequestLog:
         if req.status == RequestStatus.FINISHED:
             self.pending.append((req.request_id, req.arrival_s, req.prompt_tokens, req.output_tokens, True, 0,
                                  req.scheduled_s, req.first_token_s, req.finish_s, req.num_preemptions,
-                                 req.recomputed_tokens, req.swapped_bytes))
+                                 req.recomputed_tokens, req.swapped_bytes, req.num_cached_tokens))
         else:                                 # rejected: never scheduled, no token times
             reason = self.reasons.setdefault(req.reject_reason, len(self.reasons))
             self.pending.append((req.request_id, req.arrival_s, req.prompt_tokens, req.output_tokens, False, reason,
                                  math.nan, math.nan, math.nan, req.num_preemptions, req.recomputed_tokens,
-                                 req.swapped_bytes))
+                                 req.swapped_bytes, 0))
         self.count += 1
         if len(self.pending) >= 4096:
             self._move()
@@ -120,7 +120,7 @@ def _open_writer(path: str | Path | None, max_rows: int):
         with tempfile.NamedTemporaryFile(prefix="servesim-requests-", suffix=".parquet", delete=False) as f:
             path = f.name
     example = {name: np.array([v], dtype=object if isinstance(v, str) else None)
-               for name, v in zip(RAW_REQUEST_COLUMNS, (0, 0.0, 1, 1, "finished", "", 0.0, 0.0, 0.0, 0, 0, 0.0))}
+               for name, v in zip(RAW_REQUEST_COLUMNS, (0, 0.0, 1, 1, "finished", "", 0.0, 0.0, 0.0, 0, 0, 0.0, 0))}
     schema = pa.Table.from_pandas(requests_frame(example, (None, None)), preserve_index=False).schema
     return pa.parquet.ParquetWriter(str(path), schema), str(path)
 
@@ -130,7 +130,7 @@ class RequestSums:
 
     def __init__(self) -> None:
         self.num_requests = self.completed = self.rejected = self.met_slo = self.preemptions = 0
-        self.output_tokens = self.total_tokens = 0
+        self.output_tokens = self.total_tokens = self.prompt_tokens = self.cached_tokens = 0
         self.first_arrival_s, self.last_finish_s = math.inf, -math.inf
         self.rejected_reasons: Counter[str] = Counter()
         self.latency = {name: _Latency() for name in ("ttft", "tpot", "e2e")}
@@ -144,6 +144,8 @@ class RequestSums:
         self.preemptions += int(rows.num_preemptions.sum())
         self.output_tokens += int(done.output_tokens.sum())
         self.total_tokens += int(done.prompt_tokens.sum() + done.output_tokens.sum())
+        self.prompt_tokens += int(done.prompt_tokens.sum())
+        self.cached_tokens += int(done.cached_tokens.sum())
         self.first_arrival_s = min(self.first_arrival_s, float(rows.arrival_s.min()))
         if len(done):
             self.last_finish_s = max(self.last_finish_s, float(done.finish_s.max()))

@@ -28,14 +28,15 @@ class RoundCostModel:
 
 
 def make_engine(specs, *, batching="continuous", kv="paged", capacity_tokens=100_000, max_model_len=4096,
-                cost_model=None, progress=None, **params) -> Engine:
+                cost_model=None, progress=None, max_concurrency=None, fast_path=None, **params) -> Engine:
     kv_manager = make_kv_cache(kv, capacity_tokens, block_size=params.pop("block_size", 16),
                                max_model_len=max_model_len, reservation=params.pop("reservation", "max-model-len"),
-                               watermark=params.pop("watermark", 0.01))
+                               watermark=params.pop("watermark", 0.01),
+                               prefix_caching=params.pop("prefix_caching", False))
     policy = make_policy(batching, kv_manager, PolicyParams(**params))
     parts = EngineParts(policy=policy, cost_model=cost_model or RoundCostModel(), max_model_len=max_model_len,
-                        config={}, meta={})
-    return Engine(parts, specs, progress)
+                        config={"max_concurrency": max_concurrency}, meta={})
+    return Engine(parts, specs, progress, fast_path=fast_path)
 
 
 def specs_from(rows) -> list[RequestSpec]:

@@ -9,12 +9,13 @@ import pandas as pd
 
 REQUEST_COLUMNS = ["request_id", "arrival_s", "prompt_tokens", "output_tokens", "status", "reject_reason",
                    "scheduled_s", "first_token_s", "finish_s", "ttft_s", "tpot_s", "e2e_s", "queueing_s",
-                   "num_preemptions", "recomputed_tokens", "swapped_bytes", "met_slo"]
+                   "num_preemptions", "recomputed_tokens", "swapped_bytes", "cached_tokens", "met_slo"]
 STEP_COLUMNS = ["step", "start_s", "duration_s", "batch_size", "num_prefill_tokens", "num_decode_tokens",
                 "context_tokens", "flops", "bytes", "bound", "gemm_s", "attention_s", "elementwise_s",
                 "communication_s", "overhead_s", "num_running", "num_waiting", "num_preempted"]
 KV_COLUMNS = ["time_s", "used_tokens", "allocated_tokens", "capacity_tokens", "free_tokens",
-              "largest_free_hole_tokens", "utilization", "internal_fragmentation", "external_fragmentation",
+              "largest_free_hole_tokens", "cached_tokens", "utilization", "internal_fragmentation",
+              "external_fragmentation",
               "num_running", "num_waiting", "preemptions_total"]
 
 
@@ -48,7 +49,7 @@ def fake_requests(rng: np.random.Generator, n: int, rate_per_s: float) -> pd.Dat
         "finish_s": (arrival + ttft + tpot * (output - 1)) * nan, "ttft_s": ttft * nan, "tpot_s": tpot * nan,
         "e2e_s": (ttft + tpot * (output - 1)) * nan, "queueing_s": queue * nan,
         "num_preemptions": rng.integers(0, 2, n), "recomputed_tokens": np.zeros(n, int),
-        "swapped_bytes": np.zeros(n), "met_slo": done & (ttft < 0.5) & (tpot < 0.03)})[REQUEST_COLUMNS]
+        "swapped_bytes": np.zeros(n), "cached_tokens": np.zeros(n, int), "met_slo": done & (ttft < 0.5) & (tpot < 0.03)})[REQUEST_COLUMNS]
 
 
 def fake_steps(rng: np.random.Generator, n: int) -> pd.DataFrame:
@@ -76,7 +77,7 @@ def fake_kv(steps: pd.DataFrame, capacity_tokens: int = 50_000) -> pd.DataFrame:
     return pd.DataFrame({
         "time_s": steps["start_s"].to_numpy(), "used_tokens": used, "allocated_tokens": allocated,
         "capacity_tokens": np.full(n, capacity_tokens), "free_tokens": free,
-        "largest_free_hole_tokens": free // 2, "utilization": used / capacity_tokens,
+        "largest_free_hole_tokens": free // 2, "cached_tokens": np.zeros(n, int), "utilization": used / capacity_tokens,
         "internal_fragmentation": (allocated - used) / capacity_tokens,
         "external_fragmentation": np.where(free > 0, 0.5, 0.0),
         "num_running": steps["num_running"].to_numpy(), "num_waiting": steps["num_waiting"].to_numpy(),

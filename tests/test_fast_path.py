@@ -18,6 +18,7 @@ from simulator.batching import BATCHING_POLICIES, PolicyParams, make_policy
 from simulator.config import SimConfig
 from simulator.engine import Engine, EngineParts
 from simulator.kv_cache import KV_CACHE_MANAGERS, make_kv_cache
+from workloads.spec import RequestSpec
 
 FRAMES = ("requests", "steps", "kv", "itl")
 
@@ -28,10 +29,10 @@ def assert_identical(fast, slow) -> None:
 
 
 def engine(specs, fast_path, *, batching="continuous", kv="paged", capacity_tokens=100_000, max_model_len=4096,
-           block_size=16, reservation="max-model-len", watermark=0.01, **params) -> Engine:
+           block_size=16, reservation="max-model-len", watermark=0.01, prefix_caching=False, **params) -> Engine:
     """An engine on the conftest's round-number cost model (10 ms a step + 0.1 ms a prefill token)."""
     manager = make_kv_cache(kv, capacity_tokens, block_size=block_size, max_model_len=max_model_len,
-                            reservation=reservation, watermark=watermark)
+                            reservation=reservation, watermark=watermark, prefix_caching=prefix_caching)
     parts = EngineParts(policy=make_policy(batching, manager, PolicyParams(**params)), cost_model=RoundCostModel(),
                         max_model_len=max_model_len, config={}, meta={})
     return Engine(parts, specs, fast_path=fast_path)
@@ -67,6 +68,25 @@ def test_fast_path_matches_step_by_step(batching, kv, rows, chunked, swap, block
                          block_size=block_size, max_num_batched_tokens=512, max_num_seqs=8, batch_size=4,
                          max_batch_size=4, max_wait_s=0.05, kv_bytes_per_token=1.0, swap_space_bytes=300,
                          chunked_prefill=chunked, preemption="swap" if swap else "recompute")
+    assert_identical(fast, slow)
+
+
+shared_workloads = st.lists(
+    st.tuples(st.sampled_from([0.0, 0.01, 0.02, 0.05]) | st.floats(0, 0.5, allow_nan=False),
+              st.integers(1, 300), st.integers(1, 80), st.integers(-1, 2), st.integers(1, 300)), min_size=1,
+    max_size=25)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rows=shared_workloads, chunked=st.booleans(), swap=st.booleans(), block_size=st.sampled_from([1, 4, 16]),
+       capacity=st.sampled_from([600, 1024, 4096]))
+def test_fast_path_matches_step_by_step_with_prefix_caching(rows, chunked, swap, block_size, capacity):
+    # Requests share one of three prefixes (or none); small capacities force evictions and preemptions.
+    specs = [RequestSpec(i, a, p, o, ((pid, min(n, p + o)),) if pid >= 0 else ())
+             for i, (a, p, o, pid, n) in enumerate(rows)]
+    fast, slow, _ = both(specs, capacity_tokens=capacity, max_model_len=512, block_size=block_size,
+                         max_num_batched_tokens=512, max_num_seqs=8, kv_bytes_per_token=1.0, swap_space_bytes=300,
+                         chunked_prefill=chunked, preemption="swap" if swap else "recompute", prefix_caching=True)
     assert_identical(fast, slow)
 
 

@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 import cli
 from simulator.validate import RunFileError, load_real_run, replay_config, validate
 from simulator.validate.compare import gpu_for_device, run_metrics
-from simulator.validate.real import prefix_block_ids
+from simulator.kv_cache.prefix import content_block_hashes
+from workloads.traces import token_content
 
 RUN = Path(__file__).parent / "data" / "vllm_run_4090"
 runner = CliRunner()
@@ -69,7 +70,7 @@ def test_run_folder_is_read_with_the_engine_clock_and_settings():
     assert list(run.timeline.columns) == ["time_s", "num_running", "num_waiting"] and len(run.timeline) == 10
 
 
-def test_token_ids_become_chained_prefix_block_ids(tmp_path):
+def test_token_ids_become_content_that_shares_whole_blocks(tmp_path):
     folder = copy_run(tmp_path)
     lines = (folder / "workload.jsonl").read_text().splitlines()[:2]
     shared = list(range(40))
@@ -81,10 +82,11 @@ def test_token_ids_become_chained_prefix_block_ids(tmp_path):
     engine[0]["input_toks"], engine[1]["input_toks"] = 40, 35
     (folder / "requests.jsonl").write_text("".join(json.dumps(r) + "\n" for r in engine))
     a, b = load_real_run(folder).specs
-    assert len(a.prefix_block_ids) == 2 and len(b.prefix_block_ids) == 2      # full 16-token blocks only
-    assert a.prefix_block_ids == b.prefix_block_ids and a.prefix_block_tokens == 16
-    assert prefix_block_ids(shared[:16] + [1] * 16, 16)[0] == a.prefix_block_ids[0]
-    assert prefix_block_ids(shared[:16] + [1] * 16, 16)[1] != a.prefix_block_ids[1]
+    assert a.content == tuple((t, 1) for t in shared) and b.content_tokens == 35
+    blocks_a, blocks_b = (content_block_hashes(s.content, 16, s.prompt_tokens) for s in (a, b))
+    assert len(blocks_a) == 2 and len(blocks_b) == 2 and blocks_a == blocks_b   # full 16-token blocks only
+    other = content_block_hashes(token_content(shared[:16] + [1] * 16), 16, 32)
+    assert other[0] == blocks_a[0] and other[1] != blocks_a[1]
 
 
 @pytest.mark.parametrize("device, gpu", [("NVIDIA GeForce RTX 4090", "rtx-4090"), ("NVIDIA H100 80GB HBM3", "h100-sxm"),

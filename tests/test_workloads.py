@@ -374,9 +374,9 @@ AZURE_EXPECTED = [
     RequestSpec(3, 1.5, 100, 20),
 ]
 MOONCAKE_EXPECTED = [
-    RequestSpec(0, 0.0, 512, 3, (0,), 512),
-    RequestSpec(1, 0.0, 1025, 9, (0, 2, 3), 512),
-    RequestSpec(2, 2.0, 600, 7, (0, 1), 512),
+    RequestSpec(0, 0.0, 512, 3, ((0, 512),)),            # hash ids: one 512-token content piece each
+    RequestSpec(1, 0.0, 1025, 9, ((0, 512), (2, 512), (3, 1))),   # the last block holds what is left
+    RequestSpec(2, 2.0, 600, 7, ((0, 512), (1, 88))),
     RequestSpec(3, 3.5, 100, 1),  # no hash_ids: no prefix
 ]
 PLAIN_EXPECTED = [RequestSpec(0, 0.0, 200, 20), RequestSpec(1, 0.5, 100, 10), RequestSpec(2, 2.0, 300, 30)]
@@ -413,7 +413,7 @@ def test_trace_rate_scale_and_caps():
 
 
 def test_trace_formats_exported():
-    assert TRACE_FORMATS == ("auto", "azure", "mooncake", "plain")
+    assert TRACE_FORMATS == ("auto", "azure", "mooncake", "plain", "tokens")
 
 
 AZ_HEADER = "TIMESTAMP,ContextTokens,GeneratedTokens\n"
@@ -476,7 +476,7 @@ def test_trace_file_and_option_errors(tmp_path):
     assert _one_line(exc) == f"trace file '{tmp_path / 'missing.csv'}' not found"
     with pytest.raises(TraceError) as exc:
         read_trace(DATA / "workloads_plain.csv", "csv")
-    assert _one_line(exc) == "unknown trace format 'csv'; valid formats: auto, azure, mooncake, plain"
+    assert _one_line(exc) == "unknown trace format 'csv'; valid formats: auto, azure, mooncake, plain, tokens"
     with pytest.raises(ValueError, match=r"^rate_scale must be positive, got -1$"):
         read_trace(DATA / "workloads_plain.csv", rate_scale=-1)
     with pytest.raises(ValueError, match=r"^max_duration_s must be positive, got 0$"):
@@ -507,5 +507,5 @@ def test_full_mooncake_conversation_trace_loads():
     assert len(requests) == 12_031
     assert requests[-1].arrival_s / 60 == pytest.approx(58.9, abs=0.05)
     assert max(r.prompt_tokens for r in requests) == 126_195
-    assert all(r.prefix_block_tokens == 512 for r in requests)
-    assert all(len(r.prefix_block_ids) == math.ceil(r.prompt_tokens / 512) for r in requests)
+    assert all(len(r.content) == math.ceil(r.prompt_tokens / 512) for r in requests)
+    assert all(r.content_tokens == r.prompt_tokens for r in requests)

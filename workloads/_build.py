@@ -14,13 +14,12 @@ def build_specs(
     arrival_s: np.ndarray,
     prompt_tokens: np.ndarray,
     output_tokens: np.ndarray,
-    prefix_block_ids: Sequence[tuple[int, ...]] | None = None,
-    prefix_block_tokens: Sequence[int] | None = None,
+    content: Sequence[tuple[tuple[int, int], ...]] | None = None,
 ) -> list[RequestSpec]:
     """RequestSpecs numbered 0..n-1 by position. Arrays become Python floats/ints first (tolist is the fast path)."""
     columns = [range(len(arrival_s)), arrival_s.tolist(), prompt_tokens.tolist(), output_tokens.tolist()]
-    if prefix_block_ids is not None:
-        columns += [prefix_block_ids, prefix_block_tokens]
+    if content is not None:
+        columns.append(content)
     with _gc_paused():
         return list(map(RequestSpec, *columns))
 

@@ -7,6 +7,9 @@ Formats (column mappings from the traces README shipped with the project's refer
   `hash_ids` (prefix-chained ids of 512-token blocks, kvcache-ai/Mooncake FAST25-release/traces).
 - plain: servesim's own format, `arrival_s,prompt_tokens,output_tokens` as CSV (.csv) or JSON lines (.jsonl/.json;
   a .json file that starts with `[` is read as one JSON array of objects).
+- tokens: JSON lines with the prompt's token ids, as a served benchmark records them: `input_tok_ids` (the prompt;
+  its length is the prompt length unless `input_toks` says otherwise), `output_toks`, `arrival_time_ns` (from the
+  start). Equal leading token ids are a shared prefix (prefix caching hits are computed from them).
 - auto: detected from the CSV header or the first JSON object.
 
 Every reader returns the rows in file order; `read_trace` sorts them by arrival (stable), rebases the first arrival
@@ -35,20 +38,20 @@ MOONCAKE_BLOCK_TOKENS = 512
 AZURE_COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
 MOONCAKE_FIELDS = ("timestamp", "input_length", "output_length")
 PLAIN_COLUMNS = ("arrival_s", "prompt_tokens", "output_tokens")
+TOKENS_FIELDS = ("input_tok_ids", "output_toks", "arrival_time_ns")
 
 
 @dataclass(frozen=True, eq=False)
 class TraceRows:
     """A trace's columns in file order; `arrival_s` on any origin (read_trace rebases it).
 
-    `prefix_block_ids[i]` are row i's prefix block ids (or () for none), each block `prefix_block_tokens` long.
+    `content[i]` is row i's token content as (content id, tokens) pieces (workloads/spec.py), () for none.
     """
 
     arrival_s: np.ndarray
     prompt_tokens: np.ndarray
     output_tokens: np.ndarray
-    prefix_block_ids: list[tuple[int, ...]] | None = None
-    prefix_block_tokens: int = 0
+    content: list[tuple[tuple[int, int], ...]] | None = None
 
 
 def read_azure(path: Path) -> TraceRows:
@@ -65,14 +68,21 @@ def read_azure(path: Path) -> TraceRows:
 
 def read_mooncake(path: Path) -> TraceRows:
     """Mooncake JSON lines: timestamp (ms), input_length, output_length, optional hash_ids (512-token blocks)."""
-    arrival, prompt, output, prefixes = [], [], [], []
+    arrival, prompt, output, content = [], [], [], []
     for where, record in _json_records(path):
         tokens = json_int(record, "input_length", where, TraceError)
         arrival.append(json_float(record, "timestamp", where, TraceError) / 1000.0)  # ms -> s
         prompt.append(tokens)
         output.append(json_int(record, "output_length", where, TraceError))
-        prefixes.append(_hash_ids(record, tokens, where))
-    return TraceRows(_floats(arrival), _ints(prompt), _ints(output), prefixes, MOONCAKE_BLOCK_TOKENS)
+        content.append(mooncake_content(_hash_ids(record, tokens, where), tokens))
+    return TraceRows(_floats(arrival), _ints(prompt), _ints(output), content)
+
+
+def mooncake_content(hash_ids: tuple[int, ...], input_tokens: int) -> tuple[tuple[int, int], ...]:
+    """Mooncake hash ids as content pieces: block i covers tokens [512 i, 512 (i + 1)) of the prompt, the last
+    block only what is left of it."""
+    return tuple((block_id, min(MOONCAKE_BLOCK_TOKENS, input_tokens - i * MOONCAKE_BLOCK_TOKENS))
+                 for i, block_id in enumerate(hash_ids))
 
 
 def _hash_ids(record: dict, input_tokens: int, where: str) -> tuple[int, ...]:
@@ -118,6 +128,29 @@ def _read_plain_json(path: Path) -> TraceRows:
     return TraceRows(_floats(arrival), _ints(prompt), _ints(output))
 
 
+def read_tokens(path: Path) -> TraceRows:
+    """JSON lines with prompt token ids: input_tok_ids, output_toks, arrival_time_ns (optional input_toks)."""
+    arrival, prompt, output, content = [], [], [], []
+    for where, record in _json_records(path):
+        ids = record.get("input_tok_ids")
+        if not isinstance(ids, list) or not ids or not all(isinstance(i, int) and not isinstance(i, bool)
+                                                           for i in ids):
+            raise TraceError(f"{where}: input_tok_ids must be a non-empty list of integer token ids")
+        tokens = json_int(record, "input_toks", where, TraceError) if "input_toks" in record else len(ids)
+        if tokens != len(ids):
+            raise TraceError(f"{where}: input_toks {tokens} but {len(ids)} input_tok_ids")
+        arrival.append(json_float(record, "arrival_time_ns", where, TraceError) / 1e9)  # ns -> s
+        prompt.append(tokens)
+        output.append(json_int(record, "output_toks", where, TraceError))
+        content.append(token_content(ids))
+    return TraceRows(_floats(arrival), _ints(prompt), _ints(output), content)
+
+
+def token_content(token_ids: list[int]) -> tuple[tuple[int, int], ...]:
+    """A prompt's token ids as content pieces, one token each: prompts share KV blocks as far as their ids agree."""
+    return tuple((token, 1) for token in token_ids)
+
+
 def read_auto(path: Path) -> TraceRows:
     """Pick the reader from the first non-blank line: a CSV header or a JSON object (or `[` for a JSON array)."""
     first = _first_line(path)
@@ -130,6 +163,8 @@ def read_auto(path: Path) -> TraceRows:
             keys = set()
         if set(MOONCAKE_FIELDS) <= keys:
             return read_mooncake(path)
+        if set(TOKENS_FIELDS) <= keys:
+            return read_tokens(path)
         if set(PLAIN_COLUMNS) <= keys:
             return _read_plain_json(path)
     else:
@@ -141,7 +176,7 @@ def read_auto(path: Path) -> TraceRows:
     raise TraceError(
         f"{path.name}: cannot detect the trace format from its first line {first[:60]!r}; expected a CSV header with "
         f"{','.join(AZURE_COLUMNS)} (azure) or {','.join(PLAIN_COLUMNS)} (plain), or JSON objects with "
-        f"{','.join(MOONCAKE_FIELDS)} (mooncake) or {','.join(PLAIN_COLUMNS)} (plain)"
+        f"{','.join(MOONCAKE_FIELDS)} (mooncake), {','.join(TOKENS_FIELDS)} (tokens) or {','.join(PLAIN_COLUMNS)} (plain)"
     )
 
 
@@ -151,6 +186,7 @@ TRACE_READERS: dict[str, Callable[[Path], TraceRows]] = {
     "azure": read_azure,
     "mooncake": read_mooncake,
     "plain": read_plain,
+    "tokens": read_tokens,
 }
 TRACE_FORMATS: tuple[str, ...] = tuple(TRACE_READERS)
 
@@ -191,13 +227,8 @@ def read_trace(
     if max_duration_s is not None:
         keep = min(keep, int(np.searchsorted(arrival_s, max_duration_s, side="right")))
     order = order[:keep]
-    prefix_ids = prefix_tokens = None
-    if rows.prefix_block_ids is not None:
-        prefix_ids = [rows.prefix_block_ids[i] for i in order.tolist()]
-        prefix_tokens = [rows.prefix_block_tokens if ids else 0 for ids in prefix_ids]
-    return build_specs(
-        arrival_s[:keep], rows.prompt_tokens[order], rows.output_tokens[order], prefix_ids, prefix_tokens
-    )
+    content = None if rows.content is None else [rows.content[i] for i in order.tolist()]
+    return build_specs(arrival_s[:keep], rows.prompt_tokens[order], rows.output_tokens[order], content)
 
 
 def _check_options(rate_scale: float, max_requests: int | None, max_duration_s: float | None) -> None:

@@ -48,7 +48,7 @@ class BatchingPolicy(ABC):
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.kv_used_tokens = 0          # K/V actually stored: computed tokens of requests holding GPU KV
-        self.workload_ended = False      # set by the engine once every request has arrived
+        self.workload_ended = False      # set by the engine while no request can arrive before one finishes
         self.num_preemptions = {"recompute": 0, "swap": 0}
         self.fast_path = False           # decode runs: see enable_fast_path
         self._next_seat = 0

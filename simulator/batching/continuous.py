@@ -79,14 +79,14 @@ class ContinuousBatching(BatchingPolicy):
         admitted = False
         while self.waiting and not self.swapped and len(self.running) < self.params.max_num_seqs and budget > 0:
             req = self.waiting[0]
-            n = req.num_uncomputed_tokens
-            if n > budget and not self.params.chunked_prefill:
-                break                                       # a whole prompt must fit the step's budget
-            n = min(n, budget)
-            if not self.kv.can_allocate(req, req.num_computed_tokens + n, admission=True):
+            grant = self._admission(req, budget)
+            if grant is None:
                 break
+            hit, n = grant
             self.waiting.popleft()
-            self.kv.allocate(req, req.num_computed_tokens + n)
+            self.kv.allocate(req, req.num_computed_tokens + hit + n, cached_tokens=hit)
+            if hit:
+                self._take_hit(req, hit)
             req.status = RequestStatus.RUNNING
             self._add_running(req)
             batch.requests.append(req)
@@ -94,6 +94,28 @@ class ContinuousBatching(BatchingPolicy):
             budget -= n
             admitted = True
         return admitted
+
+    def _admission(self, req: Request, budget: int) -> tuple[int, int] | None:
+        """(prefix-cache hit, new tokens) with which the waiting request `req` would be admitted within `budget`
+        tokens now, or None if it cannot be (the whole uncached prompt must fit without chunked prefill)."""
+        hit = self.kv.prefix_hit(req) if self.kv.prefix_caching and not req.num_computed_tokens else 0
+        n = req.num_uncomputed_tokens - hit
+        if n > budget and not self.params.chunked_prefill:
+            return None
+        n = min(n, budget)
+        if not self.kv.can_allocate(req, req.num_computed_tokens + hit + n, admission=True, cached_tokens=hit):
+            return None
+        return hit, n
+
+    def _take_hit(self, req: Request, hit: int) -> None:
+        """`req` starts from `hit` cached tokens: counted as served from the cache on its first admission, as
+        work saved from its recompute after a preemption."""
+        req.num_computed_tokens += hit
+        self.kv_used_tokens += hit
+        if req.num_preemptions:
+            req.recomputed_tokens -= hit
+        else:
+            req.num_cached_tokens = hit
 
     def _preempt(self, victim: Request, batch: Batch) -> None:
         self.running.remove(victim)
@@ -154,7 +176,8 @@ class ContinuousBatching(BatchingPolicy):
         if not steps or (self.params.chunked_prefill and self._next_step_admits()):
             return None                            # the next step preempts or admits: step by step
         return DecodeRun(num_decode=n, live=n, context_tokens=self.kv_used_tokens + n, max_steps=steps,
-                         used_tokens=self.kv_used_tokens, num_running=n, num_waiting=len(self.waiting))
+                         used_tokens=self.kv_used_tokens - self.kv.shared_tokens, num_running=n,
+                         num_waiting=len(self.waiting))
 
     def _next_step_admits(self) -> bool:
         """Would the next step swap in or admit a request? (If not now, then not during a run either: a run
@@ -169,16 +192,13 @@ class ContinuousBatching(BatchingPolicy):
             return False
         head = self.waiting[0]
         if not p.chunked_prefill:              # admission comes before the running requests' tokens
-            n = head.num_uncomputed_tokens
-            return n <= p.max_num_batched_tokens and kv.can_allocate(head, head.num_computed_tokens + n,
-                                                                     admission=True)
+            return self._admission(head, p.max_num_batched_tokens) is not None
         budget = p.max_num_batched_tokens - len(self.running)
         if budget <= 0:
             return False
         first = self.lazy.first_step_blocks()  # admission comes after the decodes took their blocks
         kv.reserve(first)
-        fits = kv.can_allocate(head, head.num_computed_tokens + min(head.num_uncomputed_tokens, budget),
-                               admission=True)
+        fits = self._admission(head, budget) is not None
         kv.reserve(-first)
         return fits
 

@@ -19,6 +19,7 @@ class KVUsage(NamedTuple):
     capacity_tokens: int            # C: every slot the cache has
     free_tokens: int
     largest_free_hole_tokens: int   # the largest contiguous free run (equals free_tokens when any slot serves)
+    cached_tokens: int = 0          # slots of blocks in the prefix cache (held or free); 0 without prefix caching
 
 
 class KVCacheManager(ABC):
@@ -44,12 +45,15 @@ class KVCacheManager(ABC):
         self.watermark = watermark
 
     @abstractmethod
-    def can_allocate(self, req: Request, num_tokens: int, *, admission: bool = False) -> bool:
-        """Could `req` hold `num_tokens` KV tokens in total? `admission` also keeps the watermark free."""
+    def can_allocate(self, req: Request, num_tokens: int, *, admission: bool = False, cached_tokens: int = 0) -> bool:
+        """Could `req` hold `num_tokens` KV tokens in total? `admission` also keeps the watermark free;
+        `cached_tokens` (a request holding nothing) are its first tokens taken from the prefix cache, as
+        `prefix_hit` gave them."""
 
     @abstractmethod
-    def allocate(self, req: Request, num_tokens: int) -> None:
-        """Grow `req`'s allocation to hold `num_tokens` tokens. Call only after `can_allocate` said yes."""
+    def allocate(self, req: Request, num_tokens: int, *, cached_tokens: int = 0) -> None:
+        """Grow `req`'s allocation to hold `num_tokens` tokens, the first `cached_tokens` from the prefix cache.
+        Call only after `can_allocate` said yes with the same arguments."""
 
     @abstractmethod
     def free(self, req: Request) -> None:
@@ -70,6 +74,15 @@ class KVCacheManager(ABC):
     @abstractmethod
     def num_holders(self) -> int:
         """How many requests hold KV now."""
+
+    # ---- prefix caching (simulator/kv_cache/prefix.py); managers without it share nothing ----
+    prefix_caching = False
+    shared_tokens = 0                 # tokens stored once but held by several requests (counted once as used)
+    num_evictions = 0                 # cached blocks whose memory was taken for other tokens
+
+    def prefix_hit(self, req: Request) -> int:
+        """Leading tokens of `req` (holding nothing) already in the cache, to allocate with `cached_tokens`."""
+        return 0
 
     # ---- bulk growth, for the decode-run fast path (simulator/batching/lazy.py) ----
     # A run of decode steps grows every running request by one token per step. Managers whose running requests

@@ -33,7 +33,8 @@ class ContiguousKVCache(KVCacheManager):
                 return i
         return None
 
-    def can_allocate(self, req: Request, num_tokens: int, *, admission: bool = False) -> bool:
+    def can_allocate(self, req: Request, num_tokens: int, *, admission: bool = False, cached_tokens: int = 0) -> bool:
+        assert not cached_tokens, f"{type(self).__name__} shares no prefixes"
         slab = self.slabs.get(req.request_id)
         if slab is not None:
             return num_tokens <= slab[1]
@@ -44,7 +45,8 @@ class ContiguousKVCache(KVCacheManager):
             return False
         return self._first_fit(length) is not None
 
-    def allocate(self, req: Request, num_tokens: int) -> None:
+    def allocate(self, req: Request, num_tokens: int, *, cached_tokens: int = 0) -> None:
+        assert not cached_tokens, f"{type(self).__name__} shares no prefixes"
         if req.request_id in self.slabs:
             assert num_tokens <= self.slabs[req.request_id][1], f"{req} outgrew its slab"
             return

@@ -68,11 +68,13 @@ class PagedKVCache(KVCacheManager):
     def free_growth_blocks(self) -> int:
         return len(self.free_blocks) - self.reserved_blocks
 
-    def can_allocate(self, req: Request, num_tokens: int, *, admission: bool = False) -> bool:
+    def can_allocate(self, req: Request, num_tokens: int, *, admission: bool = False, cached_tokens: int = 0) -> bool:
+        assert not cached_tokens, f"{type(self).__name__} shares no prefixes"
         reserve = self.watermark_blocks if admission else 0
         return self._blocks_needed(req, num_tokens) <= len(self.free_blocks) - self.reserved_blocks - reserve
 
-    def allocate(self, req: Request, num_tokens: int) -> None:
+    def allocate(self, req: Request, num_tokens: int, *, cached_tokens: int = 0) -> None:
+        assert not cached_tokens, f"{type(self).__name__} shares no prefixes"
         need = self._blocks_needed(req, num_tokens)
         assert need <= len(self.free_blocks) - self.reserved_blocks, f"allocate without can_allocate: {req}"
         self._take(req, need)

@@ -108,9 +108,12 @@ SCENARIO_OPTIONS: tuple[ScenarioOption, ...] = (
                           "bwb, empirical:FILE.csv[:column]. [default: sharegpt]", WL),
     _o("output_len", str, "Output tokens, same forms as --prompt-len. [default: sharegpt]", WL),
     _o("trace", str, "Replay a trace file instead of synthetic arrivals.", WL),
-    _o("trace_format", str, "Trace format: auto, azure, mooncake, plain. [default: auto]", WL),
+    _o("trace_format", str, "Trace format: auto, azure, mooncake, plain, tokens. [default: auto]", WL),
     _o("rate_scale", float, "Multiply a trace's arrival rate by this factor. [default: 1]", WL),
     _o("seed", int, "Seed of every random draw. [default: 0]", WL),
+    _o("max_concurrency", int, "At most this many requests in flight: one due while that many are running "
+                               "arrives when one finishes (vllm bench serve's --max-concurrency). [default: no limit]",
+       WL),
     _o("batching", str, f"Batching policy: {', '.join(BATCHING_POLICIES)}. [default: continuous]", SV),
     _o("max_model_len", int, "Longest prompt + output accepted, tokens. [default: the model's context, at most 8192]", SV),
     _o("max_num_seqs", int, "Continuous: running requests at most. [default: 256]", SV),
@@ -126,6 +129,9 @@ SCENARIO_OPTIONS: tuple[ScenarioOption, ...] = (
     _o("swap_space_gb", float, "Host memory for swapped KV, GB. [default: 4]", SV, "--swap-space"),
     _o("kv", str, f"KV-cache manager: {', '.join(KV_CACHE_MANAGERS)}. [default: paged]", KV),
     _o("block_size", int, "Paged: tokens per KV block. [default: 16]", KV),
+    _o("prefix_caching", bool, "Paged + continuous: reuse cached KV blocks of shared prompt prefixes (vLLM V1's "
+                               "automatic prefix caching; hits need a workload that describes its content, such "
+                               "as Mooncake hash_ids or token ids): on or off. [default: off]", KV),
     _o("kv_reservation", str, "Contiguous: reserve max-model-len or request (prompt + output) per request. "
                               "[default: max-model-len]", KV),
     _o("gpu_memory_utilization", float, "Share of GPU memory servesim may use. [default: 0.9]", KV),

@@ -26,6 +26,7 @@ import pandas as pd
 
 from workloads._build import build_specs
 from workloads.spec import RequestSpec
+from workloads.traces import token_content
 
 RUN_FILES = ("meta.json", "workload.jsonl", "requests.jsonl")
 BENCH_KEYS = ("input_lens", "output_lens", "ttfts", "itls", "start_times")
@@ -86,7 +87,7 @@ def load_run_folder(folder: Path) -> RealRun:
     engine = _read_engine_log(folder / "requests.jsonl")
     frame = _join_run(folder, sent, engine)
     specs = build_specs(frame.arrival_s.to_numpy(), frame.prompt_tokens.to_numpy(), frame.output_tokens.to_numpy(),
-                        *_prefix_columns(sent, frame, block_tokens=_block_size(meta)))
+                        _content(sent))
     timeline = read_timeline(folder / "timeseries.csv") if (folder / "timeseries.csv").is_file() else None
     settings, hints, notes = settings_from_meta(meta, folder / "meta.json")
     return RealRun(name=folder.name, kind="run folder", specs=specs, requests=frame, itl_s=None,
@@ -165,23 +166,10 @@ def with_latencies(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def _prefix_columns(sent: SentRequests, frame: pd.DataFrame, block_tokens: int):
-    """Prefix block ids from the prompts' token ids (a chained hash per full block, as vLLM's prefix cache keys
-    blocks), or none when the file has no ids."""
-    if sent.prompt_ids is None:
-        return None, None
-    ids = [prefix_block_ids(tokens, block_tokens) for tokens in sent.prompt_ids]
-    return ids, [block_tokens if chain else 0 for chain in ids]
-
-
-def prefix_block_ids(tokens: list[int], block_tokens: int) -> tuple[int, ...]:
-    """One id per full block of `block_tokens` tokens, each hashing its parent's id and its own tokens, so two
-    prompts share leading ids exactly as far as they share whole leading blocks."""
-    out, parent = [], 0
-    for start in range(0, len(tokens) - block_tokens + 1, block_tokens):
-        parent = hash((parent, tuple(tokens[start:start + block_tokens])))
-        out.append(parent)
-    return tuple(out)
+def _content(sent: SentRequests):
+    """The prompts' token ids as content pieces (prefix caching hits are computed from them), or none when the
+    file has no ids."""
+    return None if sent.prompt_ids is None else [token_content(tokens) for tokens in sent.prompt_ids]
 
 
 def read_timeline(path: Path) -> pd.DataFrame:
@@ -236,11 +224,6 @@ def settings_from_meta(meta: dict, path: Path) -> tuple[dict[str, Any], dict[str
     if (first(parallel.get("data_parallel_size"), kwargs.get("data_parallel_size")) or 1) > 1:
         notes.append("the real engine ran data parallel replicas; servesim simulates one")
     return settings, hints, tuple(notes)
-
-
-def _block_size(meta: dict) -> int:
-    size = (meta.get("kv_cache") or {}).get("block_size") or 16
-    return int(size) if isinstance(size, int) and size > 0 else 16
 
 
 def _section(data: dict, key: str, path: Path) -> dict:

@@ -1,0 +1,70 @@
+"""When requests reach the server: open-loop arrivals at their times, closed-loop ones after a finish.
+
+A request with `spec.after` >= 0 is the next turn of a conversation (or an agent's next call): it arrives
+`think_s` seconds after request `after` finishes (or is rejected), and not before its own `arrival_s`. With
+`max_concurrency` N, at most N requests are in flight (arrived and not finished), as `vllm bench serve
+--max-concurrency` limits its clients: a request due while N are in flight arrives when one of them finishes.
+Plain Python (the engine drives it), so it is testable without SimPy.
+"""
+from __future__ import annotations
+
+import heapq
+from collections import defaultdict
+from typing import Iterator
+
+from workloads.spec import RequestSpec
+
+INF = float("inf")
+
+
+class ArrivalQueue:
+    """The requests that have not arrived yet; see the module docstring."""
+
+    def __init__(self, specs: list[RequestSpec], max_concurrency: int | None = None) -> None:
+        ids = {s.request_id for s in specs}
+        self.heap: list[tuple[float, int, RequestSpec]] = []
+        self.children: dict[int, list[RequestSpec]] = defaultdict(list)
+        for s in specs:
+            if s.after < 0:
+                self.heap.append((s.arrival_s, s.request_id, s))
+            elif s.after not in ids or s.after >= s.request_id:
+                raise ValueError(f"request {s.request_id} follows request {s.after}, which is not an earlier "
+                                 "request of the workload")
+            else:
+                self.children[s.after].append(s)
+        heapq.heapify(self.heap)
+        self.cap = max_concurrency
+        self.in_flight = 0
+        self.open_s = 0.0                  # when the last slot opened after all were taken
+
+    @property
+    def gated(self) -> bool:
+        return self.cap is not None and self.in_flight >= self.cap
+
+    def next_s(self) -> float:
+        """When the next request arrives, if no request finishes first (INF: none can)."""
+        if not self.heap or self.gated:
+            return INF
+        return max(self.heap[0][0], self.open_s)
+
+    @property
+    def ended(self) -> bool:
+        """No request can arrive before one in flight finishes."""
+        return not self.heap or self.gated
+
+    def pop_until(self, until_s: float) -> Iterator[tuple[RequestSpec, float]]:
+        """(spec, arrival time) of every request that arrives by `until_s`, in arrival order; requests released
+        meanwhile (by `finished`) are included."""
+        heap = self.heap
+        while heap and not self.gated and max(heap[0][0], self.open_s) <= until_s:
+            arrival_s, _, spec = heapq.heappop(heap)
+            self.in_flight += 1
+            yield spec, max(arrival_s, self.open_s)
+
+    def finished(self, request_id: int, time_s: float) -> None:
+        """Request `request_id` finished (or was rejected) at `time_s`: release its slot and its next turns."""
+        if self.gated:
+            self.open_s = time_s
+        self.in_flight -= 1
+        for spec in self.children.pop(request_id, ()):
+            heapq.heappush(self.heap, (max(spec.arrival_s, time_s + spec.think_s), spec.request_id, spec))

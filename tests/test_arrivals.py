@@ -1,0 +1,58 @@
+"""Closed-loop arrivals (simulator/arrivals.py): conversation turns after a finish, and --max-concurrency.
+
+Hand-checked on the conftest's cost model: 10 ms a step + 0.1 ms a prefill token.
+"""
+from __future__ import annotations
+
+import pytest
+
+from conftest import make_engine
+from workloads.spec import RequestSpec
+
+
+def rounded(series):
+    return [round(x, 6) for x in series]
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_max_concurrency_one_serves_requests_one_after_another(fast_path):
+    # Three 100-token prompts with 2 outputs each, all due at 0: prefill 0.020, decode 0.030 (done). With one
+    # client slot, B arrives when A finishes (0.030): 0.050, 0.060; C at 0.060: 0.080, 0.090.
+    specs = [RequestSpec(i, 0.0, 100, 2) for i in range(3)]
+    res = make_engine(specs, max_concurrency=1, fast_path=fast_path).run()
+    df = res.requests
+    assert rounded(df.arrival_s) == [0.0, 0.03, 0.06]
+    assert rounded(df.finish_s) == [0.03, 0.06, 0.09]
+    assert rounded(df.ttft_s) == [0.02, 0.02, 0.02]                 # measured from when the client sent it
+    assert res.kv.num_running.max() == 1
+
+
+def test_max_concurrency_keeps_a_later_arrival_time():
+    # Two slots: C is due at 1.0 s, long after A and B finished, so it arrives at its own time.
+    specs = [RequestSpec(0, 0.0, 100, 2), RequestSpec(1, 0.0, 100, 2), RequestSpec(2, 1.0, 100, 2)]
+    res = make_engine(specs, max_concurrency=2).run()
+    assert rounded(res.requests.arrival_s) == [0.0, 0.0, 1.0]
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_next_turn_arrives_think_time_after_the_previous_finishes(fast_path):
+    # A finishes at 0.030; its next turn B arrives 0.5 s later, at 0.530: prefill 200 -> 0.560, decode -> 0.570.
+    specs = [RequestSpec(0, 0.0, 100, 2), RequestSpec(1, 0.0, 200, 2, after=0, think_s=0.5)]
+    res = make_engine(specs, fast_path=fast_path).run()
+    df = res.requests
+    assert rounded(df.arrival_s) == [0.0, 0.53]
+    assert rounded(df.finish_s) == [0.03, 0.57]
+
+
+def test_a_rejected_turn_still_releases_the_next_one():
+    specs = [RequestSpec(0, 0.0, 5000, 2), RequestSpec(1, 0.0, 100, 2, after=0, think_s=0.25)]
+    res = make_engine(specs, max_model_len=4096).run()
+    df = res.requests
+    assert list(df.status) == ["rejected", "finished"]
+    assert rounded(df.arrival_s) == [0.0, 0.25]
+
+
+def test_a_turn_must_follow_an_earlier_request():
+    specs = [RequestSpec(0, 0.0, 100, 2, after=1), RequestSpec(1, 0.0, 100, 2)]
+    with pytest.raises(ValueError, match="^request 0 follows request 1, which is not an earlier request"):
+        make_engine(specs).run()
