@@ -47,6 +47,10 @@ class BlockPool:
         """Push ids; the last one pops first."""
         self.returned.extend(ids)
 
+    def append(self, block: int) -> None:
+        """Push one id (it pops next)."""
+        self.returned.append(block)
+
 
 class PagedKVCache(KVCacheManager):
     def __init__(self, capacity_tokens: int, **kwargs) -> None:
