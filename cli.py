@@ -365,6 +365,9 @@ def print_summary(summary: dict, fmt: OutputFormat, title: str) -> None:
     table = Table(title=title, show_header=False)
     for label, fmt_row in SUMMARY_ROWS:
         table.add_row(label, fmt_row(summary))
+    if summary.get("spec_verify_steps"):
+        table.add_row("speculative: accepted drafts per verify step (acceptance rate)",
+                      f"{summary['spec_mean_accepted_tokens']:.2f} ({100 * summary['spec_acceptance_rate']:.1f}%)")
     for reason, count in summary["rejected_reasons"].items():
         table.add_row("rejected: " + reason, str(count))
     Console().print(table)

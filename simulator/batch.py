@@ -38,18 +38,25 @@ class Batch:
         """Reduce the batch to what its cost depends on (hashable, for memoized pricing)."""
         return StepShape(*self.shape_fields())
 
-    def shape_fields(self) -> tuple[tuple[tuple[int, int], ...], int, int, int]:
-        """StepShape's fields (prefill, num_decode, decode_context_tokens, num_sampled) as a plain tuple."""
+    def shape_fields(self) -> tuple[tuple[tuple[int, int], ...], int, int, int, tuple[tuple[int, int], ...]]:
+        """StepShape's fields (prefill, num_decode, decode_context_tokens, num_sampled, verify) as a plain tuple.
+
+        A request with one uncomputed token decodes it, or, scheduled with more (its speculative drafts),
+        verifies them; any other request computes a prompt chunk (or recomputes after preemption)."""
         prefill: list[tuple[int, int]] = []
+        verify: list[tuple[int, int]] = []
         num_decode = len(self.padding_context_tokens)
         decode_context = sum(self.padding_context_tokens) + num_decode
         num_sampled = num_decode
         for req, n in zip(self.requests, self.num_new_tokens):
-            if n == 1 and req.num_uncomputed_tokens == 1:
+            if req.num_uncomputed_tokens != 1:
+                prefill.append((n, req.num_computed_tokens))
+                num_sampled += req.num_computed_tokens + n == req.num_tokens
+            elif n == 1:
                 num_decode += 1
                 decode_context += req.num_computed_tokens + 1
                 num_sampled += 1
             else:
-                prefill.append((n, req.num_computed_tokens))
-                num_sampled += req.num_computed_tokens + n == req.num_tokens
-        return tuple(prefill), num_decode, decode_context, num_sampled
+                verify.append((n, req.num_computed_tokens))
+                num_sampled += n
+        return tuple(prefill), num_decode, decode_context, num_sampled, tuple(verify)

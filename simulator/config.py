@@ -8,6 +8,8 @@ import numbers
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
+from simulator.speculative import DRAFT_METHODS, Speculation, parse_acceptance_profile
+
 
 class ConfigError(ValueError):
     """A bad knob: the message is one line naming the problem and the valid choices; `field` names the knob."""
@@ -74,6 +76,12 @@ class SimConfig:
     preemption: str = "recompute"
     swap_space_gb: float = 4.0
     prefix_caching: bool = False           # share cached prompt blocks between requests (vLLM V1's prefix caching)
+    # speculative decoding (continuous batching): K drafts verified per decode step
+    speculative_tokens: int = 0            # K; 0 turns speculation off
+    draft: str | None = None               # 'ngram' or 'eagle' (a drafter without a model of its own)...
+    draft_model: str | None = None         # ...or a draft model preset, priced on the same GPU
+    acceptance_rate: float | None = None   # each draft accepted with this probability given the earlier ones were
+    acceptance_profile: str | None = None  # or per-position rates 'p1,p2,...,pK' (vLLM's per-position metric)
     # metrics
     slo_ttft_s: float | None = None
     slo_tpot_s: float | None = None
@@ -97,6 +105,7 @@ class SimConfig:
         _check_choice("attention", self.attention, ("flash", "naive"))
         _check_choice("preemption", self.preemption, ("recompute", "swap"))
         _check_choice("kv_reservation", self.kv_reservation, ("max-model-len", "request"))
+        _check_speculation(self)
         if self.num_gpu_blocks is not None and self.kv_capacity_tokens is not None:
             raise ConfigError("give num_gpu_blocks or kv_capacity_tokens, not both")
         if not self.chunked_prefill and self.max_num_batched_tokens is not None and self.max_model_len \
@@ -104,6 +113,15 @@ class SimConfig:
             raise ConfigError(f"max_num_batched_tokens ({self.max_num_batched_tokens}) is smaller than max_model_len "
                               f"({self.max_model_len}): a long prompt could never be scheduled; raise it or "
                               "enable chunked prefill")
+
+    @property
+    def speculation(self) -> Speculation | None:
+        """The acceptance model of speculative decoding, or None when it is off."""
+        if not self.speculative_tokens:
+            return None
+        if self.acceptance_profile is not None:
+            return Speculation(parse_acceptance_profile(self.acceptance_profile), self.seed)
+        return Speculation.from_rate(self.speculative_tokens, self.acceptance_rate, self.seed)
 
     @property
     def token_budget(self) -> int:
@@ -150,7 +168,8 @@ FIELD_RANGES: dict[str, tuple[float, float] | tuple[float, float, str]] = {
     "batch_size": (1, 10**7), "max_batch_size": (1, 10**7), "max_wait_s": (0, 1e9), "block_size": (1, 10**6),
     "gpu_memory_utilization": (0, 1, OPEN), "num_gpu_blocks": (1, 10**15), "kv_capacity_tokens": (1, 10**16),
     "swap_space_gb": (0, 1e9), "slo_ttft_s": (0, 1e9, OPEN), "slo_tpot_s": (0, 1e9, OPEN),
-    "max_request_rows": (1, 10**10), "max_concurrency": (1, 10**7),
+    "max_request_rows": (1, 10**10), "max_concurrency": (1, 10**7), "speculative_tokens": (0, 1024),
+    "acceptance_rate": (0, 1),
 }
 FIELD_KINDS: dict[str, tuple[type, bool]] = {}        # field -> (int/float/str/bool, None allowed), filled below
 
@@ -216,6 +235,38 @@ def _fill_kinds() -> None:
         parts = [p.strip() for p in str(f.type).split("|")]
         kind = {"int": int, "float": float, "str": str, "bool": bool}[parts[0]]
         FIELD_KINDS[f.name] = (kind, "None" in parts or kind is str)   # a name left None: its resolver says so
+
+
+def _check_speculation(cfg: SimConfig) -> None:
+    """Drafter and acceptance values valid wherever given; with K > 0, exactly one drafter and one acceptance model,
+    on continuous batching. With K = 0 they are ignored, so `compare --speculative-tokens 0,4` sweeps K."""
+    k = cfg.speculative_tokens
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        raise ConfigError(f"speculative-tokens must be a non-negative integer, got {k}")
+    if cfg.draft is not None:
+        _check_choice("draft", cfg.draft, DRAFT_METHODS)
+    rate = cfg.acceptance_rate
+    if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate <= 1):
+        raise ConfigError(f"acceptance-rate must lie in [0, 1], got {rate}")
+    rates = None
+    if cfg.acceptance_profile is not None:
+        try:
+            rates = parse_acceptance_profile(cfg.acceptance_profile)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+    if not k:
+        return
+    if (cfg.draft is None) == (cfg.draft_model is None):
+        raise ConfigError("speculative decoding needs one drafter: --draft ngram|eagle or --draft-model NAME "
+                          "(a model preset), not both")
+    if (rate is None) == (rates is None):
+        raise ConfigError("speculative decoding needs one acceptance model: --acceptance-rate A or "
+                          "--acceptance-profile p1,...,pK, not both")
+    if rates is not None and len(rates) != k:
+        raise ConfigError(f"acceptance-profile gives {len(rates)} rates for {k} speculative tokens; give one "
+                          "rate per draft position")
+    if cfg.batching != "continuous":
+        raise ConfigError(f"speculative decoding needs --batching continuous, got '{cfg.batching}'")
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:

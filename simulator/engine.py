@@ -115,6 +115,8 @@ class Engine:
                 "preemptions_swap": self.policy.num_preemptions["swap"], "engine_steps": self.num_steps,
                 "run_steps": self.num_run_steps, "runs": self.num_runs,
                 "prefix_cache_evictions": self.policy.kv.num_evictions}
+        if self.policy.params.speculation is not None:
+            meta["speculative"] = self.policy.spec_stats.as_dict()
         if self.log.sums is not None:
             meta.update(request_rows_path=self.log.path, request_sums=self.log.sums.as_dict())
         result = self.recorder.result(self.parts.config, meta, requests)
@@ -181,8 +183,9 @@ class Engine:
         simulation meanwhile: arrivals are the only outside events. Returns the end time and every step's
         duration, a sequence per run or step (empty if nothing could run)."""
         policy, delays, t = self.policy, [], now
+        runs = policy.fast_path                     # off where the policy declined decode runs (speculation)
         while t < self._next_arrival_s:             # a finish may bring the next arrival forward
-            run = policy.plan_run(t)
+            run = policy.plan_run(t) if runs else None
             if run is not None:
                 t = self._run(run, t, delays)
                 continue
@@ -238,9 +241,9 @@ class Engine:
             cost = cost_model.step_cost(StepShape(*fields))
             if len(self._step_costs) < 1 << 16:
                 self._step_costs[fields] = cost
-        prefill, num_decode, decode_context, _ = fields
-        counts = (batch.batch_size, sum(n for n, _ in prefill), num_decode,
-                  decode_context + sum(c for _, c in prefill))
+        prefill, num_decode, decode_context, _, verify = fields
+        counts = (batch.batch_size, sum(n for n, _ in prefill), num_decode + sum(n for n, _ in verify),
+                  decode_context + sum(c for _, c in prefill) + sum(c + n for n, c in verify))
         swap_s = cost_model.swap_seconds(batch.swap_bytes) if batch.swap_bytes else 0.0
         used = policy.kv_used_tokens + batch.num_batched_tokens - policy.kv.shared_tokens   # shared blocks once
         return (cost, cost.seconds + swap_s, swap_s, counts, (len(policy.running), policy.num_waiting), used,

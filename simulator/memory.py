@@ -42,11 +42,17 @@ def kv_bytes_per_token_per_gpu(model: ModelSpec, kv_dtype: str, tp: int, pp: int
     return full * heads_per_gpu / model.num_kv_heads
 
 
-def plan_memory(cfg: SimConfig, model: ModelSpec, gpu: GPUSpec, activation_bytes: float) -> MemoryPlan:
-    """Place weights and workspace, then give the rest to KV (or take the user's override)."""
+def plan_memory(cfg: SimConfig, model: ModelSpec, gpu: GPUSpec, activation_bytes: float,
+                drafter=None) -> MemoryPlan:
+    """Place weights and workspace, then give the rest to KV (or take the user's override). A speculative
+    decoding drafter with a model (simulator.cost.speculative.Drafter) adds its weights, and its KV to every
+    token's (vLLM allocates the draft's KV cache in the same blocks as the target's)."""
     kv_per_token = kv_bytes_per_token_per_gpu(model, cfg.kv_dtype, cfg.tp, cfg.pp)
     usable = gpu.hbm_bytes * cfg.gpu_memory_utilization
     weights = model.weight_bytes(cfg.dtype) / (cfg.tp * cfg.pp)
+    if drafter is not None and drafter.model is not None:
+        kv_per_token += kv_bytes_per_token_per_gpu(drafter.model, cfg.kv_dtype, drafter.tp)
+        weights += drafter.weight_bytes(cfg.dtype)
     free = usable - weights - activation_bytes
     if cfg.num_gpu_blocks is not None:
         capacity = cfg.num_gpu_blocks * cfg.block_size

@@ -41,13 +41,18 @@ REQUEST_COLUMNS = ("request_id", "arrival_s", "prompt_tokens", "output_tokens", 
 RAW_REQUEST_COLUMNS = ("request_id", "arrival_s", "prompt_tokens", "output_tokens", "status", "reject_reason",
                        "scheduled_s", "first_token_s", "finish_s", "num_preemptions", "recomputed_tokens",
                        "swapped_bytes", "cached_tokens")
+# Speculative decoding (vLLM's spec-decode metrics), in the summary of speculative runs only: verify steps, mean
+# accepted drafts per verify step, acceptance rate (accepted / proposed drafts), mean acceptance length (tokens per
+# verify step: accepted + 1).
+SPEC_KEYS = ("spec_verify_steps", "spec_mean_accepted_tokens", "spec_acceptance_rate",
+             "spec_mean_acceptance_length")
 _LAT = lambda name: tuple(f"{name}_{k}_s" for k in ("mean", "p50", "p90", "p99", "max"))   # noqa: E731
 SUMMARY_KEYS = ("num_requests", "completed", "rejected", "duration_s", "request_throughput",
                 "output_token_throughput", "total_token_throughput", *_LAT("ttft"), *_LAT("tpot"), *_LAT("itl"),
                 *_LAT("e2e"), "goodput", "slo_attainment", "kv_utilization_mean", "internal_fragmentation_mean",
                 "external_fragmentation_mean", "kv_utilization_max", "max_concurrent_requests", "preemptions",
                 "preemptions_recompute", "preemptions_swap", "preemption_rate_per_s", "prefix_cache_hit_rate",
-                "cached_prompt_tokens", "prefix_cache_evictions", "mfu", "mbu", "busy_s", "num_steps",
+                "cached_prompt_tokens", "prefix_cache_evictions", "mfu", "mbu", "busy_s", "num_steps", *SPEC_KEYS,
                 "rejected_reasons")
 # What one row holds, in append order: (name, array typecode). 'bound' is a code into BOUNDS.
 ROW_FIELDS = (("start_s", "d"), ("duration_s", "d"), ("batch_size", "q"), ("num_prefill_tokens", "q"),
@@ -514,7 +519,8 @@ def summarize(res: SimResult) -> dict[str, Any]:
     out["mbu"] = float(sums["bytes"] / (busy * peak_bw)) if busy and peak_bw else 0.0
     out["busy_s"] = busy
     out["num_steps"] = sums["num_steps"]
-    return {key: out[key] for key in SUMMARY_KEYS}
+    out.update({key: value for key, value in (res.meta.get("speculative") or {}).items() if key in SPEC_KEYS})
+    return {key: out[key] for key in SUMMARY_KEYS if key in out}       # spec-decode keys only when it was on
 
 
 def _request_summary(req: pd.DataFrame) -> dict[str, Any]:

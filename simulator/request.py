@@ -27,7 +27,7 @@ class Request:
     __slots__ = ("spec", "request_id", "arrival_s", "prompt_tokens", "output_tokens", "num_computed_tokens",
                  "num_output_tokens", "status", "scheduled_s", "first_token_s", "finish_s", "last_token_s",
                  "num_preemptions", "recomputed_tokens", "swapped_bytes", "reject_reason", "num_cached_tokens",
-                 "seat", "lazy_step", "lazy_id")
+                 "num_verify_steps", "seat", "lazy_step", "lazy_id")
 
     def __init__(self, spec: RequestSpec) -> None:
         self.spec = spec
@@ -47,6 +47,7 @@ class Request:
         self.recomputed_tokens = 0
         self.swapped_bytes = 0.0
         self.reject_reason = ""
+        self.num_verify_steps = 0        # speculative decoding: verify steps so far (indexes its acceptance draws)
         # Bookkeeping of the decode-run fast path (simulator/batching/lazy.py): `seat` orders the running set,
         # and while `lazy_id` >= 0 the counters above lag by the decode steps run since step `lazy_step`.
         self.seat = 0

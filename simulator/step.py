@@ -21,25 +21,40 @@ class StepShape:
         cached_tokens are the tokens already in its KV cache before the step (0 for a fresh prompt).
     num_decode: requests computing exactly one new token from a cached context.
     decode_context_tokens: sum over decode requests of the tokens attended (cached tokens + the new one).
-    num_sampled: sequences whose last position goes through the LM head (decodes, and prefills that complete).
+    num_sampled: positions that go through the LM head: the last position of decodes and of prefills that
+        complete, and every position of a verify chunk.
+    verify: speculative decoding's verify chunks, one (new_tokens, cached_tokens) pair per request checking
+        new_tokens - 1 drafts: priced as a prompt chunk of that many tokens over its context (a small prefill),
+        though a step of decodes and verify chunks alone still replays a CUDA graph, as vLLM V1's uniform-decode
+        graphs of query length K + 1 do.
     """
 
     prefill: tuple[tuple[int, int], ...] = ()
     num_decode: int = 0
     decode_context_tokens: int = 0
     num_sampled: int = 0
+    verify: tuple[tuple[int, int], ...] = ()
 
     @property
     def num_prefill_tokens(self) -> int:
         return sum(new for new, _ in self.prefill)
 
     @property
+    def num_verify_tokens(self) -> int:
+        return sum(new for new, _ in self.verify)
+
+    @property
     def num_tokens(self) -> int:
-        return self.num_prefill_tokens + self.num_decode
+        return self.num_prefill_tokens + self.num_decode + self.num_verify_tokens
 
     @property
     def num_seqs(self) -> int:
-        return len(self.prefill) + self.num_decode
+        return len(self.prefill) + self.num_decode + len(self.verify)
+
+    @property
+    def num_sampling_seqs(self) -> int:
+        """Sequences that sample a token this step (a verify chunk samples all its positions, as one sequence)."""
+        return self.num_sampled - self.num_verify_tokens + len(self.verify)
 
 
 @dataclass(frozen=True, slots=True)

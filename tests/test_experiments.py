@@ -35,9 +35,10 @@ def rows(result: ExperimentResult, **match) -> pd.DataFrame:
 
 
 # ---------------------------------------------------------------- registry, helpers, outputs
-def test_registry_names_the_eight_experiments():
-    assert list(EXPERIMENTS) == ["kv-waste", "paged-throughput", "continuous-vs-static", "chunked-prefill",
-                                 "bound-by-phase", "bandwidth-what-if", "gqa-and-quantization", "cuda-graphs"]
+def test_registry_names_the_experiments():
+    assert list(EXPERIMENTS)[:9] == ["kv-waste", "paged-throughput", "continuous-vs-static", "chunked-prefill",
+                                     "bound-by-phase", "bandwidth-what-if", "gqa-and-quantization", "cuda-graphs",
+                                     "speculative-decoding"]
     for name, exp in EXPERIMENTS.items():
         assert exp.name == name and exp.source and exp.claim and exp.setup
 
@@ -173,6 +174,17 @@ def test_cuda_graphs_never_slower_and_gain_shrinks_with_batch():
     assert np.all(steps.graph_s <= steps.eager_s)
     assert steps.speedup[1] >= steps.speedup[256]
     assert steps.speedup[1] > 1.0                     # launches dominate a batch-1 eager step
+
+
+def test_speculative_decoding_speedup_falls_with_batch_and_crosses_one():
+    result = quick("speculative-decoding")
+    assert result.held, [c for c in result.claims if not c.held]
+    for series, rows_ in result.data.groupby("series"):
+        speedup = rows_.set_index("batch").speedup
+        assert speedup.iloc[0] > 1.3 and speedup.iloc[-1] < speedup.iloc[0], series
+        assert (rows_.preemptions == 0).all()                  # every batch fits: the batch is what is measured
+    draft = rows(result, series="draft model, Llama-3-70B, 4 x H100").set_index("batch").speedup
+    assert draft.iloc[-1] < 1.0                               # the crossover: a slowdown at the largest batch
 
 
 def test_every_quick_result_is_complete():

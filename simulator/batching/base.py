@@ -14,6 +14,7 @@ from simulator.batch import Batch
 from simulator.batching.lazy import DecodeRun, RunOutcome
 from simulator.kv_cache.base import KVCacheManager
 from simulator.request import Request, RequestStatus
+from simulator.speculative import Speculation, SpecStats
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,7 @@ class PolicyParams:
     batch_size: int = 8                   # static: requests per batch
     max_batch_size: int = 8               # dynamic: close a batch at this many waiting requests...
     max_wait_s: float = 0.1               # ...or once the oldest has waited this long
+    speculation: Speculation | None = None  # continuous: speculative decoding's drafts and acceptance model
 
 
 @dataclass
@@ -51,11 +53,14 @@ class BatchingPolicy(ABC):
         self.workload_ended = False      # set by the engine while no request can arrive before one finishes
         self.num_preemptions = {"recompute": 0, "swap": 0}
         self.fast_path = False           # decode runs: see enable_fast_path
+        self.spec_stats = SpecStats()    # speculative decoding: verify steps, drafts proposed and accepted
         self._next_seat = 0
 
     def enable_fast_path(self) -> None:
-        """Let the engine advance runs of identical decode steps at once (plan_run / commit_run)."""
-        self.fast_path = True
+        """Let the engine advance runs of identical decode steps at once (plan_run / commit_run). Not with
+        speculative decoding: verify steps differ from one another (each draws its own acceptances), so
+        `fast_path` stays off and subclasses must plan no runs."""
+        self.fast_path = self.params.speculation is None
 
     def plan_run(self, now: float) -> DecodeRun | None:
         """The run of decode steps that schedule() would give from now on, step after step, if nothing arrives;
@@ -91,7 +96,12 @@ class BatchingPolicy(ABC):
         return len(self.waiting)
 
     def commit(self, batch: Batch, start_s: float, end_s: float) -> StepOutcome:
-        """Advance every scheduled request by its new tokens; sample, stamp and finish."""
+        """Advance every scheduled request by its new tokens; sample, stamp and finish.
+
+        A request that computed past its known tokens verified that many drafts: it keeps the accepted ones plus
+        one sampled token and rolls its computed tokens back by the rejected ones (vLLM V1's
+        Scheduler.update_from_output). Its tokens arrive together, as one streamed chunk: one inter-token gap.
+        """
         out = StepOutcome([], [])
         for req, n in zip(batch.requests, batch.num_new_tokens):
             if req.scheduled_s is None:
@@ -100,18 +110,32 @@ class BatchingPolicy(ABC):
             self.kv_used_tokens += n
             if req.num_computed_tokens < req.num_tokens:
                 continue                                    # a prefill chunk: no token sampled yet
+            new_tokens = 1
+            drafts = req.num_computed_tokens - req.num_tokens
+            if drafts:
+                new_tokens += self._verify(req, drafts)
             if req.last_token_s is None:
                 req.first_token_s = end_s
             else:
                 out.itl_gaps.append(end_s - req.last_token_s)
             req.last_token_s = end_s
-            req.num_output_tokens += 1
+            req.num_output_tokens += new_tokens
             if req.num_output_tokens == req.output_tokens:
                 req.status = RequestStatus.FINISHED
                 req.finish_s = end_s
                 out.finished.append(req)
                 self._on_finish(req)
         return out
+
+    def _verify(self, req: Request, drafts: int) -> int:
+        """Draw how many of `drafts` verified drafts are accepted; drop the KV of the rejected ones."""
+        accepted = self.params.speculation.accepted(req.request_id, req.num_verify_steps, drafts)
+        req.num_verify_steps += 1
+        self.spec_stats.add(drafts, accepted)
+        rejected = drafts - accepted
+        req.num_computed_tokens -= rejected
+        self.kv_used_tokens -= rejected
+        return accepted
 
     def _on_finish(self, req: Request) -> None:
         """Release a finished request at once (iteration-level policies)."""

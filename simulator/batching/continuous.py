@@ -25,7 +25,8 @@ class ContinuousBatching(BatchingPolicy):
 
     def enable_fast_path(self) -> None:
         super().enable_fast_path()
-        self.lazy = LazyDecoders(self.kv)
+        if self.fast_path:
+            self.lazy = LazyDecoders(self.kv)
 
     def has_work(self) -> bool:
         return bool(self.waiting or self.running or self.swapped)
@@ -56,7 +57,7 @@ class ContinuousBatching(BatchingPolicy):
                 break
             if req.status != RequestStatus.RUNNING:
                 continue                                    # preempted earlier in this loop
-            n = min(req.num_uncomputed_tokens, budget)
+            n = min(self._next_tokens(req), budget)
             if not self._make_room(req, req.num_computed_tokens + n, batch):
                 continue
             self.kv.allocate(req, req.num_computed_tokens + n)
@@ -64,6 +65,16 @@ class ContinuousBatching(BatchingPolicy):
             batch.num_new_tokens.append(n)
             budget -= n
         return budget
+
+    def _next_tokens(self, req: Request) -> int:
+        """Tokens a running request computes next: what it has not computed yet, plus, when it decodes under
+        speculative decoding, the drafts proposed after its last step (vLLM V1: num_tokens_with_spec -
+        num_computed_tokens)."""
+        n = req.num_uncomputed_tokens
+        spec = self.params.speculation
+        if spec is not None and n == 1 and req.num_output_tokens:
+            n += spec.num_drafts(req.output_tokens - req.num_output_tokens)
+        return n
 
     def _make_room(self, req: Request, num_tokens: int, batch: Batch) -> bool:
         """Preempt the most recently admitted running requests until `req` fits; False if `req` itself went."""
@@ -168,7 +179,7 @@ class ContinuousBatching(BatchingPolicy):
 
     def plan_run(self, now: float) -> DecodeRun | None:
         lazy, n = self.lazy, len(self.running)
-        if not n or lazy.num_tracked != n or n > self.params.max_num_batched_tokens:
+        if lazy is None or not n or lazy.num_tracked != n or n > self.params.max_num_batched_tokens:
             return None
         if not self.params.chunked_prefill and (self.waiting or self.swapped) and self._next_step_admits():
             return None                            # the next step admits: step by step

@@ -37,8 +37,8 @@ def decode_work(d: Dims, num_seqs: int) -> DecodeWork:
 def attention_ops(d: Dims, r: Rates, kind: str, shape: StepShape) -> list[Op]:
     """Attention of all layers: one prefill kernel (three when naive) for the prompt chunks, one decode kernel."""
     ops = []
-    if shape.prefill:
-        ops += prefill_attention(d, r, kind, shape.prefill)
+    if shape.prefill or shape.verify:                 # verify chunks attend as small prompt chunks do
+        ops += prefill_attention(d, r, kind, shape.prefill + shape.verify)
     if shape.num_decode:
         ops.append(decode_attention(d, r, shape.num_decode, shape.decode_context_tokens))
     return [scale(op, d.layers) for op in ops]

@@ -12,7 +12,8 @@ import dataclasses
 import time
 
 from simulator.experiments import (bandwidth_what_if, bound_by_phase, chunked_prefill, continuous_vs_static,
-                                   cuda_graphs, gqa_and_quantization, kv_waste, paged_throughput)
+                                   cuda_graphs, gqa_and_quantization, kv_waste, paged_throughput,
+                                   speculative_decoding)
 from simulator.experiments.base import Claim, Experiment, ExperimentError, ExperimentResult, write_outputs
 from simulator.experiments.render import print_listing, print_result
 
@@ -25,6 +26,7 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
     bandwidth_what_if.EXPERIMENT,
     gqa_and_quantization.EXPERIMENT,
     cuda_graphs.EXPERIMENT,
+    speculative_decoding.EXPERIMENT,
 )}
 
 

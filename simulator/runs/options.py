@@ -12,6 +12,7 @@ from typing import Any, Callable
 from simulator.batching import BATCHING_POLICIES
 from simulator.config import short
 from simulator.kv_cache import KV_CACHE_MANAGERS
+from simulator.speculative import DRAFT_METHODS
 
 
 def parse_bool(text: str) -> bool:
@@ -86,6 +87,7 @@ def _o(field: str, kind: type, help: str, panel: str, flag: str | None = None) -
 
 
 HW, WL, SV, KV, MT = "Hardware and model", "Workload", "Serving", "KV cache", "Metrics"
+SP = "Speculative decoding"
 SCENARIO_OPTIONS: tuple[ScenarioOption, ...] = (
     _o("gpu", str, "GPU from the catalog (see `servesim gpus`). [default: h100-sxm]", HW),
     _o("gpu_file", str, "A GPU described in a TOML/YAML file (overrides --gpu).", HW),
@@ -127,6 +129,16 @@ SCENARIO_OPTIONS: tuple[ScenarioOption, ...] = (
        "--max-wait"),
     _o("preemption", str, "When KV runs out: recompute or swap. [default: recompute]", SV),
     _o("swap_space_gb", float, "Host memory for swapped KV, GB. [default: 4]", SV, "--swap-space"),
+    _o("speculative_tokens", int, "Draft tokens verified per decode step (K); each verify step computes K + 1 "
+                                  "tokens a request. [default: 0, off]", SP),
+    _o("draft", str, f"Drafter without a model: {', '.join(DRAFT_METHODS)} (ngram is free; eagle is one extra "
+                     "decoder layer and the LM head per draft token).", SP),
+    _o("draft_model", str, "Or a draft model preset (see `servesim models`), run K times per step on the same "
+                           "GPU.", SP),
+    _o("acceptance_rate", float, "Each draft accepted with this probability given the earlier ones were "
+                                 "(position i: rate^i).", SP),
+    _o("acceptance_profile", str, "Or per-position acceptance rates p1,...,pK, non-increasing (e.g. "
+                                  "0.8,0.6,0.4).", SP),
     _o("kv", str, f"KV-cache manager: {', '.join(KV_CACHE_MANAGERS)}. [default: paged]", KV),
     _o("block_size", int, "Paged: tokens per KV block. [default: 16]", KV),
     _o("prefix_caching", bool, "Paged + continuous: reuse cached KV blocks of shared prompt prefixes (vLLM V1's "
