@@ -168,8 +168,7 @@ FIELD_RANGES: dict[str, tuple[float, float] | tuple[float, float, str]] = {
     "batch_size": (1, 10**7), "max_batch_size": (1, 10**7), "max_wait_s": (0, 1e9), "block_size": (1, 10**6),
     "gpu_memory_utilization": (0, 1, OPEN), "num_gpu_blocks": (1, 10**15), "kv_capacity_tokens": (1, 10**16),
     "swap_space_gb": (0, 1e9), "slo_ttft_s": (0, 1e9, OPEN), "slo_tpot_s": (0, 1e9, OPEN),
-    "max_request_rows": (1, 10**10), "max_concurrency": (1, 10**7), "speculative_tokens": (0, 1024),
-    "acceptance_rate": (0, 1),
+    "max_request_rows": (1, 10**10), "max_concurrency": (1, 10**7),
 }
 FIELD_KINDS: dict[str, tuple[type, bool]] = {}        # field -> (int/float/str/bool, None allowed), filled below
 
