@@ -215,7 +215,7 @@ def _option_parameter(opt: ScenarioOption, lists: bool) -> inspect.Parameter:
     help_text = opt.help_text + (" Comma list to vary it." if lists else "")
     if opt.is_flag and not lists:
         help_text += " Alone, the flag means on."
-    metavar = METAVARS[opt.kind] + ("[,...]" if lists else "")
+    metavar = ("TIME" if opt.parser is not None else METAVARS[opt.kind]) + ("[,...]" if lists else "")
     option = typer.Option(None, opt.flag, help=help_text, rich_help_panel=opt.panel, show_default=False,
                           metavar=metavar)
     return inspect.Parameter(opt.field, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=Optional[str])
@@ -229,12 +229,15 @@ def load_config_file(path: Path) -> dict[str, Any]:
     return data
 
 
-def build_config(scenario: dict[str, Any], config_file: Path | None):
-    """SimConfig from an options file (if any) overridden by the command line, with one-line errors that name
-    the flag (or the file and key) of a bad value."""
+def build_config(scenario: dict[str, Any], config_file: Path | None,
+                 extra: Callable[[dict[str, Any]], dict[str, Any]] | None = None):
+    """SimConfig from an options file (if any) overridden by the command line (and by `extra(values)`'s
+    fields), with one-line errors that name the flag (or the file and key) of a bad value."""
     from simulator.config import ConfigError, SimConfig
     where: dict[str, str] = {}
     values = scenario_values(scenario, config_file, where)
+    if extra is not None:
+        values.update(extra(values))
     try:
         return SimConfig.from_mapping(values)
     except ConfigError as exc:
@@ -284,21 +287,77 @@ def check_rate_with_trace(values: dict[str, Any], where: dict[str, str]) -> None
                          "use --rate-scale (e.g. --rate-scale 2 for twice the rate)")
 
 
+class RunFormat(str, Enum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+    vllm = "vllm"
+
+
+GoodputOpt = Annotated[Optional[str], typer.Option(
+    "--goodput", metavar="KEY:MS ...", rich_help_panel="Metrics",
+    help="SLOs for goodput as vLLM spells them, in milliseconds: --goodput ttft:500 tpot:50 (keys ttft, tpot, "
+         "e2el); the same as --slo-ttft 500ms --slo-tpot 50ms.")]
+PercentilesOpt = Annotated[Optional[str], typer.Option(
+    "--metric-percentiles", rich_help_panel="Metrics",
+    help="Percentiles in vllm_result.json and --format vllm, as vLLM's option: 25,50,99. \\[default: 99]")]
+PercentileMetricsOpt = Annotated[Optional[str], typer.Option(
+    "--percentile-metrics", rich_help_panel="Metrics",
+    help="Metrics with statistics in vllm_result.json: ttft, tpot, itl, e2el. \\[default: ttft,tpot,itl,e2el]")]
+
+
 @app.command()
 @scenario_command()
 def run(*, scenario: dict, config: ConfigOpt = None, out: OutOpt = Path("servesim-out"),
-        format: FormatOpt = OutputFormat.table, quiet: QuietOpt = False,
+        goodput: GoodputOpt = None, metric_percentiles: PercentilesOpt = None,
+        percentile_metrics: PercentileMetricsOpt = None,
+        format: Annotated[RunFormat, typer.Option("--format", help="stdout format: table, csv, json (servesim's "
+                                                  "summary) or vllm (vllm_result.json: the keys and units of "
+                                                  "`vllm bench serve --save-result`).")] = RunFormat.table,
+        quiet: QuietOpt = False,
         no_report: Annotated[bool, typer.Option("--no-report", help="Do not write report.html.")] = False) -> None:
-    """Simulate one scenario; print its summary and write requests/steps/kv CSVs, summary.json, config.json and
-    report.html."""
+    """Simulate one scenario; print its summary and write requests/steps/kv CSVs, summary.json,
+    vllm_result.json, config.json and report.html."""
     from simulator.runs.outputs import check_out
     with cli_errors():
-        cfg = build_config(scenario, config)
+        cfg = build_config(scenario, config, extra=lambda values: vllm_metric_options(
+            values, goodput, metric_percentiles, percentile_metrics))
         check_out(out)
         result = _simulate_with_progress(cfg, quiet)
         write_results(result, out, report=not no_report)
-    if format != OutputFormat.table or not quiet:
-        print_summary(result.summary(), format, title=f"servesim run -> {out}/")
+    if format == RunFormat.vllm:
+        typer.echo(format_vllm_result((out / "vllm_result.json").read_text()))
+    elif format != RunFormat.table or not quiet:
+        print_summary(result.summary(), OutputFormat(format.value), title=f"servesim run -> {out}/")
+
+
+def vllm_metric_options(values: dict[str, Any], goodput: str | None, percentiles: str | None,
+                        metrics: str | None) -> dict[str, Any]:
+    """--goodput (vLLM's KEY:MS pairs) as SLO fields, and the percentile lists; an SLO given twice is an error."""
+    from simulator.runs.options import OPTIONS_BY_FIELD, parse_goodput
+    out: dict[str, Any] = {}
+    if goodput is not None:
+        try:
+            slos = parse_goodput(goodput)
+        except ValueError as exc:
+            raise ValueError(f"--goodput: {exc}") from None
+        twice = [f for f in slos if values.get(f) is not None]
+        if twice:
+            raise ValueError(f"--goodput and {OPTIONS_BY_FIELD[twice[0]].flag} both set that SLO; give one")
+        out.update(slos)
+    if percentiles is not None:
+        out["metric_percentiles"] = percentiles
+    if metrics is not None:
+        out["percentile_metrics"] = metrics
+    return out
+
+
+def format_vllm_result(text: str) -> str:
+    """vllm_result.json with one key per line (its per-request lists stay on their line)."""
+    import json as _json
+    data = _json.loads(text)
+    lines = [f"  {_json.dumps(k)}: {_json.dumps(v)}" for k, v in data.items()]
+    return "{\n" + ",\n".join(lines) + "\n}"
 
 
 def _simulate_with_progress(cfg, quiet: bool):
@@ -638,7 +697,24 @@ def explain(
         typer.echo(f"wrote {html}", err=True)
 
 
+def join_goodput(argv: list[str]) -> list[str]:
+    """vLLM writes `--goodput ttft:500 tpot:50` (several values after one flag): join them into one value."""
+    out, i = [], 0
+    while i < len(argv):
+        out.append(argv[i])
+        if argv[i] == "--goodput":
+            values = []
+            while i + 1 < len(argv) and not argv[i + 1].startswith("-") and ":" in argv[i + 1]:
+                values.append(argv[i + 1])
+                i += 1
+            if values:
+                out.append(" ".join(values))
+        i += 1
+    return out
+
+
 def main() -> None:
+    sys.argv[1:] = join_goodput(sys.argv[1:])
     app()
 
 

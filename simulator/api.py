@@ -53,14 +53,15 @@ def build_parts(cfg: SimConfig) -> EngineParts:
             "peak_flops_per_s": gpu.matrix_flops_per_s(cfg.dtype) * cfg.flops_scale * cfg.tp * cfg.pp,
             "peak_bytes_per_s": gpu.hbm_bytes_per_s * cfg.bandwidth_scale * cfg.tp * cfg.pp}
     return EngineParts(policy=policy, cost_model=cost_model, max_model_len=cfg.max_model_len,
-                       config=cfg.to_dict(), meta=meta, slo=(cfg.slo_ttft_s, cfg.slo_tpot_s))
+                       config=cfg.to_dict(), meta=meta, slo=(cfg.slo_ttft_s, cfg.slo_tpot_s, cfg.slo_e2e_s))
 
 
 def workload(cfg: SimConfig) -> list[RequestSpec]:
     """The requests a config describes (synthetic, or a replayed trace)."""
     return make_requests(seed=cfg.seed, rate=cfg.rate, arrival=cfg.arrival, prompt_len=cfg.prompt_len,
                          output_len=cfg.output_len, num_requests=cfg.request_cap, duration_s=cfg.duration_s,
-                         trace=cfg.trace, trace_format=cfg.trace_format, rate_scale=cfg.rate_scale)
+                         trace=cfg.trace, trace_format=cfg.trace_format, rate_scale=cfg.rate_scale,
+                         dataset=cfg.dataset, burstiness=cfg.burstiness)
 
 
 def simulate(config: SimConfig | None = None, *, requests: list[RequestSpec] | None = None,

@@ -49,11 +49,13 @@ class SimConfig:
     # workload
     rate: float = 6.4                      # requests/s: 80% of the default scenario's 8.0 req/s saturation
     arrival: str = "poisson"
+    burstiness: float | None = None        # vLLM's gamma arrivals (shape = burstiness, mean 1/rate), rescaled as vLLM
     num_requests: int | None = None        # None: 2000 synthetic requests, or the whole trace
     duration_s: float | None = None
     prompt_len: str = "sharegpt"
     output_len: str = "sharegpt"
     trace: str | None = None
+    dataset: str | None = None             # prompt/output lengths from a ShareGPT JSON or a vLLM bench result
     trace_format: str = "auto"
     rate_scale: float = 1.0
     seed: int = 0
@@ -85,6 +87,9 @@ class SimConfig:
     # metrics
     slo_ttft_s: float | None = None
     slo_tpot_s: float | None = None
+    slo_e2e_s: float | None = None
+    metric_percentiles: str = "99"         # vllm_result.json: percentiles, as vLLM's --metric-percentiles
+    percentile_metrics: str = "ttft,tpot,itl,e2el"   # ... of these metrics (vLLM's --percentile-metrics)
     summary_only: bool = False             # keep histograms and running sums, not per-step and per-token rows
     max_request_rows: int = 1_000_000      # per-request rows kept in memory; more stream to Parquet
     request_rows_path: str | None = None   # where they stream (None: a temporary file, named in the results)
@@ -105,6 +110,7 @@ class SimConfig:
         _check_choice("attention", self.attention, ("flash", "naive"))
         _check_choice("preemption", self.preemption, ("recompute", "swap"))
         _check_choice("kv_reservation", self.kv_reservation, ("max-model-len", "request"))
+        _check_vllm_workload(self)
         _check_speculation(self)
         if self.num_gpu_blocks is not None and self.kv_capacity_tokens is not None:
             raise ConfigError("give num_gpu_blocks or kv_capacity_tokens, not both")
@@ -162,13 +168,14 @@ class SimConfig:
 OPEN = "open"
 FIELD_RANGES: dict[str, tuple[float, float] | tuple[float, float, str]] = {
     "tp": (1, 1024), "pp": (1, 1024), "bandwidth_scale": (0, 1e6, OPEN), "flops_scale": (0, 1e6, OPEN),
-    "rate": (0, 1e9, OPEN), "num_requests": (1, MAX_REQUESTS), "duration_s": (0, 1e9, OPEN),
+    "rate": (0, math.inf, OPEN), "num_requests": (1, MAX_REQUESTS), "duration_s": (0, 1e9, OPEN),
     "rate_scale": (0, 1e9, OPEN), "seed": (0, 2**63 - 1),
     "max_model_len": (1, 10**9), "max_num_seqs": (1, 10**7), "max_num_batched_tokens": (1, 10**9),
     "batch_size": (1, 10**7), "max_batch_size": (1, 10**7), "max_wait_s": (0, 1e9), "block_size": (1, 10**6),
     "gpu_memory_utilization": (0, 1, OPEN), "num_gpu_blocks": (1, 10**15), "kv_capacity_tokens": (1, 10**16),
     "swap_space_gb": (0, 1e9), "slo_ttft_s": (0, 1e9, OPEN), "slo_tpot_s": (0, 1e9, OPEN),
-    "max_request_rows": (1, 10**10), "max_concurrency": (1, 10**7),
+    "max_request_rows": (1, 10**10), "max_concurrency": (1, 10**7), "burstiness": (0, 1e6, OPEN),
+    "slo_e2e_s": (0, 1e9, OPEN),
 }
 FIELD_KINDS: dict[str, tuple[type, bool]] = {}        # field -> (int/float/str/bool, None allowed), filled below
 
@@ -276,3 +283,16 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 
 
 _fill_kinds()
+
+
+def _check_vllm_workload(cfg: SimConfig) -> None:
+    """The vLLM-form workload options: one source of lengths and of arrivals, and vllm_result.json's lists."""
+    from simulator.vllm_result import parse_percentile_metrics, parse_percentiles
+    if cfg.dataset is not None and cfg.trace is not None:
+        raise ConfigError("give --trace or --dataset, not both (a trace has its own lengths)")
+    if cfg.dataset is not None and (cfg.prompt_len, cfg.output_len) != ("sharegpt", "sharegpt"):
+        raise ConfigError("--dataset gives the prompt and output lengths; drop --prompt-len / --output-len")
+    if cfg.burstiness is not None and cfg.arrival != "poisson":
+        raise ConfigError(f"give --arrival or --burstiness, not both (got arrival '{cfg.arrival}')")
+    parse_percentiles(cfg.metric_percentiles)
+    parse_percentile_metrics(cfg.percentile_metrics)

@@ -62,7 +62,7 @@ class EngineParts:
     max_model_len: int
     config: dict
     meta: dict
-    slo: tuple[float | None, float | None] = (None, None)
+    slo: tuple[float | None, ...] = (None, None, None)     # TTFT, TPOT and E2E SLOs, seconds
 
 
 class Engine:

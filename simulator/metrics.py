@@ -390,7 +390,7 @@ class StepSums:
                 "itl_count": self.itl_count, "itl_sum_s": self.itl_sum_s, "itl_max_s": self.itl_max_s}
 
 
-def requests_frame(columns: dict[str, np.ndarray], slo: tuple[float | None, float | None]) -> pd.DataFrame:
+def requests_frame(columns: dict[str, np.ndarray], slo: tuple[float | None, ...]) -> pd.DataFrame:
     """One row per request, by request_id, from the columns of RAW_REQUEST_COLUMNS (times NaN where unset,
     status and reject_reason as text), with the derived latencies."""
     order = np.argsort(columns["request_id"], kind="stable")
@@ -406,12 +406,16 @@ def requests_frame(columns: dict[str, np.ndarray], slo: tuple[float | None, floa
     return df[list(REQUEST_COLUMNS)]
 
 
-def meets_slo(df: pd.DataFrame, slo_ttft_s: float | None, slo_tpot_s: float | None) -> pd.Series:
+def meets_slo(df: pd.DataFrame, slo_ttft_s: float | None, slo_tpot_s: float | None,
+              slo_e2e_s: float | None = None) -> pd.Series:
+    """Finished within every SLO given; a single-token request's TPOT counts as 0 (vLLM's goodput rule)."""
     ok = df.status == "finished"
     if slo_ttft_s is not None:
         ok &= df.ttft_s <= slo_ttft_s
     if slo_tpot_s is not None:
         ok &= df.tpot_s.fillna(0.0) <= slo_tpot_s
+    if slo_e2e_s is not None:
+        ok &= df.e2e_s <= slo_e2e_s
     return ok
 
 
@@ -463,9 +467,16 @@ class SimResult:
         """The run summary of METRICS.md (times in seconds)."""
         return summarize(self)
 
+    def vllm_result(self) -> dict[str, Any]:
+        """This run as `vllm bench serve --save-result` saves one (keys and units of simulator/vllm_result.py)."""
+        from simulator.vllm_result import vllm_result
+        streamed = self.meta.get("request_rows_path") if "request_sums" in self.meta else None
+        requests = pd.read_parquet(streamed) if streamed and Path(streamed).is_file() else self.requests
+        return vllm_result(self.config, self.meta, requests, self.steps, self.itl)
+
     def save(self, path: str | Path) -> Path:
-        """Write requests/steps/kv/itl CSVs, summary.json and config.json into folder `path` (and
-        requests.parquet when the request rows streamed to Parquet)."""
+        """Write requests/steps/kv/itl CSVs, summary.json, vllm_result.json and config.json into folder `path`
+        (and requests.parquet when the request rows streamed to Parquet)."""
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
         for name in ("requests", "steps", "kv", "itl"):
@@ -474,6 +485,7 @@ class SimResult:
         if streamed and Path(streamed).is_file():      # request rows went to Parquet: keep them with the rest
             shutil.copyfile(streamed, out / "requests.parquet")
         (out / "summary.json").write_text(json.dumps(_jsonable(self.summary()), indent=2) + "\n")
+        (out / "vllm_result.json").write_text(json.dumps(_jsonable(self.vllm_result())) + "\n")
         (out / "config.json").write_text(json.dumps(_jsonable({**self.config, "resolved": self.meta}), indent=2)
                                          + "\n")
         return out

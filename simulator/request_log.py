@@ -32,7 +32,7 @@ class RequestLog:
     temporary file when None); `slo` decides met_slo."""
 
     def __init__(self, max_rows: int | None, path: str | Path | None,
-                 slo: tuple[float | None, float | None]) -> None:
+                 slo: tuple[float | None, ...]) -> None:
         self.max_rows, self.path, self.slo = max_rows, path, slo
         self.writer = None
         self.sums: RequestSums | None = None

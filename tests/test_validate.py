@@ -16,6 +16,7 @@ from simulator.validate import RunFileError, load_real_run, replay_config, valid
 from simulator.validate.compare import gpu_for_device, run_metrics
 from simulator.kv_cache.prefix import content_block_hashes
 from workloads.traces import token_content
+from workloads.errors import TraceError
 
 RUN = Path(__file__).parent / "data" / "vllm_run_4090"
 runner = CliRunner()
@@ -64,9 +65,9 @@ def test_run_folder_is_read_with_the_engine_clock_and_settings():
     assert run.settings == {"batching": "continuous", "kv": "paged", "max_num_seqs": 256,
                             "max_num_batched_tokens": 2048, "max_model_len": 32768, "chunked_prefill": True, "tp": 1,
                             "pp": 1, "num_gpu_blocks": 2588, "block_size": 16, "gpu_memory_utilization": 0.9,
-                            "dtype": "bf16", "kv_dtype": "bf16"}
+                            "prefix_caching": True, "dtype": "bf16", "kv_dtype": "bf16"}
     assert run.hints == {"model": "meta-llama/Llama-3.1-8B", "gpu": "NVIDIA GeForce RTX 4090"}
-    assert run.notes == ("the real engine had prefix caching on",)
+    assert run.notes == ()
     assert list(run.timeline.columns) == ["time_s", "num_running", "num_waiting"] and len(run.timeline) == 10
 
 
@@ -226,7 +227,7 @@ def test_mismatched_files_and_bad_values_are_named(tmp_path):
     with pytest.raises(RunFileError, match=r"requests.jsonl: 39 requests, but workload.jsonl has 40$"):
         load_real_run(folder)
     path = bench_result(tmp_path, ttfts=[0.2, "x", 0.0])
-    with pytest.raises(RunFileError, match=r"bench.json request 2: 'ttfts' must be a non-negative number, got x$"):
+    with pytest.raises(TraceError, match=r"bench.json request 2: 'ttfts' must be a non-negative number, got x$"):
         load_real_run(path)
     (folder / "meta.json").write_text("[1, 2]")
     with pytest.raises(RunFileError, match=r"meta.json: expected a JSON object$"):

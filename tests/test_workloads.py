@@ -413,7 +413,7 @@ def test_trace_rate_scale_and_caps():
 
 
 def test_trace_formats_exported():
-    assert TRACE_FORMATS == ("auto", "azure", "mooncake", "plain", "tokens")
+    assert TRACE_FORMATS == ("auto", "azure", "mooncake", "plain", "tokens", "vllm-bench")
 
 
 AZ_HEADER = "TIMESTAMP,ContextTokens,GeneratedTokens\n"
@@ -476,7 +476,7 @@ def test_trace_file_and_option_errors(tmp_path):
     assert _one_line(exc) == f"trace file '{tmp_path / 'missing.csv'}' not found"
     with pytest.raises(TraceError) as exc:
         read_trace(DATA / "workloads_plain.csv", "csv")
-    assert _one_line(exc) == "unknown trace format 'csv'; valid formats: auto, azure, mooncake, plain, tokens"
+    assert _one_line(exc) == "unknown trace format 'csv'; valid formats: auto, azure, mooncake, plain, tokens, vllm-bench"
     with pytest.raises(ValueError, match=r"^rate_scale must be positive, got -1$"):
         read_trace(DATA / "workloads_plain.csv", rate_scale=-1)
     with pytest.raises(ValueError, match=r"^max_duration_s must be positive, got 0$"):

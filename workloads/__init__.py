@@ -10,12 +10,14 @@ import math
 
 import numpy as np
 
-from workloads.arrivals import ARRIVAL_FORMS, ARRIVAL_KINDS, parse_arrival_spec
+from workloads._build import build_specs
+from workloads.arrivals import ARRIVAL_FORMS, ARRIVAL_KINDS, arrival_times_s, parse_arrival_spec
 from workloads.errors import SpecError, TraceError
-from workloads.lengths import LENGTH_DATASETS, LENGTH_FORMS, parse_length_spec
+from workloads.lengths import LENGTH_DATASETS, LENGTH_FORMS, parse_length_spec, sample_lengths
 from workloads.spec import RequestSpec
 from workloads.synthetic import check_caps, generate
 from workloads.traces import TRACE_FORMATS, TRACE_READERS, read_trace
+from workloads.vllm import dataset_lengths, vllm_arrival_times
 
 __all__ = [
     "ARRIVAL_FORMS",
@@ -46,6 +48,8 @@ def make_requests(
     trace: str | None = None,
     trace_format: str = "auto",
     rate_scale: float = 1.0,
+    dataset: str | None = None,
+    burstiness: float | None = None,
 ) -> list[RequestSpec]:
     """The workload as RequestSpecs 0..n-1 in arrival order.
 
@@ -56,6 +60,10 @@ def make_requests(
     Replay when `trace` is a file path: read with `trace_format`, arrivals divided by `rate_scale`, capped by
     `num_requests`/`duration_s` if given. `rate`, `arrival` and the length specs do not apply to a replay
     (they are still checked, so a typo fails early), and neither does `seed` (a replay draws nothing).
+
+    vLLM's forms (workloads.vllm): `dataset` takes the prompt/output lengths from a ShareGPT JSON or a saved
+    `vllm bench serve` result instead of the length specs; `burstiness` draws vLLM's gamma arrivals; an infinite
+    `rate` sends every request at time 0. The plain synthetic path is untouched by them.
     """
     process = parse_arrival_spec(arrival)
     prompt = parse_length_spec(prompt_len, "prompt")
@@ -67,14 +75,35 @@ def make_requests(
         return read_trace(
             trace, trace_format, rate_scale=rate_scale, max_requests=num_requests, max_duration_s=duration_s
         )
-    if rate is None or not (math.isfinite(rate) and rate > 0):
+    if rate is None or not rate > 0:
         raise ValueError(f"rate must be positive, got {rate}")
     if num_requests is None and duration_s is None:
         raise ValueError("a synthetic workload needs num_requests or duration_s (or both)")
     rng = np.random.default_rng(seed)
-    requests = generate(process, rate, prompt, output, rng, num_requests=num_requests, duration_s=duration_s)
+    if dataset is None and burstiness is None and math.isfinite(rate):
+        requests = generate(process, rate, prompt, output, rng, num_requests=num_requests, duration_s=duration_s)
+    else:
+        requests = _vllm_form(process, rate, burstiness, prompt, output, dataset, rng, seed, num_requests,
+                              duration_s)
     if not requests:
         raise ValueError(
             f"no request arrives within duration_s={duration_s} at rate {rate} req/s; raise duration_s or rate"
         )
     return requests
+
+
+def _vllm_form(process, rate, burstiness, prompt, output, dataset, rng, seed, num_requests, duration_s):
+    """Arrivals as vLLM draws them (or the arrival process), then lengths from the dataset (or the specs)."""
+    if burstiness is not None or math.isinf(rate):
+        if num_requests is None:
+            raise ValueError("--rate inf and --burstiness need --num-requests (vLLM spreads num-requests "
+                             "arrivals over num-requests / rate seconds)")
+        times = vllm_arrival_times(rate, 1.0 if burstiness is None else burstiness, int(num_requests), rng)
+        times = times if duration_s is None else times[times <= duration_s]
+    else:
+        times = arrival_times_s(process, rate, rng, num_requests=num_requests, duration_s=duration_s)
+    if dataset is not None:
+        prompts, outputs = dataset_lengths(dataset, len(times), seed)
+    else:
+        prompts, outputs = sample_lengths(prompt, output, len(times), rng)
+    return build_specs(times, prompts, outputs)

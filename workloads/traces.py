@@ -31,6 +31,7 @@ from workloads._build import build_specs
 from workloads._columns import CsvColumns, check_readable, json_float, json_int
 from workloads.errors import TraceError
 from workloads.spec import RequestSpec
+from workloads.vllm import is_bench_result, read_bench_trace
 
 # Mooncake hash_ids cover 512 prompt tokens each (Mooncake FAST25-release trace README; len(hash_ids) ==
 # ceil(input_length / 512) on every row of both released traces).
@@ -157,6 +158,8 @@ def read_auto(path: Path) -> TraceRows:
     if first.startswith("["):
         return _read_plain_json(path)
     if first.startswith("{"):
+        if is_bench_result(path):
+            return read_bench_trace(path)
         try:
             keys = set(json.loads(first))
         except (json.JSONDecodeError, TypeError):
@@ -187,6 +190,7 @@ TRACE_READERS: dict[str, Callable[[Path], TraceRows]] = {
     "mooncake": read_mooncake,
     "plain": read_plain,
     "tokens": read_tokens,
+    "vllm-bench": read_bench_trace,
 }
 TRACE_FORMATS: tuple[str, ...] = tuple(TRACE_READERS)
 

@@ -110,7 +110,7 @@ class SweepOutcome:
 
 
 def _check_slos(base: SimConfig) -> None:
-    if base.slo_ttft_s is None and base.slo_tpot_s is None:
+    if base.slo_ttft_s is None and base.slo_tpot_s is None and base.slo_e2e_s is None:
         raise AxisError("sweep needs an SLO to find capacity: give --slo-ttft and/or --slo-tpot (seconds)")
 
 

@@ -56,6 +56,43 @@ def split_items(text: str) -> list[str]:
     return items
 
 
+SECONDS_PER_UNIT = {"ms": 1e-3, "s": 1.0, "us": 1e-6}
+
+
+def parse_seconds(text: str) -> float:
+    """'500ms', '0.5s', '0.5' (seconds) -> seconds."""
+    raw = str(text).strip().lower()
+    unit = next((u for u in ("ms", "us", "s") if raw.endswith(u)), "")
+    try:
+        value = float(raw[:len(raw) - len(unit)].strip()) * SECONDS_PER_UNIT.get(unit, 1.0)
+    except ValueError:
+        raise ValueError(f"expected a time such as 500ms, 0.5s or 0.5 (seconds), got '{text}'") from None
+    return value
+
+
+GOODPUT_FIELDS = {"ttft": "slo_ttft_s", "tpot": "slo_tpot_s", "e2el": "slo_e2e_s"}
+
+
+def parse_goodput(text: str) -> dict[str, float]:
+    """vLLM's --goodput pairs, 'ttft:500 tpot:50' (milliseconds), -> {SimConfig SLO field: seconds}."""
+    out = {}
+    for pair in str(text).replace(",", " ").split():
+        name, sep, value = pair.partition(":")
+        if not sep or name not in GOODPUT_FIELDS:
+            raise ValueError(f"expected KEY:MILLISECONDS pairs with KEY one of {', '.join(GOODPUT_FIELDS)} "
+                             f"(e.g. ttft:500 tpot:50), got '{pair}'")
+        try:
+            ms = float(value)
+        except ValueError:
+            raise ValueError(f"'{pair}': the value is milliseconds, a number") from None
+        if not ms >= 0:
+            raise ValueError(f"'{pair}': an SLO must not be negative")
+        out[GOODPUT_FIELDS[name]] = ms / 1e3
+    if not out:
+        raise ValueError("expected KEY:MILLISECONDS pairs such as ttft:500 tpot:50")
+    return out
+
+
 @dataclass(frozen=True)
 class ScenarioOption:
     field: str          # SimConfig field
@@ -63,6 +100,7 @@ class ScenarioOption:
     kind: type          # int, float, str or bool (bools are written on/off)
     help: str
     panel: str = "Scenario"
+    parser: Callable[[str], Any] | None = None    # a custom value parser (times with units)
 
     @property
     def help_text(self) -> str:
@@ -75,6 +113,8 @@ class ScenarioOption:
         return self.kind is bool
 
     def parse(self, text: str) -> Any:
+        if self.parser is not None:
+            return self.parser(text)
         if self.kind is bool:
             return parse_bool(text)
         if self.kind in (int, float):
@@ -82,8 +122,8 @@ class ScenarioOption:
         return str(text)
 
 
-def _o(field: str, kind: type, help: str, panel: str, flag: str | None = None) -> ScenarioOption:
-    return ScenarioOption(field, flag or "--" + field.replace("_", "-"), kind, help, panel)
+def _o(field: str, kind: type, help: str, panel: str, flag: str | None = None, parser=None) -> ScenarioOption:
+    return ScenarioOption(field, flag or "--" + field.replace("_", "-"), kind, help, panel, parser)
 
 
 HW, WL, SV, KV, MT = "Hardware and model", "Workload", "Serving", "KV cache", "Metrics"
@@ -102,15 +142,21 @@ SCENARIO_OPTIONS: tuple[ScenarioOption, ...] = (
     _o("bandwidth_scale", float, "What-if: multiply the GPU's memory bandwidth. [default: 1]", HW),
     _o("flops_scale", float, "What-if: multiply the GPU's matrix FLOP rates. [default: 1]", HW),
     _o("cuda_graphs", bool, "CUDA graphs for decode steps: on or off. [default: on]", HW),
-    _o("rate", float, "Arrival rate, requests/s (synthetic workloads). [default: 6.4]", WL),
+    _o("rate", float, "Arrival rate, requests/s (synthetic workloads); inf sends every request at time 0. "
+                      "[default: 6.4]", WL),
     _o("arrival", str, "Arrival process: poisson, gamma:cv=2, constant. [default: poisson]", WL),
+    _o("burstiness", float, "vLLM's arrivals: gamma gaps of shape B and mean 1/rate, scaled so the last arrives at "
+                            "num-requests / rate (1 = Poisson; lower is burstier).", WL),
     _o("num_requests", int, "Requests to simulate (caps a trace too). [default: 2000 synthetic, or the whole trace]", WL),
     _o("duration_s", float, "Stop generating (or replaying) arrivals after this many seconds.", WL, "--duration"),
     _o("prompt_len", str, "Prompt tokens: 512, uniform:128:2048, lognormal:mean=600,sigma=0.8, sharegpt, arxiv, "
                           "bwb, empirical:FILE.csv[:column]. [default: sharegpt]", WL),
     _o("output_len", str, "Output tokens, same forms as --prompt-len. [default: sharegpt]", WL),
-    _o("trace", str, "Replay a trace file instead of synthetic arrivals.", WL),
-    _o("trace_format", str, "Trace format: auto, azure, mooncake, plain, tokens. [default: auto]", WL),
+    _o("trace", str, "Replay a trace file instead of synthetic arrivals (also a `vllm bench serve "
+                     "--save-detailed` result with start_times).", WL),
+    _o("trace_format", str, "Trace format: auto, azure, mooncake, plain, tokens, vllm-bench. [default: auto]", WL),
+    _o("dataset", str, "Prompt/output lengths from a ShareGPT JSON (sampled as vLLM samples it; tokens estimated "
+                       "as characters / 4) or a vLLM bench result; arrivals from --rate.", WL),
     _o("rate_scale", float, "Multiply a trace's arrival rate by this factor. [default: 1]", WL),
     _o("seed", int, "Seed of every random draw. [default: 0]", WL),
     _o("max_concurrency", int, "At most this many requests in flight: one due while that many are running "
@@ -149,8 +195,13 @@ SCENARIO_OPTIONS: tuple[ScenarioOption, ...] = (
     _o("gpu_memory_utilization", float, "Share of GPU memory servesim may use. [default: 0.9]", KV),
     _o("num_gpu_blocks", int, "Override the KV capacity in blocks.", KV),
     _o("kv_capacity_tokens", int, "Override the KV capacity in tokens.", KV),
-    _o("slo_ttft_s", float, "TTFT SLO for goodput, seconds.", MT, "--slo-ttft"),
-    _o("slo_tpot_s", float, "TPOT SLO for goodput, seconds.", MT, "--slo-tpot"),
+    _o("slo_ttft_s", float, "TTFT SLO for goodput: 500ms, 0.5s; a bare number is seconds.", MT, "--slo-ttft",
+       parse_seconds),
+    _o("slo_tpot_s", float, "TPOT SLO for goodput: 50ms, 0.05s; a bare number is seconds.", MT, "--slo-tpot",
+       parse_seconds),
+    _o("slo_e2e_s", float, "End-to-end latency SLO for goodput: 20s, 20000ms; a bare number is seconds.", MT,
+       "--slo-e2e", parse_seconds),
+
     _o("summary_only", bool, "Keep only the summary: no per-step rows, inter-token latencies in a histogram "
                              "(memory does not grow with simulated time): on or off. [default: off]", MT),
     _o("max_request_rows", int, "Per-request rows kept in memory; beyond, every row streams to Parquet (needs "

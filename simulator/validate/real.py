@@ -25,18 +25,19 @@ import numpy as np
 import pandas as pd
 
 from workloads._build import build_specs
+from workloads.errors import TraceError
 from workloads.spec import RequestSpec
 from workloads.traces import token_content
+from workloads.vllm import non_negative_seconds, positive_count, read_bench_result
 
 RUN_FILES = ("meta.json", "workload.jsonl", "requests.jsonl")
-BENCH_KEYS = ("input_lens", "output_lens", "ttfts", "itls", "start_times")
 # vLLM dtype spellings -> servesim precisions ("auto" keeps servesim's default of the model's bf16).
 DTYPES = {"bfloat16": "bf16", "bf16": "bf16", "torch.bfloat16": "bf16", "float16": "fp16", "half": "fp16",
           "fp16": "fp16", "torch.float16": "fp16"}
 KV_DTYPES = {"fp8": "fp8", "fp8_e4m3": "fp8", "fp8_e5m2": "fp8", "bfloat16": "bf16", "float16": "fp16"}
 
 
-class RunFileError(ValueError):
+class RunFileError(TraceError):
     """A run file that is missing or malformed; the message is one line naming the file."""
 
 
@@ -210,6 +211,7 @@ def settings_from_meta(meta: dict, path: Path) -> tuple[dict[str, Any], dict[str
                 "block_size": first(kv.get("block_size"), cache.get("block_size")),
                 "gpu_memory_utilization": first(kv.get("gpu_memory_utilization"),
                                                 cache.get("gpu_memory_utilization")),
+                "prefix_caching": first(kv.get("enable_prefix_caching"), cache.get("enable_prefix_caching")),
                 "dtype": DTYPES.get(str(kwargs.get("dtype", "auto")).lower()),
                 "kv_dtype": KV_DTYPES.get(str(first(kwargs.get("kv_cache_dtype"), cache.get("cache_dtype"), "auto"))
                                           .lower())}
@@ -219,8 +221,6 @@ def settings_from_meta(meta: dict, path: Path) -> tuple[dict[str, Any], dict[str
     hints = {k: str(v) for k, v in (("model", first(meta.get("model"), kwargs.get("model"))),
                                     ("gpu", (meta.get("hardware") or {}).get("device_name"))) if v}
     notes = []
-    if first(kv.get("enable_prefix_caching"), cache.get("enable_prefix_caching")):
-        notes.append("the real engine had prefix caching on")
     if (first(parallel.get("data_parallel_size"), kwargs.get("data_parallel_size")) or 1) > 1:
         notes.append("the real engine ran data parallel replicas; servesim simulates one")
     return settings, hints, tuple(notes)
@@ -235,60 +235,20 @@ def _section(data: dict, key: str, path: Path) -> dict:
 
 # ---- vllm bench serve results ----
 def load_bench_result(path: Path) -> RealRun:
-    data = _read_json(path)
-    if not isinstance(data, dict) or "input_lens" not in data:
-        raise RunFileError(f"{path}: not a `vllm bench serve --save-result --save-detailed` result (no "
-                           "'input_lens'; save it with --save-detailed)")
-    for key in BENCH_KEYS:
-        if not isinstance(data.get(key), list):
-            raise RunFileError(f"{path}: '{key}' missing or not a list ({_bench_hint(key)})")
-        if len(data[key]) != len(data["input_lens"]):
-            raise RunFileError(f"{path}: '{key}' has {len(data[key])} entries, 'input_lens' has "
-                               f"{len(data['input_lens'])}")
-    frame, itl, failed = _bench_frame(data, path)
-    specs = build_specs(frame.arrival_s.to_numpy(), frame.prompt_tokens.to_numpy(), frame.output_tokens.to_numpy())
-    hints = {"model": str(data["model_id"])} if data.get("model_id") else {}
-    notes = (f"{failed} request(s) failed in the real run and are not replayed",) if failed else ()
-    return RealRun(name=path.stem, kind="vllm bench result", specs=specs, requests=frame, itl_s=itl, hints=hints,
-                   notes=notes, failed=failed)
-
-
-def _bench_hint(key: str) -> str:
-    return "save the result with --save-result --save-detailed" if key != "start_times" else \
-        "this vLLM version does not save start times, so arrivals cannot be replayed"
-
-
-def _bench_frame(data: dict, path: Path) -> tuple[pd.DataFrame, np.ndarray, int]:
-    n = len(data["input_lens"])
-    errors = data.get("errors") if isinstance(data.get("errors"), list) and len(data["errors"]) == n else [""] * n
-    latencies = data.get("latencies") if isinstance(data.get("latencies"), list) else None
-    rows, gaps, failed = [], [], 0
-    for i in range(n):
-        where = f"{path} request {i + 1}"
-        out = data["output_lens"][i]
-        if errors[i] or not isinstance(out, int) or isinstance(out, bool) or out < 1:
-            failed += 1                                          # vLLM counts failures apart from completions
-            continue
-        prompt = _checked_int(data["input_lens"][i], "input_lens", where)
-        ttft = _checked_float(data["ttfts"][i], "ttfts", where)
-        itls = data["itls"][i]
-        if not isinstance(itls, list):
-            raise RunFileError(f"{where}: 'itls' entry must be a list of seconds")
-        itls = [_checked_float(g, "itls", where) for g in itls]
-        e2e = _checked_float(latencies[i], "latencies", where) if latencies is not None else ttft + sum(itls)
-        start = _checked_float(data["start_times"][i], "start_times", where)
-        rows.append((start, prompt, out, start + ttft, start + e2e))
-        gaps.extend(itls)
-    if not rows:
-        raise RunFileError(f"{path}: no succeeded request to replay")
-    start, prompt, out, first, finish = map(np.asarray, zip(*rows))
-    order = np.argsort(start, kind="stable")
-    origin = start.min()
-    frame = pd.DataFrame({"request_id": np.arange(len(order)), "arrival_s": start[order] - origin,
-                          "prompt_tokens": prompt[order].astype(np.int64), "output_tokens": out[order].astype(np.int64),
-                          "status": "finished", "first_token_s": first[order] - origin,
-                          "finish_s": finish[order] - origin, "scheduled_s": math.nan})
-    return with_latencies(frame), np.asarray(gaps, dtype=float), failed
+    """The succeeded requests of a saved bench result, replayed from their start times (client clock)."""
+    bench = read_bench_result(path, need=("ttfts", "itls", "start_times"))
+    order = np.argsort(bench.start_s, kind="stable")
+    start = bench.start_s[order] - bench.start_s.min()
+    frame = with_latencies(pd.DataFrame({
+        "request_id": np.arange(len(order)), "arrival_s": start, "prompt_tokens": bench.prompt_tokens[order],
+        "output_tokens": bench.output_tokens[order], "status": "finished",
+        "first_token_s": start + bench.ttft_s[order], "finish_s": start + bench.latency_s[order],
+        "scheduled_s": math.nan}))
+    specs = build_specs(start, frame.prompt_tokens.to_numpy(), frame.output_tokens.to_numpy())
+    gaps = np.asarray([g for request in bench.itl_s for g in request], dtype=float)
+    notes = (f"{bench.failed} request(s) failed in the real run and are not replayed",) if bench.failed else ()
+    return RealRun(name=path.stem, kind="vllm bench result", specs=specs, requests=frame, itl_s=gaps,
+                   hints={"model": bench.model_id} if bench.model_id else {}, notes=notes, failed=bench.failed)
 
 
 # ---- small readers ----
@@ -326,22 +286,10 @@ def _json_lines(path: Path):
 def _int(record: dict, key: str, where: str) -> int:
     if key not in record:
         raise RunFileError(f"{where}: missing field '{key}'")
-    return _checked_int(record[key], key, where)
+    return positive_count(record[key], key, where)
 
 
 def _number(record: dict, key: str, where: str) -> float:
     if key not in record:
         raise RunFileError(f"{where}: missing field '{key}'")
-    return _checked_float(record[key], key, where)
-
-
-def _checked_int(value: Any, key: str, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value < 10**12:
-        raise RunFileError(f"{where}: '{key}' must be a positive integer, got {str(value)[:40]}")
-    return value
-
-
-def _checked_float(value: Any, key: str, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise RunFileError(f"{where}: '{key}' must be a non-negative number, got {str(value)[:40]}")
-    return float(value)
+    return non_negative_seconds(record[key], key, where)
