@@ -326,7 +326,7 @@ def run(*, scenario: dict, config: ConfigOpt = None, out: OutOpt = Path("servesi
         result = _simulate_with_progress(cfg, quiet)
         write_results(result, out, report=not no_report)
     if format == RunFormat.vllm:
-        typer.echo(format_vllm_result((out / "vllm_result.json").read_text()))
+        typer.echo(json.dumps(json.loads((out / "vllm_result.json").read_text()), indent=2))
     elif format != RunFormat.table or not quiet:
         print_summary(result.summary(), OutputFormat(format.value), title=f"servesim run -> {out}/")
 
@@ -350,14 +350,6 @@ def vllm_metric_options(values: dict[str, Any], goodput: str | None, percentiles
     if metrics is not None:
         out["percentile_metrics"] = metrics
     return out
-
-
-def format_vllm_result(text: str) -> str:
-    """vllm_result.json with one key per line (its per-request lists stay on their line)."""
-    import json as _json
-    data = _json.loads(text)
-    lines = [f"  {_json.dumps(k)}: {_json.dumps(v)}" for k, v in data.items()]
-    return "{\n" + ",\n".join(lines) + "\n}"
 
 
 def _simulate_with_progress(cfg, quiet: bool):
@@ -438,9 +430,11 @@ def gpus(format: FormatOpt = OutputFormat.table) -> None:
     from hardware.gpus import GPUS
     rows = [{"gpu": g.name, "bf16_tflops": g.bf16_flops_per_s / 1e12, "fp8_tflops": g.fp8_flops_per_s / 1e12,
              "memory_gb": g.hbm_bytes / 1e9, "bandwidth_tb_s": g.hbm_bytes_per_s / 1e12,
-             "link_gb_s": g.link_bytes_per_s / 1e9, "source": g.source} for g in GPUS.values()]
-    if format == OutputFormat.table:
-        rows = [{k: v for k, v in row.items() if k != "source"} for row in rows]   # sources: --format csv/json
+             "link": g.interconnect().name, "allreduce_gb_s": g.interconnect().bus_bytes_per_s / 1e9,
+             "calibration": "calibrated" if g.calibrated_from else "datasheet-only",
+             "calibrated_from": g.calibrated_from, "source": g.source} for g in GPUS.values()]
+    if format == OutputFormat.table:      # sources and calibration profiles: --format csv/json
+        rows = [{k: v for k, v in row.items() if k not in ("source", "calibrated_from")} for row in rows]
     print_rows(rows, format, "GPU catalog (dense matrix rates)")
 
 
@@ -629,6 +623,43 @@ def _validation_table(v):
     return table
 
 
+@app.command()
+def calibrate(
+    profile_dir: Annotated[Path, typer.Argument(help="vLLM kernel profiles of one model on one GPU: a <model>/bf16/ "
+                                                "folder (meta.yaml, tp1/, tp2/ ...) or one tp<N>/ folder.")],
+    gpu: Annotated[str, typer.Option("--gpu", help="The catalog GPU the profiles were measured on (the fitted "
+                                     "file starts from its datasheet numbers).")],
+    out: Annotated[Path, typer.Option("--out", help="GPU file to write (TOML; use it with --gpu-file).")],
+    model: Annotated[Optional[str], typer.Option("--model", help="Model preset of the profiles \\[default: the "
+                                                 "model meta.yaml names].")] = None,
+    check: Annotated[Optional[list[Path]], typer.Option("--check", help="More profile folders of the same GPU, "
+                                                        "not fitted: their errors are reported too.")] = None,
+    format: FormatOpt = OutputFormat.table) -> None:
+    """Fit a GPU's efficiency parameters (achievable bandwidth, matrix efficiency, kernel floors, mixed-step
+    attention, sampler) to vLLM kernel profiles and write them as a GPU file. Prints each kernel family's error
+    with the fitted parameters and with the datasheet-only defaults."""
+    from hardware.gpus import get_gpu
+    from simulator.calibrate import datasheet_only, error_table, find_profiles, fit_gpu, gpu_file_text
+    with cli_errors():
+        base = get_gpu(gpu)
+        profiles = find_profiles(profile_dir, model)
+        checks = [p for folder in (check or []) for p in find_profiles(folder)]
+        fitted = fit_gpu(profiles, datasheet_only(base))
+        source = "; ".join(p.source for p in profiles)
+        text = gpu_file_text(fitted, base.name, f"vLLM kernel profiles, {source}")
+        rows = []
+        for role, group in (("fitted", profiles), ("check", checks)):
+            if group:
+                cal, sheet = error_table(group, fitted), error_table(group, datasheet_only(base))
+                rows += [{"role": role, "profile": c.profile, "family": c.family, "kernels": c.kernels,
+                          "mape_pct": c.mape_pct, "datasheet_mape_pct": d.mape_pct,
+                          "sum_err_pct": c.summed_error_pct, "datasheet_sum_err_pct": d.summed_error_pct}
+                         for c, d in zip(cal.itertuples(), sheet.itertuples())]
+        out.write_text(text, encoding="utf-8")
+    print_rows(rows, format, f"Kernel errors on {base.name}: calibrated vs datasheet-only")
+    typer.echo(f"wrote {out}", err=True)
+
+
 # ---- built-in experiments (the logic lives in simulator/experiments) ----
 @app.command()
 def experiment(name: Annotated[Optional[str], typer.Argument(help="The experiment to run (see --list).")] = None,
@@ -660,36 +691,47 @@ def explain(
         model: Annotated[Optional[str], typer.Option(
             help="Model preset (see `servesim models`). \\[default: llama-3.1-8b]")] = None,
         model_config: Annotated[Optional[Path], typer.Option(help="A Hugging Face config.json, read offline.")] = None,
-        phase: Annotated[str, typer.Option(help="prefill or decode.")] = "decode",
-        batch: Annotated[int, typer.Option(help="Sequences in the step.")] = 1,
-        prompt: Annotated[int, typer.Option(help="Prompt tokens per sequence (prefill).")] = 1024,
-        context: Annotated[int, typer.Option(help="Cached tokens per sequence (decode).")] = 1024,
+        phase: Annotated[str, typer.Option(help="prefill, decode, or mixed (a prompt chunk of --prompt tokens "
+                                           "after --cached ones, plus --batch decodes at --context).")] = "decode",
+        batch: Annotated[int, typer.Option(help="Sequences in the step (mixed: the decodes).")] = 1,
+        prompt: Annotated[int, typer.Option(help="Prompt tokens per sequence (prefill), or the chunk (mixed).")] = 1024,
+        cached: Annotated[int, typer.Option(help="Mixed: tokens of the chunk's prompt already cached.")] = 0,
+        context: Annotated[int, typer.Option(help="Cached tokens per decoding sequence (decode, mixed).")] = 1024,
+        engine: Annotated[str, typer.Option(help="Engine preset whose kernels, CUDA graphs and CPU time per step "
+                                            "are priced: vllm-v1 or vllm-v0.")] = "vllm-v1",
         tp: Annotated[int, typer.Option(help="Tensor-parallel GPUs.")] = 1,
         dtype: Annotated[str, typer.Option(help="Weight precision.")] = "bf16",
         kv_dtype: Annotated[str, typer.Option(help="KV-cache precision.")] = "bf16",
         cuda_graphs: Annotated[str, typer.Option(help="CUDA graphs for decode-only steps: on or off.")] = "on",
         bandwidth_scale: Annotated[float, typer.Option(help="What-if: multiply memory bandwidth.")] = 1.0,
         flops_scale: Annotated[float, typer.Option(help="What-if: multiply matrix FLOP rates.")] = 1.0,
-        attention: Annotated[str, typer.Option(help="flash, or naive (scores through HBM).")] = "flash",
-        elementwise: Annotated[str, typer.Option(
-            help="Small operators as a serving engine's fused kernels (fused), or as plain PyTorch ops (unfused), "
-                 "as the measured steps in benchmarks/data ran them; PyTorch's non-vectorized ones show as "
-                 "compute-bound (per-element work on the SMs).")] = "fused",
+        attention: Annotated[Optional[str], typer.Option(
+            help="varlen (vLLM V1's one launch), flash (separate prefill and decode kernels), or naive (scores "
+                 "through HBM). \\[default: the engine's]")] = None,
+        elementwise: Annotated[Optional[str], typer.Option(
+            help="Small operators as a serving engine's fused kernels (fused, or vllm-v1: RoPE writes the KV "
+                 "cache), or as plain PyTorch ops (unfused), as the measured steps in benchmarks/data ran them; "
+                 "PyTorch's non-vectorized ones show as compute-bound (per-element work on the SMs). "
+                 "\\[default: the engine's]")] = None,
         html: Annotated[Optional[Path], typer.Option(help="Also write a roofline chart here.")] = None) -> None:
     """Explain one step operator by operator: FLOPs, bytes, intensity, bound, time, share; roofline with --html."""
     from hardware.gpus import resolve_gpu
     from simulator.cost import CostModel
+    from simulator.engines import cost_model_options, get_engine
     from simulator.present.explain import explain_step, format_explain_table, roofline_figure, step_shape
     from simulator.models import resolve_model
     with cli_errors():
         spec = resolve_model(model if model or model_config else "llama-3.1-8b", model_config)
         device = resolve_gpu(gpu if gpu or gpu_file else "h100-sxm", gpu_file)
+        options = cost_model_options(get_engine(engine))
+        options.update({k: v for k, v in (("attention", attention), ("elementwise", elementwise)) if v})
         cost_model = CostModel(spec, device, dtype=dtype, kv_dtype=kv_dtype, tp=tp,
-                               cuda_graphs=parse_bool(cuda_graphs), attention=attention, elementwise=elementwise,
-                               bandwidth_scale=bandwidth_scale, flops_scale=flops_scale)
+                               cuda_graphs=parse_bool(cuda_graphs), bandwidth_scale=bandwidth_scale,
+                               flops_scale=flops_scale, **options)
         tokens = prompt if phase == "prefill" else context
-        table = explain_step(cost_model, phase, batch, tokens)
-        figure = roofline_figure(cost_model, cost_model.operators(step_shape(phase, batch, tokens))) if html else None
+        table = explain_step(cost_model, phase, batch, tokens, prompt, cached)
+        shape = step_shape(phase, batch, tokens, prompt, cached)
+        figure = roofline_figure(cost_model, cost_model.operators(shape)) if html else None
         if html:
             figure.write_html(str(html), include_plotlyjs=True)
     typer.echo(format_explain_table(table, cost_model))

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
+from hardware.links import Link, get_link
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,8 @@ class GPUSpec:
     sm_clock_hz: float = 0.0          # boost clock of the SMs (0: derived from vector_flops_per_s, see sm_clock)
     vendor: str = "nvidia"
     source: str = ""                  # datasheet the numbers come from
+    link: str = ""                    # GPU-to-GPU interconnect, a name in hardware/links.py ("" = link_* fields)
+    calibrated_from: str = ""         # kernel profiles the calibration fields were fitted to ("" = defaults)
     # --- achievable-rate calibration: fractions of the datasheet peaks and fixed times, the same for every GPU
     # unless an entry overrides them. Fitted by benchmarks/calibrate.py on real H100 SXM step times (the shared
     # Llama-3-8B reference, benchmarks/data/README.md) and meant to transfer; see simulator/cost/model.py. ---
@@ -50,10 +53,31 @@ class GPUSpec:
     link_efficiency: float = 0.60     # fraction of link_bytes_per_s a ring all-reduce reaches (bus bandwidth)
     collective_latency_s: float = 10e-6  # fixed latency of one all-reduce or pipeline send
     collective_step_latency_s: float = 0.7e-6  # added per ring step (an all-reduce over tp GPUs takes 2 (tp - 1))
+    # --- vLLM V1's varlen attention kernel and sampler (simulator/cost/varlen.py). Defaults: the rounded mean of
+    # the fits to vLLM 0.19's kernel profiles of an RTX 4090 and an RTX PRO 6000 (casys-kaist/LLMServingSim,
+    # MIT; `servesim calibrate`); on other GPUs they are a transfer, not a measurement. ---
+    attention_floor_s: float = 10.8e-6  # fixed time of one varlen attention launch
+    varlen_query_tile: float = 64     # query rows per CTA (FlashAttention-2's 64-row tiles on sm80/sm89)
+    attention_ctas_per_sm: float = 0.76  # attention CTAs an SM runs at once (fills the GPU)
+    mixed_reread: float = 0.28        # share of a mixed step's grouped-head KV re-reads reaching memory at low load
+    mixed_window: float = 5.8         # CTAs per SM resident together: the window inside which re-reads hit L2
+    mixed_sharpness: float = 4.3      # how sharply re-reads go to memory past that window
+    mixed_cta_s: float = 3.6e-6       # SM time of one decode CTA in a mixed step beyond its arithmetic and bytes
+    sampler_floor_s: float = 15e-6    # vLLM's GPU sampler for one sequence (several small kernels)
+    sampler_passes: float = 1.16      # fp32 passes over each sampled sequence's logits (softmax, top-k/top-p)
     # elements per SM per clock of PyTorch's non-vectorized elementwise kernels (strided or broadcast operands):
     # bound by per-element index arithmetic, not by bandwidth (measured in-step on an H100, at the clocks a
     # power-limited prefill sustains: benchmarks/data/h100_profile_kernels.csv)
     unvectorized_elements_per_clock: float = 1.2
+
+    def interconnect(self, override: str | None = None) -> Link:
+        """The GPU-to-GPU link: `override` or the entry's named link (hardware/links.py), else one built from the
+        entry's link_bytes_per_s x link_efficiency and collective latencies (GPU files without a `link`)."""
+        name = override or self.link
+        if name:
+            return get_link(name)
+        return Link("custom", self.link_bytes_per_s * self.link_efficiency, self.collective_latency_s,
+                    self.collective_step_latency_s, "from the GPU entry's link fields", self.source)
 
     def sm_clock(self) -> float:
         """SM clock in Hz: the entry's, else the FP32 vector rate over 128 lanes x 2 FLOPs (an FMA) per SM."""
@@ -92,14 +116,14 @@ GPUS: dict[str, GPUSpec] = {
         fp8_flops_per_s=0.0, int8_ops_per_s=624 * TFLOPS, vector_flops_per_s=19.5 * TFLOPS, l2_bytes=40 * MiB,
         num_sms=108, link_bytes_per_s=300 * GB, host_link_bytes_per_s=PCIE4_X16,
         sm_clock_hz=1410e6,
-        source="NVIDIA A100 Tensor Core GPU datasheet (SXM4 40GB)"),
+        link="nvlink3", source="NVIDIA A100 Tensor Core GPU datasheet (SXM4 40GB)"),
     # NVIDIA A100 Tensor Core GPU datasheet (SXM4 80GB): 80 GB HBM2e, 2,039 GB/s; otherwise as the 40GB card.
     "a100-80gb": GPUSpec(
         name="a100-80gb", hbm_bytes=80 * GiB, hbm_bytes_per_s=2039 * GB, bf16_flops_per_s=312 * TFLOPS,
         fp8_flops_per_s=0.0, int8_ops_per_s=624 * TFLOPS, vector_flops_per_s=19.5 * TFLOPS, l2_bytes=40 * MiB,
         num_sms=108, link_bytes_per_s=300 * GB, host_link_bytes_per_s=PCIE4_X16,
         sm_clock_hz=1410e6,
-        source="NVIDIA A100 Tensor Core GPU datasheet (SXM4 80GB)"),
+        link="nvlink3", source="NVIDIA A100 Tensor Core GPU datasheet (SXM4 80GB)"),
     # NVIDIA H100 Tensor Core GPU datasheet (SXM5 80GB): 80 GB HBM3, 3.35 TB/s; BF16 989 TFLOPS (1,979*),
     # FP8 1,979 TFLOPS (3,958*), INT8 1,979 TOPS (3,958*); FP32 67 TFLOPS; NVLink 900 GB/s; PCIe Gen5
     # 128 GB/s; 132 SMs, 50 MB L2 (Hopper architecture whitepaper); max SM clock 1980 MHz (nvidia-smi on an
@@ -108,7 +132,7 @@ GPUS: dict[str, GPUSpec] = {
         name="h100-sxm", hbm_bytes=80 * GiB, hbm_bytes_per_s=3.35 * TB, bf16_flops_per_s=989 * TFLOPS,
         fp8_flops_per_s=1979 * TFLOPS, int8_ops_per_s=1979 * TFLOPS, vector_flops_per_s=67 * TFLOPS,
         l2_bytes=50 * MiB, num_sms=132, link_bytes_per_s=450 * GB, host_link_bytes_per_s=PCIE5_X16,
-        sm_clock_hz=1980e6, source="NVIDIA H100 Tensor Core GPU datasheet (SXM5 80GB)"),
+        sm_clock_hz=1980e6, link="nvlink4", source="NVIDIA H100 Tensor Core GPU datasheet (SXM5 80GB)"),
     # NVIDIA H100 Tensor Core GPU datasheet (PCIe 80GB): 80 GB HBM2e, 2.0 TB/s; BF16 756 TFLOPS (1,513*),
     # FP8 1,513 TFLOPS (3,026*), INT8 1,513 TOPS (3,026*); FP32 51 TFLOPS; PCIe Gen5 128 GB/s; NVLink
     # 600 GB/s only through a 2-GPU bridge, so GPU-to-GPU here is PCIe; 114 SMs, 50 MB L2.
@@ -116,7 +140,7 @@ GPUS: dict[str, GPUSpec] = {
         name="h100-pcie", hbm_bytes=80 * GiB, hbm_bytes_per_s=2.0 * TB, bf16_flops_per_s=756 * TFLOPS,
         fp8_flops_per_s=1513 * TFLOPS, int8_ops_per_s=1513 * TFLOPS, vector_flops_per_s=51 * TFLOPS,
         l2_bytes=50 * MiB, num_sms=114, link_bytes_per_s=PCIE5_X16, host_link_bytes_per_s=PCIE5_X16,
-        source="NVIDIA H100 Tensor Core GPU datasheet (PCIe 80GB)"),
+        link="pcie5-p2p", source="NVIDIA H100 Tensor Core GPU datasheet (PCIe 80GB)"),
     # NVIDIA H200 Tensor Core GPU datasheet (SXM): 141 GB HBM3e, 4.8 TB/s; BF16 989 TFLOPS (1,979*),
     # FP8 1,979 TFLOPS (3,958*), INT8 1,979 TOPS (3,958*); FP32 67 TFLOPS; NVLink 900 GB/s; PCIe Gen5
     # 128 GB/s; same GH100 die as H100 SXM (132 SMs, 50 MB L2, max SM clock 1980 MHz as nvidia-smi reads it).
@@ -124,7 +148,7 @@ GPUS: dict[str, GPUSpec] = {
         name="h200", hbm_bytes=141 * GiB, hbm_bytes_per_s=4.8 * TB, bf16_flops_per_s=989 * TFLOPS,
         fp8_flops_per_s=1979 * TFLOPS, int8_ops_per_s=1979 * TFLOPS, vector_flops_per_s=67 * TFLOPS,
         l2_bytes=50 * MiB, num_sms=132, link_bytes_per_s=450 * GB, host_link_bytes_per_s=PCIE5_X16,
-        sm_clock_hz=1980e6, source="NVIDIA H200 Tensor Core GPU datasheet (SXM)"),
+        sm_clock_hz=1980e6, link="nvlink4", source="NVIDIA H200 Tensor Core GPU datasheet (SXM)"),
     # NVIDIA HGX B200 datasheet, per GPU: 180 GB HBM3e, 7.7 TB/s (first printed as 8 TB/s); FP16/BF16
     # 4.5 PFLOPS*, FP8 9 PFLOPS*, INT8 9 POPS* (all with sparsity: dense is half); FP32 75 TFLOPS;
     # NVLink 5 1.8 TB/s; PCIe Gen5 128 GB/s. 148 SMs and 126 MB L2 as measured by Chips and Cheese ("Nvidia's
@@ -133,7 +157,7 @@ GPUS: dict[str, GPUSpec] = {
         name="b200", hbm_bytes=180 * GiB, hbm_bytes_per_s=7.7 * TB, bf16_flops_per_s=2250 * TFLOPS,
         fp8_flops_per_s=4500 * TFLOPS, int8_ops_per_s=4500 * TFLOPS, vector_flops_per_s=75 * TFLOPS,
         l2_bytes=126 * MiB, num_sms=148, link_bytes_per_s=900 * GB, host_link_bytes_per_s=PCIE5_X16,
-        source="NVIDIA HGX B200 datasheet (per-GPU figures)"),
+        link="nvlink5", source="NVIDIA HGX B200 datasheet (per-GPU figures)"),
     # NVIDIA L40S datasheet: 48 GB GDDR6, 864 GB/s; BF16 362.05 TFLOPS (733*), FP8 733 TFLOPS (1,466*),
     # INT8 733 TOPS (1,466*); FP32 91.6 TFLOPS; PCIe Gen4 x16 64 GB/s; no NVLink; 142 SMs (18,176 CUDA
     # cores), 96 MB L2 (Ada Lovelace architecture whitepaper, AD102).
@@ -141,7 +165,7 @@ GPUS: dict[str, GPUSpec] = {
         name="l40s", hbm_bytes=48 * GiB, hbm_bytes_per_s=864 * GB, bf16_flops_per_s=362.05 * TFLOPS,
         fp8_flops_per_s=733 * TFLOPS, int8_ops_per_s=733 * TFLOPS, vector_flops_per_s=91.6 * TFLOPS,
         l2_bytes=96 * MiB, num_sms=142, link_bytes_per_s=PCIE4_X16, host_link_bytes_per_s=PCIE4_X16,
-        source="NVIDIA L40S datasheet"),
+        link="pcie4-p2p", source="NVIDIA L40S datasheet"),
     # NVIDIA L4 Tensor Core GPU datasheet: 24 GB GDDR6, 300 GB/s; BF16 242 TFLOPS*, FP8 485 TFLOPS*,
     # INT8 485 TOPS* (sparse; dense is half); FP32 30.3 TFLOPS; PCIe Gen4 x16 64 GB/s; 58 SMs (7,424 CUDA
     # cores), 48 MB L2 (AD104).
@@ -149,7 +173,7 @@ GPUS: dict[str, GPUSpec] = {
         name="l4", hbm_bytes=24 * GiB, hbm_bytes_per_s=300 * GB, bf16_flops_per_s=121 * TFLOPS,
         fp8_flops_per_s=242.5 * TFLOPS, int8_ops_per_s=242.5 * TFLOPS, vector_flops_per_s=30.3 * TFLOPS,
         l2_bytes=48 * MiB, num_sms=58, link_bytes_per_s=PCIE4_X16, host_link_bytes_per_s=PCIE4_X16,
-        source="NVIDIA L4 Tensor Core GPU datasheet"),
+        link="pcie4-p2p", source="NVIDIA L4 Tensor Core GPU datasheet"),
     # NVIDIA A10G (AWS EC2 G5 only; NVIDIA publishes no datasheet): 24 GB GDDR6, 600 GB/s; 80 SMs; BF16
     # 70 TFLOPS dense (fp32 accumulate at half the fp16-accumulate rate, as on GA102 GeForce parts), INT8
     # 140 TOPS dense, FP32 35 TFLOPS, no FP8, as tabulated in Baseten's "NVIDIA A10 vs A10G for ML model
@@ -158,7 +182,7 @@ GPUS: dict[str, GPUSpec] = {
         name="a10g", hbm_bytes=24 * GiB, hbm_bytes_per_s=600 * GB, bf16_flops_per_s=70 * TFLOPS,
         fp8_flops_per_s=0.0, int8_ops_per_s=140 * TFLOPS, vector_flops_per_s=35 * TFLOPS, l2_bytes=6 * MiB,
         num_sms=80, link_bytes_per_s=PCIE4_X16, host_link_bytes_per_s=PCIE4_X16,
-        source="AWS EC2 G5 (NVIDIA A10G); rates as tabulated by Baseten, 'NVIDIA A10 vs A10G'"),
+        link="pcie4-p2p", source="AWS EC2 G5 (NVIDIA A10G); rates as tabulated by Baseten, 'NVIDIA A10 vs A10G'"),
     # NVIDIA Ada Lovelace architecture whitepaper, GeForce RTX 4090: 24 GB GDDR6X, 1,008 GB/s; FP16/BF16
     # tensor with FP32 accumulate 165.2 TFLOPS (330.4*) [330.3 with FP16 accumulate]; FP8 with FP32
     # accumulate 330.3 TFLOPS (660.6*); INT8 660.6 TOPS (1,321.2*); FP32 82.6 TFLOPS; 128 SMs, 72 MB L2;
@@ -167,6 +191,16 @@ GPUS: dict[str, GPUSpec] = {
         name="rtx-4090", hbm_bytes=24 * GiB, hbm_bytes_per_s=1008 * GB, bf16_flops_per_s=165.2 * TFLOPS,
         fp8_flops_per_s=330.3 * TFLOPS, int8_ops_per_s=660.6 * TFLOPS, vector_flops_per_s=82.6 * TFLOPS,
         l2_bytes=72 * MiB, num_sms=128, link_bytes_per_s=PCIE4_X16, host_link_bytes_per_s=PCIE4_X16,
+        link="pcie4-host",
+        # Calibrated: `servesim calibrate` fitted to vLLM 0.19's own kernel times of Llama-3.1-8B on an RTX 4090
+        # (casys-kaist/LLMServingSim, MIT: profiles/RTX4090/meta-llama/Llama-3.1-8B/bf16/tp1). Its tensor cores
+        # reach ~94% of the dense fp16 rate in big GEMMs; weight streaming ~93% of the datasheet bandwidth.
+        calibrated_from=("vLLM 0.19 kernel profiles of Llama-3.1-8B tp1 on an RTX 4090 "
+                         "(casys-kaist/LLMServingSim, MIT)"),
+        hbm_efficiency=0.8073, attention_floor_s=1.131e-05, attention_efficiency=0.7091,
+        attention_ctas_per_sm=0.7879, mixed_reread=0.3381, mixed_window=4.439, mixed_sharpness=6.053,
+        mixed_cta_s=4.264e-06, gemm_efficiency=0.9441, gemm_hbm_efficiency=0.9265, gemm_floor_s=8.011e-06,
+        kernel_floor_s=2.025e-06, sampler_floor_s=2.126e-05, sampler_passes=1.103,
         source="NVIDIA Ada Lovelace GPU architecture whitepaper (GeForce RTX 4090)"),
     # NVIDIA RTX PRO 6000 Blackwell (Workstation / Server Edition): 96 GB GDDR7 ECC, 1,792 GB/s; 188 SMs,
     # 128 MB L2; FP32 125 TFLOPS; "4,000 AI TOPS" = FP4 with sparsity. Dense rates derived from it: FP4 2,000,
@@ -176,6 +210,16 @@ GPUS: dict[str, GPUSpec] = {
         name="rtx-pro-6000", hbm_bytes=96 * GiB, hbm_bytes_per_s=1792 * GB, bf16_flops_per_s=500 * TFLOPS,
         fp8_flops_per_s=1000 * TFLOPS, int8_ops_per_s=1000 * TFLOPS, vector_flops_per_s=125 * TFLOPS,
         l2_bytes=128 * MiB, num_sms=188, link_bytes_per_s=PCIE5_X16, host_link_bytes_per_s=PCIE5_X16,
+        link="pcie5-host",
+        # Calibrated: `servesim calibrate` fitted to vLLM 0.19's kernel times of Qwen3-32B (tp1 and tp2) on an RTX
+        # PRO 6000 Blackwell Server Edition (casys-kaist/LLMServingSim, MIT: profiles/RTXPRO6000/Qwen/Qwen3-32B).
+        # GDDR7 streams at ~73-81% of the datasheet bandwidth; big GEMMs reach ~72% of the derived bf16 rate.
+        calibrated_from=("vLLM 0.19 kernel profiles of Qwen3-32B tp1 and tp2 on an RTX PRO 6000 "
+                         "(casys-kaist/LLMServingSim, MIT)"),
+        hbm_efficiency=0.7327, attention_floor_s=1.033e-05, attention_efficiency=0.4597,
+        attention_ctas_per_sm=0.7266, mixed_reread=0.2156, mixed_window=7.217, mixed_sharpness=2.609,
+        mixed_cta_s=3.026e-06, gemm_efficiency=0.7208, gemm_hbm_efficiency=0.8096, gemm_floor_s=8.788e-06,
+        kernel_floor_s=2.589e-06, sampler_floor_s=9.424e-06, sampler_passes=1.215,
         source="NVIDIA RTX PRO 6000 Blackwell datasheet (dense rates derived from 4,000 FP4 sparse TOPS)"),
     # AMD Instinct MI300X datasheet: 192 GB HBM3, 5.3 TB/s; BF16/FP16 1,307.4 TFLOPS (2,614.9*), FP8
     # 2,614.9 TFLOPS (5,229.8*), INT8 2,614.9 TOPS (5,229.8*); FP32 vector 163.4 TFLOPS; 304 CUs; 256 MB
@@ -185,7 +229,7 @@ GPUS: dict[str, GPUSpec] = {
         name="mi300x", hbm_bytes=192 * GiB, hbm_bytes_per_s=5.3 * TB, bf16_flops_per_s=1307.4 * TFLOPS,
         fp8_flops_per_s=2614.9 * TFLOPS, int8_ops_per_s=2614.9 * TFLOPS, vector_flops_per_s=163.4 * TFLOPS,
         l2_bytes=256 * MiB, num_sms=304, link_bytes_per_s=448 * GB, host_link_bytes_per_s=PCIE5_X16,
-        vendor="amd", source="AMD Instinct MI300X accelerator datasheet"),
+        vendor="amd", link="infinity-fabric", source="AMD Instinct MI300X accelerator datasheet"),
 }
 
 # Other spellings people type for catalog GPUs.
@@ -296,6 +340,11 @@ def load_gpu_file(path: str | Path) -> GPUSpec:
             raise GPUFileError(f"{path}: base: {exc}") from None
     values["name"] = path.stem.lower()
     values.update({key: _check_value(fields[key], value, str(path)) for key, value in data.items()})
+    if values.get("link"):
+        try:
+            get_link(str(values["link"]))
+        except ValueError as exc:
+            raise GPUFileError(f"{path}: link: {exc}") from None
     missing = [name for name, f in fields.items() if f.default is dataclasses.MISSING and name not in values]
     if missing:
         raise GPUFileError(f"{path}: missing required key '{missing[0]}' (required: "

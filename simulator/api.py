@@ -8,6 +8,7 @@ from simulator.batching import PolicyParams, make_policy
 from simulator.config import DEFAULT_MAX_MODEL_LEN, SimConfig
 from simulator.cost import CostModel
 from simulator.cost.speculative import SpeculativeCostModel, make_drafter
+from simulator.engines import cost_model_options, get_engine
 from simulator.engine import Engine, EngineParts, ProgressFn
 from simulator.kv_cache import make_kv_cache
 from simulator.memory import plan_memory
@@ -27,23 +28,29 @@ def resolve_hardware(cfg: SimConfig) -> tuple[ModelSpec, GPUSpec]:
 def build_parts(cfg: SimConfig) -> EngineParts:
     """Resolve a config into the policy, KV manager and cost model the engine drives."""
     model, gpu = resolve_hardware(cfg)
+    engine = get_engine(cfg.engine)
     if cfg.max_model_len is None:
         cfg = cfg.replace(max_model_len=min(model.max_model_len, DEFAULT_MAX_MODEL_LEN))
     if cfg.max_model_len > model.max_model_len:
         raise ValueError(f"max-model-len {cfg.max_model_len} exceeds {model.name}'s context of "
                          f"{model.max_model_len} tokens")
-    options = dict(dtype=cfg.dtype, kv_dtype=cfg.kv_dtype, cuda_graphs=cfg.cuda_graphs, attention=cfg.attention,
-                   bandwidth_scale=cfg.bandwidth_scale, flops_scale=cfg.flops_scale)
-    cost_model = CostModel(model, gpu, tp=cfg.tp, pp=cfg.pp, **options)
+    engine_options = cost_model_options(engine)
+    step_overhead_s = engine_options.pop("step_overhead_s")
+    if cfg.attention is not None:
+        engine_options["attention"] = cfg.attention
+    options = dict(dtype=cfg.dtype, kv_dtype=cfg.kv_dtype, cuda_graphs=cfg.cuda_graphs, link=cfg.link,
+                   bandwidth_scale=cfg.bandwidth_scale, flops_scale=cfg.flops_scale, **engine_options)
+    cost_model = CostModel(model, gpu, tp=cfg.tp, pp=cfg.pp, step_overhead_s=step_overhead_s, **options)
     drafter = make_drafter(cfg.draft, cfg.draft_model, model, cfg.tp) if cfg.speculative_tokens else None
     if drafter is not None and drafter.model is not None:
         draft_cost = CostModel(drafter.model, gpu, tp=drafter.tp, step_overhead_s=0.0, **options)
         cost_model = SpeculativeCostModel(cost_model, draft_cost, cfg.speculative_tokens)
     plan = plan_memory(cfg, model, gpu, cost_model.activation_workspace_bytes(cfg.token_budget), drafter)
     kv = make_kv_cache(cfg.kv, plan.capacity_tokens, block_size=cfg.block_size, max_model_len=cfg.max_model_len,
-                       reservation=cfg.kv_reservation, prefix_caching=cfg.prefix_caching)
+                       reservation=cfg.kv_reservation, prefix_caching=cfg.prefix_cache, watermark=engine.watermark)
     params = PolicyParams(max_num_seqs=cfg.max_num_seqs, max_num_batched_tokens=cfg.token_budget,
-                          chunked_prefill=cfg.chunked_prefill, preemption=cfg.preemption,
+                          chunked_prefill=cfg.chunked, admit_whole_sequence=engine.admit_whole_sequence,
+                          preemption=cfg.preemption,
                           swap_space_bytes=cfg.swap_space_gb * 1e9, kv_bytes_per_token=plan.kv_bytes_per_token,
                           batch_size=cfg.batch_size, max_batch_size=cfg.max_batch_size, max_wait_s=cfg.max_wait_s,
                           speculation=cfg.speculation)

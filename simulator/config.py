@@ -8,6 +8,8 @@ import numbers
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
+from hardware.links import LINKS
+from simulator.engines import ENGINES
 from simulator.speculative import DRAFT_METHODS, Speculation, parse_acceptance_profile
 
 
@@ -42,8 +44,10 @@ class SimConfig:
     kv_dtype: str = "bf16"
     tp: int = 1
     pp: int = 1                            # pipeline stages (layers split; one batch flows through them in turn)
+    link: str | None = None                # GPU-to-GPU interconnect (hardware/links.py); None: the GPU entry's
     cuda_graphs: bool = True
-    attention: str = "flash"               # 'flash' (FlashAttention IO) or 'naive' (scores materialized in HBM)
+    attention: str | None = None           # None: the engine's kernel; 'flash' (FlashAttention IO, prefill and
+    #                                        decode kernels), 'naive' (scores through HBM), 'varlen' (vLLM V1's)
     bandwidth_scale: float = 1.0           # what-if: the GPU's memory bandwidth times this
     flops_scale: float = 1.0               # what-if: the GPU's matrix rates times this
     # workload
@@ -61,12 +65,13 @@ class SimConfig:
     seed: int = 0
     max_concurrency: int | None = None     # at most this many requests in flight (vllm bench serve's clients)
     # serving
+    engine: str = "vllm-v1"                # engine preset (simulator/engines.py): scheduler rules, kernels, graphs
     batching: str = "continuous"
     kv: str = "paged"
     max_model_len: int | None = None       # None: the model's context, at most DEFAULT_MAX_MODEL_LEN
     max_num_seqs: int = 256
     max_num_batched_tokens: int | None = None   # None: 8192, or max_model_len when chunked prefill is off
-    chunked_prefill: bool = False
+    chunked_prefill: bool | None = None    # None: the engine's default (on for vllm-v1, off for vllm-v0)
     batch_size: int = 8
     max_batch_size: int = 8
     max_wait_s: float = 0.1
@@ -77,7 +82,8 @@ class SimConfig:
     kv_capacity_tokens: int | None = None
     preemption: str = "recompute"
     swap_space_gb: float = 4.0
-    prefix_caching: bool = False           # share cached prompt blocks between requests (vLLM V1's prefix caching)
+    prefix_caching: bool | None = None     # share cached prompt blocks between requests (vLLM V1's prefix caching);
+    #                                        None: the engine's default where it applies (continuous + paged)
     # speculative decoding (continuous batching): K drafts verified per decode step
     speculative_tokens: int = 0            # K; 0 turns speculation off
     draft: str | None = None               # 'ngram' or 'eagle' (a drafter without a model of its own)...
@@ -107,18 +113,35 @@ class SimConfig:
         if self.prefix_caching and self.batching != "continuous":
             raise ConfigError(f"prefix caching needs continuous batching (the {self.batching} policy runs whole "
                               "batches and takes no cache hits); use --batching continuous or --prefix-caching off")
-        _check_choice("attention", self.attention, ("flash", "naive"))
+        if self.attention is not None:
+            _check_choice("attention", self.attention, ("flash", "naive", "varlen"))
+        _check_choice("engine", self.engine, tuple(ENGINES))
+        if self.link is not None:
+            _check_choice("link", self.link, tuple(LINKS))
         _check_choice("preemption", self.preemption, ("recompute", "swap"))
         _check_choice("kv_reservation", self.kv_reservation, ("max-model-len", "request"))
         _check_vllm_workload(self)
         _check_speculation(self)
         if self.num_gpu_blocks is not None and self.kv_capacity_tokens is not None:
             raise ConfigError("give num_gpu_blocks or kv_capacity_tokens, not both")
-        if not self.chunked_prefill and self.max_num_batched_tokens is not None and self.max_model_len \
+        if not self.chunked and self.max_num_batched_tokens is not None and self.max_model_len \
                 and self.max_num_batched_tokens < self.max_model_len:
             raise ConfigError(f"max_num_batched_tokens ({self.max_num_batched_tokens}) is smaller than max_model_len "
                               f"({self.max_model_len}): a long prompt could never be scheduled; raise it or "
                               "enable chunked prefill")
+
+    @property
+    def prefix_cache(self) -> bool:
+        """Whether prompts share cached blocks: the scenario's choice, else the engine's default where prefix
+        caching applies (continuous batching over a paged KV cache)."""
+        if self.prefix_caching is not None:
+            return self.prefix_caching
+        return ENGINES[self.engine].prefix_caching and self.batching == "continuous" and self.kv == "paged"
+
+    @property
+    def chunked(self) -> bool:
+        """Whether prompts are chunked: the scenario's choice, else the engine's default."""
+        return ENGINES[self.engine].chunked_prefill if self.chunked_prefill is None else self.chunked_prefill
 
     @property
     def speculation(self) -> Speculation | None:
@@ -134,7 +157,7 @@ class SimConfig:
         """Tokens per step: vLLM's default 8192 with chunked prefill, else at least max_model_len."""
         if self.max_num_batched_tokens is not None:
             return self.max_num_batched_tokens
-        return 8192 if self.chunked_prefill else max(8192, self.max_model_len or DEFAULT_MAX_MODEL_LEN)
+        return 8192 if self.chunked else max(8192, self.max_model_len or DEFAULT_MAX_MODEL_LEN)
 
     @property
     def request_cap(self) -> int | None:

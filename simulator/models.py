@@ -7,6 +7,7 @@ its published 671B).
 from __future__ import annotations
 
 import difflib
+import re
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -245,6 +246,8 @@ def _normalize_model_name(name: str) -> str:
     """'meta-llama/Llama-3.1-8B-Instruct' -> 'llama-3.1-8b': drop the org, case, and chat/format suffixes."""
     key = name.strip().lower().rsplit("/", 1)[-1].replace("_", "-")
     key = key.removeprefix("meta-")
+    if key not in MODELS:                  # a release tag: Qwen3-30B-A3B-Instruct-2507
+        key = re.sub(r"-\d{4}$", "", key)
     for suffix in ("-instruct", "-chat", "-hf", "-it", "-base"):
         if key not in MODELS:
             key = key.removesuffix(suffix)

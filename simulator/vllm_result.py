@@ -1,12 +1,13 @@
 """vllm_result.json: a simulated run in the exact form `vllm bench serve --save-result` saves.
 
-Keys, order, units (ms) and definitions follow vllm/benchmarks/serve.py (vLLM main, commit 009e6d4): the run's
-header (date, endpoint_type, backend, label, model_id, tokenizer_id, num_prompts, request_rate, burstiness,
-max_concurrency), then duration, completed, failed, total_input_tokens, total_output_tokens,
-request_throughput, request_goodput (null without an SLO), output_throughput, total_token_throughput, the
-per-request latencies (s) and queue_times (s, the time a request waited for a client slot), the peak output
-tokens in any one-second bucket, the peak number of requests in flight, rtfx, then per metric of
-`percentile_metrics` mean_, median_, std_ (population) and p<P>_ (numpy's linear percentile) in milliseconds.
+Keys, order, units (ms) and definitions follow vllm/benchmarks/serve.py and the files it saves (a public
+`vllm bench serve --save-result` file of the vLLM 0.18 era has exactly these keys): the run's header (date,
+endpoint_type, backend, label, model_id, tokenizer_id, num_prompts, request_rate, burstiness, max_concurrency),
+then duration, completed, failed, total_input_tokens, total_output_tokens, request_throughput, request_goodput
+(null without an SLO), output_throughput, total_token_throughput, the peak output tokens in any one-second
+bucket, the peak number of requests in flight, rtfx, then per metric of `percentile_metrics` mean_, median_, std_
+(population) and p<P>_ (numpy's linear percentile) in milliseconds. (Later vLLM versions add the per-request
+lists `latencies` and `queue_times`; the per-request rows are in requests.csv.)
 
 Definitions, as vLLM computes them over succeeded (here: finished) requests: TTFT from arrival to the first
 token; TPOT = (latency - TTFT) / (output tokens - 1) over requests with more than one output token; ITL every
@@ -68,8 +69,6 @@ def vllm_result(config: dict[str, Any], meta: dict[str, Any], requests: pd.DataF
               "request_goodput": per_s(int(requests.met_slo.sum())) if slo_given else None,
               "output_throughput": per_s(out_tokens),
               "total_token_throughput": per_s(out_tokens + int(done.prompt_tokens.sum())),
-              "latencies": requests.e2e_s.where(requests.status == "finished", 0.0).tolist(),
-              "queue_times": _queue_times(requests).tolist(),
               "max_output_tokens_per_s": _peak_tokens_per_s(done, steps, float(requests.arrival_s.min())),
               "max_concurrent_requests": _peak_in_flight(done), "rtfx": 0.0}
     percentiles = parse_percentiles(config.get("metric_percentiles", "99"))
@@ -102,13 +101,6 @@ def _burstiness(config: dict[str, Any]) -> float | None:
     if kind == "gamma":
         return 1.0 / float(arg.rpartition("=")[2]) ** 2
     return None                                  # constant spacing is vLLM's burstiness inf, not JSON
-
-
-def _queue_times(requests: pd.DataFrame) -> pd.Series:
-    """Seconds a request waited for a free client before it was sent; 0 for open-loop arrivals."""
-    if "client_queue_s" in requests.columns:
-        return requests.client_queue_s.fillna(0.0)
-    return pd.Series(np.zeros(len(requests)))
 
 
 def _stats(metric: str, values: np.ndarray, percentiles: tuple[float, ...]) -> dict[str, float]:

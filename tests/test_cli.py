@@ -100,16 +100,18 @@ def test_missing_files_are_one_line(tmp_path):
     one_line_error(invoke("run", "--trace", str(tmp_path / "nope.csv")))
 
 
-def test_request_longer_than_kv_capacity_is_rejected_and_counted(tmp_path):
+# 4096 tokens = 256 blocks of 16; vLLM V0 keeps a 1% admission watermark (2 blocks): 254 x 16 = 4064 tokens
+@pytest.mark.parametrize("engine, capacity", [("vllm-v1", 4096), ("vllm-v0", 4064)])
+def test_request_longer_than_kv_capacity_is_rejected_and_counted(tmp_path, engine, capacity):
     trace = tmp_path / "t.csv"
     trace.write_text("arrival_s,prompt_tokens,output_tokens\n0.0,100,10\n0.1,5000,10\n0.2,100,10\n")
     out = tmp_path / "o"
-    result = invoke("run", "--trace", str(trace), "--kv-capacity-tokens", "4096", "--out", str(out))
+    result = invoke("run", "--trace", str(trace), "--kv-capacity-tokens", "4096", "--engine", engine,
+                    "--out", str(out))
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "summary.json").read_text())
     assert summary["completed"] == 2 and summary["rejected"] == 1
-    # 4096 tokens = 256 blocks of 16, less the 1% admission watermark (2 blocks): 254 x 16 = 4064 tokens
-    assert summary["rejected_reasons"] == {"longer than KV capacity (4064 tokens)": 1}
+    assert summary["rejected_reasons"] == {f"longer than KV capacity ({capacity} tokens)": 1}
     assert "rejected: longer than KV capacity" in result.output
 
 

@@ -345,7 +345,7 @@ def test_faster_unvectorized_kernels_never_slow_a_graphed_unfused_step(batch, co
     ({"dtype": "fp4"}, "unknown weight dtype 'fp4'; choose one of: bf16"),
     ({"kv_dtype": "int4"}, "unknown KV cache dtype 'int4'; choose one of"),
     ({"attention": "paged"}, "unknown attention 'paged'; choose one of: flash, naive"),
-    ({"elementwise": "xla"}, "unknown elementwise 'xla'; choose one of: fused, unfused"),
+    ({"elementwise": "xla"}, "unknown elementwise 'xla'; choose one of: fused, vllm-v1, unfused"),
     ({"tp": 3}, "tp=3 does not divide llama-3.1-8b's 32 attention heads"),
     ({"tp": 0}, "tp must be a positive integer, got 0"),
     ({"bandwidth_scale": 0.0}, "bandwidth_scale must be positive, got 0.0"),
@@ -369,7 +369,7 @@ def test_tp_must_split_or_replicate_kv_heads_evenly():
 
 def test_tp_without_a_link_is_an_error():
     with pytest.raises(CostModelError, match="needs a GPU-to-GPU link"):
-        CostModel(LLAMA, replace(H100, link_bytes_per_s=0.0), tp=2)
+        CostModel(LLAMA, replace(H100, link="", link_bytes_per_s=0.0), tp=2)
 
 
 # ---------------------------------------------------------------- fidelity on the real H100 reference

@@ -108,7 +108,7 @@ def test_cli_prints_the_table_and_writes_the_chart(tmp_path):
     (["--gpu", "h900"], "error: unknown GPU 'h900'"),
     (["--tp", "3"], "error: tp=3 does not divide"),
     (["--attention", "paged"], "error: unknown attention 'paged'"),
-    (["--elementwise", "bogus"], "error: unknown elementwise 'bogus'; choose one of: fused, unfused"),
+    (["--elementwise", "bogus"], "error: unknown elementwise 'bogus'; choose one of: fused, vllm-v1, unfused"),
     (["--gpu", "h200", "--gpu-file", "x.toml"], "error: give a GPU name or a GPU file, not both"),
     (["--gpu-file", "missing.toml"], "error: missing.toml: GPU file not found"),
 ])
@@ -127,7 +127,9 @@ def test_cli_reads_a_gpu_file_and_a_model_config(tmp_path):
     result = runner.invoke(app, ["explain", "--gpu-file", str(gpu), "--model-config", str(config)])
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("llama-3.1-8b on half-h100 (tp=1") and "1.68 TB/s" in result.stdout.splitlines()[0]
-    half = CostModel(get_model("llama-3.1-8b"), replace(H100, hbm_bytes_per_s=1.675e12))
+    from simulator.engines import cost_model_options, get_engine     # explain prices as the default engine runs
+    half = CostModel(get_model("llama-3.1-8b"), replace(H100, hbm_bytes_per_s=1.675e12),
+                     **cost_model_options(get_engine("vllm-v1")))
     total = [line for line in result.stdout.splitlines() if line.startswith("total")][0]
     assert f"{half.step_cost(step_shape('decode', 1, 1024)).seconds * 1e3:.3f} ms" in total
 

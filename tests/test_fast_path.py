@@ -16,6 +16,7 @@ from conftest import RoundCostModel, specs_from
 from simulator.api import build_parts, workload
 from simulator.batching import BATCHING_POLICIES, PolicyParams, make_policy
 from simulator.config import SimConfig
+from simulator.engines import cost_model_options, get_engine
 from simulator.engine import Engine, EngineParts
 from simulator.kv_cache import KV_CACHE_MANAGERS, make_kv_cache
 from workloads.spec import RequestSpec
@@ -93,6 +94,7 @@ def test_fast_path_matches_step_by_step_with_prefix_caching(rows, chunked, swap,
 # ---------------------------------------------------------------- the real cost model, ShareGPT lengths
 SCENARIOS = {
     "continuous-paged": {},
+    "vllm-v0": {"engine": "vllm-v0"},
     "continuous-contiguous": {"kv": "contiguous"},
     "static-contiguous": {"batching": "static", "kv": "contiguous", "batch_size": 16},
     "dynamic-paged": {"batching": "dynamic", "max_batch_size": 16, "max_wait_s": 0.05},
@@ -158,6 +160,10 @@ COST_MODELS = {
     "llama-pp2-slow-memory": ("llama-3.1-8b", "h100-sxm", {"pp": 2, "bandwidth_scale": 0.5}),
     "mla-tp8": ("deepseek-v3", "h200", {"tp": 8}),
     "moe-naive-small-graphs": ("mixtral-8x7b", "h100-sxm", {"attention": "naive", "cuda_graph_max_batch": 64}),
+    # vLLM V1's recipe: varlen attention, padded graph sizes (above 512 sequences: eager), sampler
+    "vllm-v1-4090": ("llama-3.1-8b", "rtx-4090", {**cost_model_options(get_engine("vllm-v1"))}),
+    "vllm-v1-eager-tp2": ("qwen3-32b", "rtx-pro-6000", {**cost_model_options(get_engine("vllm-v1")), "tp": 2,
+                                                         "cuda_graphs": False}),
 }
 
 

@@ -24,6 +24,7 @@ class PolicyParams:
     max_num_seqs: int = 256               # continuous: running requests at most (vLLM default 256)
     max_num_batched_tokens: int = 8192    # continuous: tokens computed per step at most
     chunked_prefill: bool = False         # continuous: split long prompts across steps, mixed with decodes
+    admit_whole_sequence: bool = False    # continuous: admission needs KV for the whole sequence (vLLM V1)
     preemption: str = "recompute"         # continuous: 'recompute' or 'swap'
     swap_space_bytes: float = 4 * 1024**3  # host memory for swapped-out KV (vLLM's default swap_space: 4 GiB)
     kv_bytes_per_token: float = 0.0       # per GPU; prices swap traffic

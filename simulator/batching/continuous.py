@@ -3,7 +3,8 @@
 Knobs are vLLM's: `max_num_seqs` running requests and `max_num_batched_tokens` tokens per step; FCFS,
 running requests first. Without chunked prefill a step is all-prefill or all-decode, prefills first (vLLM v0's
 default scheduler). With chunked prefill, decodes go first and prompt chunks fill the rest of the token budget
-(Sarathi-Serve; vLLM v1). When KV memory runs out, the most recently admitted request is preempted: by
+(Sarathi-Serve; vLLM v1), and under `admit_whole_sequence` a waiting request is admitted only when blocks for its
+whole sequence are free (vLLM V1). When KV memory runs out, the most recently admitted request is preempted: by
 recompute (free its KV, recompute prompt and outputs later) or by swap (copy its KV to host memory over PCIe).
 """
 from __future__ import annotations
@@ -108,13 +109,17 @@ class ContinuousBatching(BatchingPolicy):
 
     def _admission(self, req: Request, budget: int) -> tuple[int, int] | None:
         """(prefix-cache hit, new tokens) with which the waiting request `req` would be admitted within `budget`
-        tokens now, or None if it cannot be (the whole uncached prompt must fit without chunked prefill)."""
+        tokens now, or None if it cannot be (the whole uncached prompt must fit without chunked prefill; under
+        `admit_whole_sequence` the KV blocks of its whole sequence must be free)."""
         hit = self.kv.prefix_hit(req) if self.kv.prefix_caching and not req.num_computed_tokens else 0
         n = req.num_uncomputed_tokens - hit
         if n > budget and not self.params.chunked_prefill:
             return None
         n = min(n, budget)
-        if not self.kv.can_allocate(req, req.num_computed_tokens + hit + n, admission=True, cached_tokens=hit):
+        # vLLM V1 (scheduler_reserve_full_isl): blocks for the whole sequence so far must be free, although only
+        # this step's chunk is allocated now
+        need = req.num_tokens if self.params.admit_whole_sequence else req.num_computed_tokens + hit + n
+        if not self.kv.can_allocate(req, need, admission=True, cached_tokens=hit):
             return None
         return hit, n
 

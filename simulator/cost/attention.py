@@ -1,7 +1,9 @@
 """Attention operators: the only ones whose cost depends on the sequences' contexts, so priced every step.
 
-'flash' attention reads Q, K, V and writes the output once (FlashAttention); 'naive' writes the score matrix to
-HBM and reads it back (QK^T, softmax, P x V as three kernels).
+'flash' attention reads Q, K, V and writes the output once (FlashAttention), one kernel for the prompt chunks and
+one for the decodes; 'naive' writes the score matrix to HBM and reads it back (QK^T, softmax, P x V as three
+kernels); 'varlen' is vLLM V1's single FlashAttention varlen launch over every sequence of the step, whose decode
+rows cost more when a prompt chunk shares the launch (simulator/cost/varlen.py).
 """
 from __future__ import annotations
 
@@ -12,9 +14,11 @@ from hardware.roofline import kernel_time
 from simulator.cost.elementwise import ACT_BYTES, SOFTMAX_FLOPS
 from simulator.cost.operators import Dims, Op, scale
 from simulator.cost.rates import Rates
+from simulator.cost.varlen import (VarlenParams, chunk_tiles, decode_bytes, decode_seconds, group_size,
+                                   mixed_decode_seconds, prefill_terms, reread_share)
 from simulator.step import StepShape
 
-ATTENTION_KINDS = ("flash", "naive")
+ATTENTION_KINDS = ("flash", "naive", "varlen")
 ATTN_TILE = 128          # FlashAttention query/key tile rows (FA2/FA3 use 128 on Hopper and Ampere)
 
 
@@ -34,8 +38,11 @@ def decode_work(d: Dims, num_seqs: int) -> DecodeWork:
                       num_seqs * d.q_heads * (d.qk_dim + d.v_dim) * 2)
 
 
-def attention_ops(d: Dims, r: Rates, kind: str, shape: StepShape) -> list[Op]:
-    """Attention of all layers: one prefill kernel (three when naive) for the prompt chunks, one decode kernel."""
+def attention_ops(d: Dims, r: Rates, kind: str, shape: StepShape, varlen: VarlenParams | None = None) -> list[Op]:
+    """Attention of all layers: one prefill kernel (three when naive) for the prompt chunks, one decode kernel;
+    or, 'varlen' (with its `varlen` parameters), one launch for both."""
+    if kind == "varlen":
+        return [scale(op, d.layers) for op in varlen_attention(d, varlen, shape)]
     ops = []
     if shape.prefill or shape.verify:                 # verify chunks attend as small prompt chunks do
         ops += prefill_attention(d, r, kind, shape.prefill + shape.verify)
@@ -88,3 +95,35 @@ def naive_attention(d: Dims, r: Rates, io: float, scores: float) -> list[Op]:
     return [Op("attention_scores", "attention", qk_flops, io / 2 + s_bytes, *qk, 1),
             Op("attention_softmax", "attention", SOFTMAX_FLOPS * scores, 2 * s_bytes, *sm, 1),
             Op("attention_pv", "attention", pv_flops, io / 2 + s_bytes, *pv, 1)]
+
+
+def varlen_attention(d: Dims, p: VarlenParams, shape: StepShape) -> list[Op]:
+    """vLLM V1's one varlen launch (one layer), as rows: the prompt chunks, the decodes as they would cost alone
+    (packed), and, when both share the launch, `attention_mixed`: what the unpacked decode rows cost beyond
+    that (grouped-head KV re-reads, padded tiles, their CTAs). The rows add up to varlen.step_seconds."""
+    ops, qd = [], 2.0 * d.q_heads * (d.qk_dim + d.v_dim)
+    tiles = padded = kv_tokens = q_tokens = pairs = 0.0
+    for n, c in shape.prefill:
+        t, pp = chunk_tiles(p, n, c)
+        tiles, padded, kv_tokens, q_tokens = tiles + t, padded + pp, kv_tokens + c + n, q_tokens + n
+        pairs += n * (c + (n + 1) / 2.0)
+    if shape.prefill:
+        compute, memory = (float(x) for x in prefill_terms(p, tiles, padded, kv_tokens, q_tokens))
+        body = max(compute, memory)
+        bound = "latency" if p.floor_s > body else "compute" if compute >= memory else "memory"
+        io = kv_tokens * p.kv_bytes_per_token + q_tokens * p.q_heads * (p.qk_dim + p.v_dim) * ACT_BYTES
+        ops.append(Op("attention_prefill", "attention", qd * pairs, io, p.floor_s + body, bound, 1))
+    if shape.num_decode:
+        n, ctx = shape.num_decode, shape.decode_context_tokens
+        alone = decode_seconds(p, n, ctx)
+        num_bytes = decode_bytes(p, n, ctx)
+        if not shape.prefill:
+            bound = "latency" if p.floor_s > alone - p.floor_s else "memory"
+            ops.append(Op("attention_decode", "attention", qd * ctx, num_bytes, alone, bound, 1))
+        else:
+            packed = alone - p.floor_s                      # the launch's floor is the prefill row's
+            extra = float(mixed_decode_seconds(p, tiles, n, ctx)) - packed
+            reread = (group_size(p) - 1.0) * float(reread_share(p, tiles, n)) * ctx * p.kv_bytes_per_token
+            ops.append(Op("attention_decode", "attention", qd * ctx, num_bytes, packed, "memory", 0))
+            ops.append(Op("attention_mixed", "attention", 0.0, reread, extra, "memory", 0))
+    return ops

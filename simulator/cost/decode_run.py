@@ -14,6 +14,7 @@ from hardware.roofline import kernel_time
 from simulator.cost.attention import DecodeWork
 from simulator.cost.operators import BOUND_INDEX, Totals
 from simulator.cost.rates import Rates
+from simulator.cost.varlen import VarlenParams, decode_bytes, decode_seconds
 from simulator.step import RunCosts
 
 
@@ -23,6 +24,8 @@ class DecodeRun(NamedTuple):
     base: Totals          # the step's operators but attention, reduced
     graphed: bool         # whether the step replays a CUDA graph
     work: DecodeWork      # its attention's FLOPs and bytes per token attended
+    varlen: VarlenParams | None = None   # vLLM V1's varlen kernel prices the attention (decode_seconds)
+    num_seqs: int = 0     # sequences decoding (what varlen's query bytes count)
 
 
 def price_decode_run(run: DecodeRun, r: Rates, layers: float, step_overhead_s: float, context_tokens: int,
@@ -34,6 +37,7 @@ def price_decode_run(run: DecodeRun, r: Rates, layers: float, step_overhead_s: f
     bc0, bm0, bl0 = run.base.bound_s
     flops0, bytes0, excess0, graphed = run.base.flops, run.base.bytes, run.base.excess_s, run.graphed
     fpt, kv_elems, kvb, query_bytes = run.work
+    varlen, num_seqs = run.varlen, run.num_seqs
     rate, bw, lat, p = r.attention, r.bw, r.gemm_latency_s, r.overlap
     launch = layers * r.launch_s                             # the attention operator's kernels x launch cost
     seconds, ends, flops, nbytes, bound, attention, overhead = [], [], [], [], [], [], []
@@ -42,7 +46,12 @@ def price_decode_run(run: DecodeRun, r: Rates, layers: float, step_overhead_s: f
         ctx = context_tokens + j * context_step
         aflops = fpt * ctx                                   # decode_attention's operator, one layer
         abytes = ctx * kv_elems * kvb + query_bytes
-        s, which = kernel_time(aflops, abytes, rate, bw, lat, p)
+        if varlen is None:
+            s, which = kernel_time(aflops, abytes, rate, bw, lat, p)
+        else:                                                # attention.varlen_attention's decode-only row
+            abytes = decode_bytes(varlen, num_seqs, ctx)
+            s = decode_seconds(varlen, num_seqs, ctx)
+            which = "latency" if varlen.floor_s > s - varlen.floor_s else "memory"
         s *= layers                                          # scale(op, layers)
         att = a0 + s
         gpu_s = 0 + g + att + e + c + o                      # sum of the families, in FAMILIES order

@@ -39,6 +39,9 @@ ELEMENTWISE: dict[str, Elementwise] = {
     # output in place (vllm/model_executor/layers/{layernorm,rotary_embedding,activation}.py). All vectorized
     # and bandwidth-bound.
     "fused": Elementwise(norm=Ew(1, 4), rope=Ew(1, 2), kv_write=Ew(1, 1), residual=Ew(0, 0), act=Ew(1, 3)),
+    # vLLM V1 as compiled (torch.compile + its fusion passes): as 'fused', but RoPE writes the rotated K and the
+    # V of each token into the paged cache in the same kernel (the cache write's bytes stay, its launch goes).
+    "vllm-v1": Elementwise(norm=Ew(1, 4), rope=Ew(1, 2), kv_write=Ew(0, 1), residual=Ew(0, 0), act=Ew(1, 3)),
     # Plain PyTorch ops, as in the measured reference steps. RMSNorm as x * rsqrt(mean(x^2) + eps) * w: pow
     # (2 passes), mean (1), add and rsqrt on one value a row, then two broadcast multiplies (2 + 2 passes)
     # that run non-vectorized. Rotate-half RoPE on Q and on K (q and k are strided views of the QKV output):

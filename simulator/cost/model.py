@@ -26,6 +26,7 @@ from simulator.cost.decode_run import DecodeRun, price_decode_run
 from simulator.cost.elementwise import ELEMENTWISE
 from simulator.cost.operators import Catalogue, Op, Totals, dims, scale, totals
 from simulator.cost.rates import INF, rates
+from simulator.cost.varlen import sampler_seconds, varlen_params
 from simulator.models import KV_DTYPES, WEIGHT_DTYPES, ModelSpec
 from simulator.step import BOUNDS, FAMILIES, RunCosts, StepCost, StepShape
 
@@ -44,25 +45,36 @@ class CostModel:
     Keyword options: dtype (weights), kv_dtype, tp (tensor parallel: weights and heads split, two all-reduces
     per layer), pp (pipeline stages run one after another for a step, so a step's latency pays the hand-offs and
     the bubbles), cuda_graphs with cuda_graph_max_batch (decode-only steps up to that batch replay a graph),
-    cuda_graph_prefill (also graph steps with prefill tokens, as vLLM V1's piecewise graphs or a fully captured
-    forward pass do), attention ('flash', or 'naive': the score matrix goes through HBM), bandwidth_scale and
-    flops_scale (what-if multipliers of the datasheet rates), step_overhead_s (default: the GPU entry's).
+    cuda_graph_prefill (also graph whole steps with prefill tokens, as a fully captured forward pass does),
+    piecewise_graphs (vLLM V1: steps with prefill tokens, up to cuda_graph_max_batch tokens, replay graphs of
+    everything but attention, which is launched eagerly), cuda_graph_sizes (the captured sizes: a graphed step
+    is padded up to the next one; () = no padding), attention ('flash', 'naive': the score matrix goes through
+    HBM, or 'varlen': vLLM V1's one launch for the step, simulator/cost/varlen.py), elementwise (the recipe of
+    the small operators), sampler (vLLM's GPU sampler after the LM head), bandwidth_scale and flops_scale
+    (what-if multipliers of the datasheet rates), step_overhead_s (default: the GPU entry's), link (the
+    GPU-to-GPU interconnect by name, hardware/links.py; default: the GPU entry's).
     """
 
     def __init__(self, model: ModelSpec, gpu: GPUSpec, *, dtype: str = "bf16", kv_dtype: str = "bf16",
                  tp: int = 1, pp: int = 1, cuda_graphs: bool = True, cuda_graph_max_batch: int = CUDA_GRAPH_MAX_BATCH,
-                 cuda_graph_prefill: bool = False, attention: str = "flash", elementwise: str = "fused",
-                 bandwidth_scale: float = 1.0, flops_scale: float = 1.0, step_overhead_s: float | None = None) -> None:
+                 cuda_graph_prefill: bool = False, piecewise_graphs: bool = False,
+                 cuda_graph_sizes: tuple[int, ...] = (), attention: str = "flash", elementwise: str = "fused",
+                 sampler: bool = False, bandwidth_scale: float = 1.0, flops_scale: float = 1.0,
+                 step_overhead_s: float | None = None, link: str | None = None) -> None:
         _validate(model, gpu, dtype, kv_dtype, tp, pp, attention, elementwise, bandwidth_scale, flops_scale,
-                  cuda_graph_max_batch)
+                  cuda_graph_max_batch, link)
         self.model, self.gpu, self.dtype, self.kv_dtype = model, gpu, dtype, kv_dtype
         self.tp, self.pp, self.attention, self.elementwise = tp, pp, attention, elementwise
         self.cuda_graphs, self.cuda_graph_max_batch, self.cuda_graph_prefill = (
             cuda_graphs, cuda_graph_max_batch, cuda_graph_prefill)
+        self.piecewise_graphs, self.cuda_graph_sizes = piecewise_graphs, tuple(sorted(cuda_graph_sizes))
+        self.sampler, self.link = sampler, link
         self.bandwidth_scale, self.flops_scale = bandwidth_scale, flops_scale
         self.step_overhead_s = gpu.step_overhead_s if step_overhead_s is None else step_overhead_s
-        self.rates = rates(gpu, dtype, tp, flops_scale, bandwidth_scale)
+        self.rates = rates(gpu, dtype, tp, flops_scale, bandwidth_scale, link)
         self.dims = dims(model, dtype, kv_dtype, tp)
+        self.varlen = (varlen_params(gpu, model, tp=tp, kv_dtype=kv_dtype, flops_scale=flops_scale,
+                                     bandwidth_scale=bandwidth_scale) if attention == "varlen" else None)
         self.catalogue = Catalogue(model, self.dims, self.rates, ELEMENTWISE[elementwise], tp, pp)
         self.peak_flops_per_s, self.peak_bytes_per_s = self.rates.peak_flops_per_s, self.rates.peak_bytes_per_s
         self._dense = lru_cache(maxsize=None)(self._dense_totals)
@@ -70,58 +82,94 @@ class CostModel:
         self._decode_run = lru_cache(maxsize=None)(self._decode_run_of)
         self.step_cost = lru_cache(maxsize=1 << 16)(self._step_cost)
 
-    # ------------------------------------------------------------------ the step
-    def graphed(self, shape: StepShape) -> bool:
-        """Whether this step replays a CUDA graph (no per-kernel launch cost)."""
-        if not self.cuda_graphs or shape.num_seqs > self.cuda_graph_max_batch:
-            return False
-        return self.cuda_graph_prefill or not shape.prefill
+    # ------------------------------------------------------------------ CUDA graphs
+    def graph_mode(self, shape: StepShape) -> str:
+        """How the step runs: 'full' (one CUDA graph replay, no launch cost), 'piecewise' (graphs of all but
+        attention, whose kernels are launched from the CPU) or 'eager' (every kernel launched)."""
+        if not self.cuda_graphs:
+            return "eager"
+        if not shape.prefill or self.cuda_graph_prefill:
+            return "full" if shape.num_seqs <= self.cuda_graph_max_batch else "eager"
+        if self.piecewise_graphs and shape.num_tokens <= self.cuda_graph_max_batch:
+            return "piecewise"
+        return "eager"
 
+    def graphed(self, shape: StepShape) -> bool:
+        """Whether this step replays a CUDA graph for all of it (no per-kernel launch cost)."""
+        return self.graph_mode(shape) == "full"
+
+    def padded_tokens(self, shape: StepShape) -> int:
+        """Tokens the step's token-wise operators compute: a graphed step runs the captured size at or above
+        its token count (vLLM pads the batch up to it), an eager one exactly its tokens."""
+        t = shape.num_tokens
+        if self.cuda_graph_sizes and self.graph_mode(shape) != "eager":
+            return next((size for size in self.cuda_graph_sizes if size >= t), t)
+        return t
+
+    # ------------------------------------------------------------------ the step
     def operators(self, shape: StepShape) -> list[Op]:
         """Every operator of the step over all layers, in execution order, plus overhead rows.
 
         Their seconds add up to `step_cost(shape).seconds`.
         """
         t, cat, layers = shape.num_tokens, self.catalogue, self.dims.layers
-        ops = []
+        ops, attention = [], self._attention(shape)
         if t > 0:
-            ops = [cat.embedding(t), *(_scaled(cat.before_attention(t), layers)), *self._attention(shape),
-                   *_scaled(cat.after_attention(t), layers), *cat.head(shape.num_sampled)]
+            tp = self.padded_tokens(shape)
+            ops = [cat.embedding(tp), *(_scaled(cat.before_attention(tp), layers)), *attention,
+                   *_scaled(cat.after_attention(tp), layers), *self._head_ops(shape.num_sampled)]
             if self.pp > 1:
-                ops.append(cat.pp_send(t))
+                ops.append(cat.pp_send(tp))
         rows = [op._replace(kernels=int(round(op.kernels))) for op in ops]
-        launch = 0.0 if self.graphed(shape) else totals(ops, self.rates.launch_s).excess_s
+        launch = self._launch_excess(shape, totals(ops, self.rates.launch_s), totals(attention, self.rates.launch_s))
         if launch:
             rows.append(Op("kernel_launch", "overhead", 0.0, 0.0, launch, "latency", 0))
         if self.step_overhead_s:
             rows.append(Op("step_overhead", "overhead", 0.0, 0.0, self.step_overhead_s, "latency", 0))
         return rows
 
+    def _launch_excess(self, shape: StepShape, everything: Totals, attention: Totals) -> float:
+        """CPU launch time the GPU waits for: none in a full graph, attention's in a piecewise one."""
+        mode = self.graph_mode(shape)
+        return 0.0 if mode == "full" else attention.excess_s if mode == "piecewise" else everything.excess_s
+
     def _step_cost(self, shape: StepShape) -> StepCost:
         """operators(shape) reduced: the cached totals of the dense and head operators, plus attention's."""
         t = shape.num_tokens
         if t <= 0:
             return StepCost(self.step_overhead_s, 0.0, 0.0, "latency", (("overhead", self.step_overhead_s),))
-        base = self._dense(t).plus(self._head(shape.num_sampled))
-        return self._finish(totals(self._attention(shape), self.rates.launch_s, base), self.graphed(shape))
+        base = self._dense(self.padded_tokens(shape)).plus(self._head(shape.num_sampled))
+        attention = self._attention(shape)
+        tot = totals(attention, self.rates.launch_s, base)
+        return self._finish(tot, self._launch_excess(shape, tot, totals(attention, self.rates.launch_s)))
 
-    def _finish(self, tot: Totals, graphed: bool) -> StepCost:
-        """A step's cost from its operators' totals: GPU time plus the step overhead and, eager, the launches."""
+    def _finish(self, tot: Totals, launch_s: float) -> StepCost:
+        """A step's cost from its operators' totals: GPU time plus the step overhead and the launches waited for."""
         fam = list(tot.family_s)
         gpu_s = sum(fam)
-        fam[-1] = self.step_overhead_s + (0.0 if graphed else tot.excess_s)      # FAMILIES[-1] == "overhead"
+        fam[-1] = self.step_overhead_s + launch_s                                 # FAMILIES[-1] == "overhead"
         bound = BOUNDS[max(range(len(BOUNDS)), key=tot.bound_s.__getitem__)]
         return StepCost(seconds=gpu_s + fam[-1], flops=tot.flops, bytes=tot.bytes, bound=bound,
                         breakdown=tuple(zip(FAMILIES, fam)))
 
     def _attention(self, shape: StepShape) -> list[Op]:
-        return attention_ops(self.dims, self.rates, self.attention, shape)
+        return attention_ops(self.dims, self.rates, self.attention, shape, self.varlen)
 
     def _dense_totals(self, t: int) -> Totals:
         return totals(self.catalogue.dense(t), self.rates.launch_s)
 
+    def _head_ops(self, s: int) -> list[Op]:
+        """Final norm and LM head on the sampled positions, then (vLLM) the GPU sampler over their logits."""
+        ops = self.catalogue.head(s)
+        if self.sampler and s > 0:
+            g = self.gpu
+            seconds = sampler_seconds(g.sampler_floor_s, g.sampler_passes, self.model.vocab_size, self.rates.bw, s)
+            num_bytes = g.sampler_passes * s * self.model.vocab_size * 4.0
+            ops.append(Op("sampler", "elementwise", 0.0, num_bytes, seconds, "memory", 1))
+        return ops
+
     def _head_totals(self, s: int) -> Totals:
-        return totals(self.catalogue.head(s), self.rates.launch_s)
+        return totals(self._head_ops(s), self.rates.launch_s)
 
     # ------------------------------------------------------------------ decode runs (the engine's fast path)
     def decode_run_costs(self, num_seqs: int, context_tokens: int, context_step: int, max_steps: int,
@@ -138,8 +186,9 @@ class CostModel:
                                 context_tokens, context_step, max_steps, start_s, stop_s, detail)
 
     def _decode_run_of(self, num_seqs: int) -> DecodeRun:
-        return DecodeRun(self._dense(num_seqs).plus(self._head(num_seqs)),
-                         self.graphed(StepShape((), num_seqs, 0, num_seqs)), decode_work(self.dims, num_seqs))
+        shape = StepShape((), num_seqs, 0, num_seqs)
+        return DecodeRun(self._dense(self.padded_tokens(shape)).plus(self._head(num_seqs)), self.graphed(shape),
+                         decode_work(self.dims, num_seqs), self.varlen, num_seqs)
 
     # ------------------------------------------------------------------ other engine-facing costs
     def swap_seconds(self, num_bytes: float) -> float:
@@ -158,7 +207,8 @@ def _scaled(ops: list[Op], k: float) -> list[Op]:
 
 
 def _validate(model: ModelSpec, gpu: GPUSpec, dtype: str, kv_dtype: str, tp: int, pp: int, attention: str,
-              elementwise: str, bandwidth_scale: float, flops_scale: float, cuda_graph_max_batch: int) -> None:
+              elementwise: str, bandwidth_scale: float, flops_scale: float, cuda_graph_max_batch: int,
+              link: str | None) -> None:
     """One-line errors naming the bad argument and the valid choices."""
     if dtype not in WEIGHT_DTYPES:
         raise CostModelError(f"unknown weight dtype '{dtype}'; choose one of: {', '.join(WEIGHT_DTYPES)}")
@@ -177,7 +227,7 @@ def _validate(model: ModelSpec, gpu: GPUSpec, dtype: str, kv_dtype: str, tp: int
     if not model.is_mla and (kv % tp if kv >= tp else tp % kv):
         # As vLLM requires: KV heads split evenly over the GPUs, or each replicated on tp / kv_heads of them.
         raise CostModelError(f"tp={tp} and {model.name}'s {kv} KV heads: one must divide the other")
-    if tp > 1 and gpu.link_bytes_per_s <= 0:
+    if (tp > 1 or pp > 1) and gpu.interconnect(link).bus_bytes_per_s <= 0:
         raise CostModelError(f"tp={tp} needs a GPU-to-GPU link, and {gpu.name} has none in its entry")
     for name, value in (("bandwidth_scale", bandwidth_scale), ("flops_scale", flops_scale)):
         if not value > 0:

@@ -28,14 +28,17 @@ class Rates:
     gemm_latency_s: float            # fixed latency of a GEMM or attention kernel
     overlap: float                   # roofline blend exponent (inf: the pure max of the two roofs)
     num_sms: int
-    link: float                      # GPU-to-GPU bytes/s
+    link: float                      # GPU-to-GPU all-reduce bus bytes/s (NCCL busbw)
     collective_latency_s: float
     ring_latency_s: float            # per all-reduce: 2 (tp - 1) ring steps
     launch_s: float                  # CPU cost to launch one kernel (eager steps)
 
 
-def rates(gpu: GPUSpec, dtype: str, tp: int = 1, flops_scale: float = 1.0, bandwidth_scale: float = 1.0) -> Rates:
-    """The achievable rates of `gpu` running weights of `dtype` with `tp`-way tensor parallelism."""
+def rates(gpu: GPUSpec, dtype: str, tp: int = 1, flops_scale: float = 1.0, bandwidth_scale: float = 1.0,
+          link: str | None = None) -> Rates:
+    """The achievable rates of `gpu` running weights of `dtype` with `tp`-way tensor parallelism, its GPUs
+    connected by `link` (a name in hardware/links.py; default: the entry's)."""
+    interconnect = gpu.interconnect(link)        # NCCL bus bandwidth and latencies
     peak_flops = gpu.matrix_flops_per_s(dtype) * flops_scale
     peak_attn = gpu.bf16_flops_per_s * flops_scale
     peak_bytes = gpu.hbm_bytes_per_s * bandwidth_scale
@@ -47,6 +50,6 @@ def rates(gpu: GPUSpec, dtype: str, tp: int = 1, flops_scale: float = 1.0, bandw
                  gemm=gemm, attention=peak_attn * gpu.attention_efficiency, bw=peak_bytes * gpu.hbm_efficiency,
                  gemm_bw=peak_bytes * gpu.gemm_hbm_efficiency, vector=(gpu.vector_flops_per_s * flops_scale) or gemm,
                  unvec=unvec or INF, latency_s=gpu.kernel_floor_s, gemm_latency_s=gpu.gemm_floor_s,
-                 overlap=gpu.roofline_overlap, num_sms=gpu.num_sms, link=gpu.link_bytes_per_s * gpu.link_efficiency,
-                 collective_latency_s=gpu.collective_latency_s,
-                 ring_latency_s=2 * (tp - 1) * gpu.collective_step_latency_s, launch_s=gpu.launch_overhead_s)
+                 overlap=gpu.roofline_overlap, num_sms=gpu.num_sms, link=interconnect.bus_bytes_per_s,
+                 collective_latency_s=interconnect.latency_s,
+                 ring_latency_s=2 * (tp - 1) * interconnect.step_latency_s, launch_s=gpu.launch_overhead_s)

@@ -13,7 +13,7 @@ import plotly.graph_objects as go
 
 from simulator.cost import CostModel, Op, StepShape
 
-PHASES = ("prefill", "decode")
+PHASES = ("prefill", "decode", "mixed")
 FAMILY_COLORS = {"gemm": "#1f77b4", "attention": "#d62728", "elementwise": "#2ca02c",
                  "communication": "#9467bd", "overhead": "#7f7f7f"}
 COLUMNS = ["operator", "family", "kernels", "flops", "bytes", "intensity", "bound", "seconds", "share"]
@@ -23,13 +23,21 @@ class ExplainError(ValueError):
     """Bad arguments to explain; the message is one line."""
 
 
-def step_shape(phase: str, batch: int, tokens: int) -> StepShape:
-    """The step `explain` prices: `batch` fresh prompts of `tokens` tokens (prefill), or `batch` sequences each
-    decoding one token over `tokens` cached ones (decode)."""
+def step_shape(phase: str, batch: int, tokens: int, chunk: int = 0, cached: int = 0) -> StepShape:
+    """The step `explain` prices: `batch` fresh prompts of `tokens` tokens (prefill), `batch` sequences each
+    decoding one token over `tokens` cached ones (decode), or (mixed) a prompt chunk of `chunk` tokens after
+    `cached` cached ones in the same step as those `batch` decodes (the chunk is not the prompt's last: no token
+    is sampled for it)."""
     if phase not in PHASES:
         raise ExplainError(f"unknown phase '{phase}'; choose one of: {', '.join(PHASES)}")
     if batch < 1:
         raise ExplainError(f"batch must be at least 1, got {batch}")
+    if phase == "mixed":
+        if chunk < 1 or cached < 0 or tokens < 0:
+            raise ExplainError(f"a mixed step needs a chunk of at least 1 token, cached >= 0 and context >= 0, "
+                               f"got {chunk}, {cached} and {tokens}")
+        return StepShape(prefill=((chunk, cached),), num_decode=batch, decode_context_tokens=batch * (tokens + 1),
+                         num_sampled=batch)
     if phase == "prefill":
         if tokens < 1:
             raise ExplainError(f"a prefill needs at least 1 prompt token, got {tokens}")
@@ -39,12 +47,15 @@ def step_shape(phase: str, batch: int, tokens: int) -> StepShape:
     return StepShape(num_decode=batch, decode_context_tokens=batch * (tokens + 1), num_sampled=batch)
 
 
-def explain_step(cost_model: CostModel, phase: str, batch: int, prompt_or_context: int) -> pd.DataFrame:
+def explain_step(cost_model: CostModel, phase: str, batch: int, prompt_or_context: int, chunk: int = 0,
+                 cached: int = 0) -> pd.DataFrame:
     """One row per operator (all layers together) plus a final 'total' row; share is of the step's seconds."""
-    shape = step_shape(phase, batch, prompt_or_context)
+    shape = step_shape(phase, batch, prompt_or_context, chunk, cached)
     max_len = cost_model.model.max_model_len
-    if prompt_or_context + 1 > max_len:
-        raise ExplainError(f"{prompt_or_context} tokens exceed {cost_model.model.name}'s context of {max_len}")
+    for tokens in (prompt_or_context + 1, chunk + cached):
+        if tokens > max_len:
+            raise ExplainError(f"{tokens - (tokens == prompt_or_context + 1)} tokens exceed "
+                               f"{cost_model.model.name}'s context of {max_len}")
     ops = cost_model.operators(shape)
     cost = cost_model.step_cost(shape)
     rows = [{"operator": o.name, "family": o.family, "kernels": o.kernels, "flops": o.flops, "bytes": o.bytes,

@@ -9,8 +9,10 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from hardware.links import LINKS
 from simulator.batching import BATCHING_POLICIES
 from simulator.config import short
+from simulator.engines import DEFAULT_ENGINE, ENGINES
 from simulator.kv_cache import KV_CACHE_MANAGERS
 from simulator.speculative import DRAFT_METHODS
 
@@ -137,8 +139,9 @@ SCENARIO_OPTIONS: tuple[ScenarioOption, ...] = (
     _o("kv_dtype", str, "KV-cache precision: bf16, fp16, fp8. [default: bf16]", HW),
     _o("tp", int, "Tensor-parallel GPUs. [default: 1]", HW),
     _o("pp", int, "Pipeline-parallel stages (layers split across GPUs). [default: 1]", HW),
-    _o("attention", str, "Attention kernel: flash (FlashAttention IO) or naive (scores in HBM). [default: flash]",
-       HW),
+    _o("link", str, f"GPU-to-GPU link for --tp/--pp: {', '.join(LINKS)}. [default: the GPU entry's]", HW),
+    _o("attention", str, "Attention kernel: varlen (vLLM V1's one launch for all sequences), flash (separate "
+                         "prefill and decode kernels) or naive (scores in HBM). [default: the engine's]", HW),
     _o("bandwidth_scale", float, "What-if: multiply the GPU's memory bandwidth. [default: 1]", HW),
     _o("flops_scale", float, "What-if: multiply the GPU's matrix FLOP rates. [default: 1]", HW),
     _o("cuda_graphs", bool, "CUDA graphs for decode steps: on or off. [default: on]", HW),
@@ -162,13 +165,15 @@ SCENARIO_OPTIONS: tuple[ScenarioOption, ...] = (
     _o("max_concurrency", int, "At most this many requests in flight: one due while that many are running "
                                "arrives when one finishes (vllm bench serve's --max-concurrency). [default: no limit]",
        WL),
+    _o("engine", str, f"Serving engine preset (scheduler rules, kernels, CUDA graphs, CPU time per step): "
+                      f"{', '.join(ENGINES)}. [default: {DEFAULT_ENGINE}]", SV),
     _o("batching", str, f"Batching policy: {', '.join(BATCHING_POLICIES)}. [default: continuous]", SV),
     _o("max_model_len", int, "Longest prompt + output accepted, tokens. [default: the model's context, at most 8192]", SV),
     _o("max_num_seqs", int, "Continuous: running requests at most. [default: 256]", SV),
     _o("max_num_batched_tokens", int, "Continuous: tokens per step at most. [default: 8192, or max-model-len "
                                       "without chunked prefill]", SV),
     _o("chunked_prefill", bool, "Continuous: split prompts across steps, mixed with decodes: on or off. "
-                                "[default: off]", SV),
+                                "[default: the engine's: on for vllm-v1, off for vllm-v0]", SV),
     _o("batch_size", int, "Static: requests per batch. [default: 8]", SV),
     _o("max_batch_size", int, "Dynamic: close a batch at this many waiting requests. [default: 8]", SV),
     _o("max_wait_s", float, "Dynamic: or once the oldest request waited this long, s. [default: 0.1]", SV,
@@ -189,7 +194,8 @@ SCENARIO_OPTIONS: tuple[ScenarioOption, ...] = (
     _o("block_size", int, "Paged: tokens per KV block. [default: 16]", KV),
     _o("prefix_caching", bool, "Paged + continuous: reuse cached KV blocks of shared prompt prefixes (vLLM V1's "
                                "automatic prefix caching; hits need a workload that describes its content, such "
-                               "as Mooncake hash_ids or token ids): on or off. [default: off]", KV),
+                               "as Mooncake hash_ids or token ids): on or off. [default: the engine's: on for vllm-v1 with "
+                               "continuous batching and a paged KV cache, off for vllm-v0]", KV),
     _o("kv_reservation", str, "Contiguous: reserve max-model-len or request (prompt + output) per request. "
                               "[default: max-model-len]", KV),
     _o("gpu_memory_utilization", float, "Share of GPU memory servesim may use. [default: 0.9]", KV),
