@@ -471,6 +471,12 @@ def print_rows(rows: list[dict], fmt: OutputFormat, title: str) -> None:
 # ---- many scenarios: compare, sweep, report (the logic lives in simulator/runs/) ----
 JobsOpt = Annotated[Optional[int], typer.Option("--jobs", "-j", help="Scenarios run at once \\[default: all local "
                                                 "cores]; results are identical whatever the count.")]
+ExecutorOpt = Annotated[str, typer.Option("--executor", help="Where simulations run: local (this machine's cores) "
+                                          "or ray (each simulation a Ray task; pip install 'servesim[ray]'). "
+                                          "Results are identical.")]
+AddressOpt = Annotated[Optional[str], typer.Option("--address", help="With --executor ray: the cluster to join "
+                                                   "(HOST:PORT, ray://HOST:PORT or auto) \\[default: start Ray on "
+                                                   "this machine].")]
 
 
 def _axes_and_base(scenario: dict, config_file: Path | None):
@@ -503,6 +509,7 @@ def _wrote(out: Path, what: str = "") -> None:
 @app.command()
 @scenario_command(lists=True)
 def compare(*, scenario: dict, config: ConfigOpt = None, out: OutOpt = Path("servesim-out"), jobs: JobsOpt = None,
+            executor: ExecutorOpt = "local", address: AddressOpt = None,
             format: FormatOpt = OutputFormat.table, quiet: QuietOpt = False) -> None:
     """Run the cross product of comma-listed options (--batching static,continuous --rate 5,10); print a
     comparison table; write comparison.csv, one results folder per scenario, and report.html."""
@@ -512,7 +519,8 @@ def compare(*, scenario: dict, config: ConfigOpt = None, out: OutOpt = Path("ser
     with cli_errors(), outputs.staged(out) as tmp:
         axes, base = _axes_and_base(scenario, config)
         with _board(quiet, "scenarios") as board:
-            result = sweep.run_comparison(base, axes, jobs=jobs, board=board, save_root=tmp)
+            result = sweep.run_comparison(base, axes, jobs=jobs, board=board, save_root=tmp, executor=executor,
+                                          address=address)
         outputs.write_comparison(tmp, result)
     if not quiet:
         tables.emit(result.frame(), format.value, lambda: tables.comparison_table(
@@ -523,6 +531,7 @@ def compare(*, scenario: dict, config: ConfigOpt = None, out: OutOpt = Path("ser
 @app.command()
 @scenario_command(lists=True)
 def sweep(*, scenario: dict, config: ConfigOpt = None, out: OutOpt = Path("servesim-out"), jobs: JobsOpt = None,
+          executor: ExecutorOpt = "local", address: AddressOpt = None,
           attainment: Annotated[float, typer.Option(help="Share of requests that must meet every SLO.")] = 0.9,
           tolerance: Annotated[float, typer.Option(help="Stop bisecting when the capacity is known to this "
                                                         "relative precision.")] = 0.02,
@@ -536,13 +545,53 @@ def sweep(*, scenario: dict, config: ConfigOpt = None, out: OutOpt = Path("serve
         axes, base = _axes_and_base(scenario, config)
         with _board(quiet, "simulations") as board:
             result = capacity.run_sweep(base, axes, attainment=attainment, tolerance=tolerance, jobs=jobs,
-                                        board=board)
+                                        board=board, executor=executor, address=address)
         outputs.write_sweep(tmp, result)
     if not quiet:
         options = list(result.configs[0].values)
         tables.emit(result.capacity, format.value, lambda: tables.capacity_table(
             result.capacity, options, title=f"servesim sweep: capacity at >= {attainment:.0%} SLO attainment"))
         _wrote(out, f"{out}/sweep.csv ({len(result.simulations)} simulations), {out}/capacity.csv")
+
+
+@app.command()
+@scenario_command(lists=True)
+def plan(*, scenario: dict, config: ConfigOpt = None, out: OutOpt = Path("servesim-plan"), jobs: JobsOpt = None,
+         executor: ExecutorOpt = "local", address: AddressOpt = None,
+         target_rate: Annotated[float, typer.Option("--target-rate", help="Requests/s the deployment must serve, "
+                                                    "over all replicas.")] = ...,
+         attainment: Annotated[float, typer.Option(help="Share of requests that must meet every SLO.")] = 0.9,
+         price: Annotated[Optional[list[str]], typer.Option("--price", help="USD per GPU-hour, GPU=USD (repeat or "
+                                                            "comma-list); overrides the catalog's dated list price.")]
+         = None,
+         top: Annotated[int, typer.Option(help="Rows of the plan: the cheapest configurations.")] = 10,
+         max_replicas: Annotated[int, typer.Option(help="Give up on a configuration beyond this many replicas.")]
+         = 512,
+         exhaustive: Annotated[bool, typer.Option("--exhaustive", help="Simulate every configuration in full: no "
+                                                  "bounds, skipping, early stops or reuse (same plan, slower).")]
+         = False,
+         format: FormatOpt = OutputFormat.table, quiet: QuietOpt = False) -> None:
+    """The cheapest deployments that serve --target-rate within the SLOs: for each configuration of the search
+    space (comma lists and ranges of any option; default: catalog GPUs that fit the model x TP 1,2,4,8 x
+    max-num-seqs 64,256 x chunked prefill off,on), the fewest replicas, GPUs, cost per hour and per million
+    output tokens. Writes plan.csv and plan.html."""
+    from simulator.present import plan_report
+    from simulator.runs import outputs
+    from simulator.runs import plan as planner
+    with cli_errors(), outputs.staged(out) as tmp:
+        axes, base = _axes_and_base(scenario, config)
+        given = set(scenario) | set(scenario_values({}, config))
+        axes = planner.with_default_axes(base, axes, given)
+        spec = planner.PlanSpec(target_rate=target_rate, attainment=attainment, top=top, max_replicas=max_replicas,
+                                prices=planner.parse_prices(price or []), exhaustive=exhaustive)
+        with _board(quiet, "simulations") as board:
+            result = planner.run_plan(base, axes, spec, jobs=jobs, board=board, executor=executor, address=address)
+        frame = result.frame()
+        frame.to_csv(tmp / "plan.csv", index=False)
+        plan_report.write_plan_html(tmp / "plan.html", result)
+    if not quiet:
+        plan_report.emit(result, format.value)
+        typer.echo(f"wrote {out}/plan.csv and {out}/plan.html", err=True)
 
 
 @app.command()

@@ -35,6 +35,9 @@ class GPUSpec:
     source: str = ""                  # datasheet the numbers come from
     link: str = ""                    # GPU-to-GPU interconnect, a name in hardware/links.py ("" = link_* fields)
     calibrated_from: str = ""         # kernel profiles the calibration fields were fitted to ("" = defaults)
+    # An input, not a fact: an on-demand rental price that dates quickly (see GPU_PRICES); 0 = unknown.
+    usd_per_gpu_hour: float = 0.0
+    price_source: str = ""            # where and when that price was listed
     # --- achievable-rate calibration: fractions of the datasheet peaks and fixed times, the same for every GPU
     # unless an entry overrides them. Fitted by benchmarks/calibrate.py on real H100 SXM step times (the shared
     # Llama-3-8B reference, benchmarks/data/README.md) and meant to transfer; see simulator/cost/model.py. ---
@@ -231,6 +234,28 @@ GPUS: dict[str, GPUSpec] = {
         l2_bytes=256 * MiB, num_sms=304, link_bytes_per_s=448 * GB, host_link_bytes_per_s=PCIE5_X16,
         vendor="amd", link="infinity-fabric", source="AMD Instinct MI300X accelerator datasheet"),
 }
+
+# On-demand rental prices, USD per GPU-hour: inputs to `servesim plan`, not facts. They differ by provider,
+# region and month, so they live apart from the datasheet numbers above; `--price gpu=USD` or
+# `usd_per_gpu_hour` in a GPU file override them. One provider's list (RunPod, as tabulated on one date) for
+# the GPUs it rents, so that ratios between GPUs are consistent; other providers for the rest.
+_RUNPOD = "RunPod on-demand list, as tabulated by deploybase.ai 'RunPod GPU Pricing: 2026' (2026-03-10)"
+GPU_PRICES: dict[str, tuple[float, str]] = {
+    "a100-40gb": (1.48, "Lambda 1x A100 40GB on-demand, as listed by techbytes.app (verified 2026-05-07)"),
+    "a100-80gb": (2.45, _RUNPOD + ", A100 SXM 80GB"),
+    "h100-sxm": (4.76, _RUNPOD + ", H100 SXM 80GB"),
+    "h100-pcie": (3.51, _RUNPOD + ", H100 PCIe 80GB"),
+    "h200": (6.35, _RUNPOD + ", H200 141GB"),
+    "b200": (10.57, _RUNPOD + ", B200"),
+    "l40s": (1.40, _RUNPOD + ", L40S"),
+    "l4": (0.78, _RUNPOD + ", L4"),
+    "a10g": (1.006, "AWS EC2 g5.xlarge (1x A10G) on-demand, us-east-1, as quoted by factualminds.com (2026-06-17)"),
+    "rtx-4090": (0.60, _RUNPOD + ", RTX 4090"),
+    "rtx-pro-6000": (1.57, _RUNPOD + ", RTX PRO 6000"),
+    "mi300x": (1.99, "median MI300X on-demand across clouds, cliffcenter.com research note (2026-05-18)"),
+}
+GPUS = {name: dataclasses.replace(gpu, usd_per_gpu_hour=GPU_PRICES[name][0], price_source=GPU_PRICES[name][1])
+        if name in GPU_PRICES else gpu for name, gpu in GPUS.items()}
 
 # Other spellings people type for catalog GPUs.
 GPU_ALIASES: dict[str, str] = {

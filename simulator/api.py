@@ -9,7 +9,7 @@ from simulator.config import DEFAULT_MAX_MODEL_LEN, SimConfig
 from simulator.cost import CostModel
 from simulator.cost.speculative import SpeculativeCostModel, make_drafter
 from simulator.engines import cost_model_options, get_engine
-from simulator.engine import Engine, EngineParts, ProgressFn
+from simulator.engine import Engine, EngineParts, ProgressFn, StopFn
 from simulator.kv_cache import make_kv_cache
 from simulator.memory import plan_memory
 from simulator.metrics import SimResult
@@ -72,14 +72,15 @@ def workload(cfg: SimConfig) -> list[RequestSpec]:
 
 
 def simulate(config: SimConfig | None = None, *, requests: list[RequestSpec] | None = None,
-             progress: ProgressFn | None = None, **overrides) -> SimResult:
-    """Run one scenario. `overrides` replace config fields (simulate(rate=10)); `requests` bypasses the workload."""
+             progress: ProgressFn | None = None, stop: StopFn | None = None, **overrides) -> SimResult:
+    """Run one scenario. `overrides` replace config fields (simulate(rate=10)); `requests` bypasses the workload;
+    `stop(engine, now)` may end the run early (then result.meta["stopped_early"] is True)."""
     cfg = config or SimConfig()
     if overrides:
         cfg = cfg.replace(**overrides)
     parts = build_parts(cfg)
     specs = requests if requests is not None else workload(cfg)
-    return Engine(parts, specs, progress).run()
+    return Engine(parts, specs, progress, stop=stop).run()
 
 
 def compare(configs=None, *, jobs: int | None = None, progress: bool = False, **axes) -> dict[str, SimResult]:

@@ -315,6 +315,8 @@ def _check_vllm_workload(cfg: SimConfig) -> None:
         raise ConfigError("give --trace or --dataset, not both (a trace has its own lengths)")
     if cfg.dataset is not None and (cfg.prompt_len, cfg.output_len) != ("sharegpt", "sharegpt"):
         raise ConfigError("--dataset gives the prompt and output lengths; drop --prompt-len / --output-len")
+    if cfg.burstiness is not None and not cfg.burstiness > 0:
+        raise ConfigError(f"burstiness must be positive, got {cfg.burstiness}")
     if cfg.burstiness is not None and cfg.arrival != "poisson":
         raise ConfigError(f"give --arrival or --burstiness, not both (got arrival '{cfg.arrival}')")
     parse_percentiles(cfg.metric_percentiles)

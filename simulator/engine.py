@@ -13,7 +13,8 @@ the clock and then holds the GPU once, until the end of the step during which th
 when the policy can plan a run of identical decode steps (no request finishes before the run's last step, no
 block is missing, no arrival lands before its last step starts), the run is priced and committed at once,
 its requests advanced lazily. Step end times are the same running float sums as step by step, so every
-timestamp is identical to the last bit (tests compare both paths).
+timestamp is identical to the last bit (tests compare both paths). The fast path's contract, between the engine,
+the policy, the KV manager and the cost model, is in simulator/batching/lazy.py.
 """
 from __future__ import annotations
 
@@ -37,6 +38,9 @@ from simulator.step import RunCosts, StepShape
 from workloads.spec import RequestSpec
 
 ProgressFn = Callable[[float, int, int], None]   # (simulated seconds, requests done, requests total)
+# Asked between steps with the engine and the simulated time: True ends the run there (meta["stopped_early"]),
+# e.g. once the SLO verdict is certain (simulator/runs/early_stop.py). The partial result is not a full run.
+StopFn = Callable[["Engine", float], bool]
 INF = float("inf")
 
 
@@ -69,8 +73,10 @@ class Engine:
     """Drives one replica. `fast_path` (default: the config's `fast_path`, else on) enables decode runs."""
 
     def __init__(self, parts: EngineParts, specs: Iterable[RequestSpec], progress: ProgressFn | None = None,
-                 *, fast_path: bool | None = None) -> None:
+                 *, fast_path: bool | None = None, stop: StopFn | None = None) -> None:
         self.parts = parts
+        self.stop = stop
+        self.stopped_early = False
         self.policy = parts.policy
         self.specs = list(specs)
         self.progress = progress
@@ -113,7 +119,7 @@ class Engine:
         requests = self.log.frame()
         meta = {**self.parts.meta, "preemptions_recompute": self.policy.num_preemptions["recompute"],
                 "preemptions_swap": self.policy.num_preemptions["swap"], "engine_steps": self.num_steps,
-                "run_steps": self.num_run_steps, "runs": self.num_runs,
+                "run_steps": self.num_run_steps, "runs": self.num_runs, "stopped_early": self.stopped_early,
                 "prefix_cache_evictions": self.policy.kv.num_evictions}
         if self.policy.params.speculation is not None:
             meta["speculative"] = self.policy.spec_stats.as_dict()
@@ -160,6 +166,9 @@ class Engine:
         env, policy = self.env, self.policy
         while True:
             self._admit_arrivals(env.now)
+            if self.stop is not None and self.stop(self, env.now):
+                self.stopped_early = True
+                return
             if self.fast_path:
                 end, delays = self._advance(env.now)
                 if delays:
@@ -221,7 +230,7 @@ class Engine:
         self.num_runs += 1
         self.num_run_steps += k
         self.num_steps += k
-        self.recorder.run(start, costs, run, usage, outcome.new_blocks, policy.kv.growth_block_tokens,
+        self.recorder.run(start, costs, run, usage, outcome.new_blocks, policy.kv.growth_block_tokens or 0,
                           outcome.first_gaps)
         delays.append(costs.seconds)
         for req in outcome.finished:

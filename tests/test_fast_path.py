@@ -14,11 +14,12 @@ from hypothesis import strategies as st
 
 from conftest import RoundCostModel, specs_from
 from simulator.api import build_parts, workload
-from simulator.batching import BATCHING_POLICIES, PolicyParams, make_policy
+from simulator.batching import BATCHING_POLICIES, PolicyParams
+from simulator.batching.continuous import Admission, ContinuousBatching
 from simulator.config import SimConfig
 from simulator.engines import cost_model_options, get_engine
 from simulator.engine import Engine, EngineParts
-from simulator.kv_cache import KV_CACHE_MANAGERS, make_kv_cache
+from simulator.kv_cache import KV_CACHE_MANAGERS, KVCacheManager, KVUsage, make_kv_cache
 from workloads.spec import RequestSpec
 
 FRAMES = ("requests", "steps", "kv", "itl")
@@ -31,11 +32,13 @@ def assert_identical(fast, slow) -> None:
 
 def engine(specs, fast_path, *, batching="continuous", kv="paged", capacity_tokens=100_000, max_model_len=4096,
            block_size=16, reservation="max-model-len", watermark=0.01, prefix_caching=False, **params) -> Engine:
-    """An engine on the conftest's round-number cost model (10 ms a step + 0.1 ms a prefill token)."""
-    manager = make_kv_cache(kv, capacity_tokens, block_size=block_size, max_model_len=max_model_len,
-                            reservation=reservation, watermark=watermark, prefix_caching=prefix_caching)
-    parts = EngineParts(policy=make_policy(batching, manager, PolicyParams(**params)), cost_model=RoundCostModel(),
-                        max_model_len=max_model_len, config={}, meta={})
+    """An engine on the conftest's round-number cost model (10 ms a step + 0.1 ms a prefill token); `batching`
+    and `kv` are registered names or classes."""
+    options = dict(block_size=block_size, max_model_len=max_model_len, reservation=reservation, watermark=watermark)
+    manager = (make_kv_cache(kv, capacity_tokens, prefix_caching=prefix_caching, **options) if isinstance(kv, str)
+               else kv(capacity_tokens, **options))
+    policy = (BATCHING_POLICIES[batching] if isinstance(batching, str) else batching)(manager, PolicyParams(**params))
+    parts = EngineParts(policy=policy, cost_model=RoundCostModel(), max_model_len=max_model_len, config={}, meta={})
     return Engine(parts, specs, fast_path=fast_path)
 
 
@@ -70,6 +73,92 @@ def test_fast_path_matches_step_by_step(batching, kv, rows, chunked, swap, block
                          max_batch_size=4, max_wait_s=0.05, kv_bytes_per_token=1.0, swap_space_bytes=300,
                          chunked_prefill=chunked, preemption="swap" if swap else "recompute")
     assert_identical(fast, slow)
+
+
+# ---------------------------------------------------------------- extensions the fast path must follow
+class SkipAheadBatching(ContinuousBatching):
+    """Continuous batching that admits past the queue head: the first waiting request that fits (only the
+    admission rule changes, so the fast path must ask this rule, not a copy of FCFS)."""
+
+    def _pick_next(self, budget: int) -> Admission | None:
+        if self.swapped or len(self.running) >= self.params.max_num_seqs or budget <= 0:
+            return None
+        return next(filter(None, (self._admission(req, budget) for req in self.waiting)), None)
+
+
+class CountedBlocks(KVCacheManager):
+    """Paged KV written against the abstract methods only (blocks counted, not named; no fast-path hooks), as
+    the README's recipe says. It must give the paged manager's results, with or without the fast path."""
+
+    def __init__(self, capacity_tokens: int, **kwargs) -> None:
+        super().__init__(capacity_tokens, **kwargs)
+        self.num_blocks = capacity_tokens // self.block_size
+        self.keep = int(self.watermark * self.num_blocks)
+        self.held: dict[int, int] = {}
+        self.used = 0
+
+    def _need(self, req, num_tokens: int) -> int:
+        return max(0, -(-num_tokens // self.block_size) - self.held.get(req.request_id, 0))
+
+    def can_allocate(self, req, num_tokens: int, *, admission: bool = False, cached_tokens: int = 0) -> bool:
+        return self._need(req, num_tokens) <= self.num_blocks - self.used - (self.keep if admission else 0)
+
+    def allocate(self, req, num_tokens: int, *, cached_tokens: int = 0) -> None:
+        need = self._need(req, num_tokens)
+        self.held[req.request_id] = self.held.get(req.request_id, 0) + need
+        self.used += need
+
+    def free(self, req) -> None:
+        self.used -= self.held.pop(req.request_id, 0)
+
+    def allocated_tokens(self, req) -> int:
+        return self.held.get(req.request_id, 0) * self.block_size
+
+    def usage(self) -> KVUsage:
+        free, cap = (self.num_blocks - self.used) * self.block_size, self.num_blocks * self.block_size
+        return KVUsage(cap - free, cap, free, free)
+
+    def max_request_tokens(self) -> int:
+        return (self.num_blocks - self.keep) * self.block_size
+
+    def num_holders(self) -> int:
+        return len(self.held)
+
+
+PRESSURE = dict(capacity_tokens=600, max_model_len=512, max_num_batched_tokens=512, max_num_seqs=8,
+                kv_bytes_per_token=1.0, swap_space_bytes=300)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rows=workloads, chunked=st.booleans(), swap=st.booleans(), block_size=st.sampled_from([1, 4, 16]))
+def test_admission_past_the_queue_head_keeps_the_fast_path_exact(rows, chunked, swap, block_size):
+    fast, slow, _ = both(specs_from(rows), batching=SkipAheadBatching, block_size=block_size, chunked_prefill=chunked,
+                         preemption="swap" if swap else "recompute", **PRESSURE)
+    assert_identical(fast, slow)
+
+
+def test_admission_past_the_queue_head_really_skips_and_runs():
+    # A (400 prompt tokens) holds most of the cache; B (450) cannot fit, so C (20) is admitted past it; the
+    # decode runs in between must see that C would be admitted.
+    rows = [(0.0, 400, 30), (0.001, 450, 5), (0.002, 20, 30), (0.15, 20, 5)]
+    fast, slow, eng = both(specs_from(rows), batching=SkipAheadBatching, block_size=16, **PRESSURE)
+    assert_identical(fast, slow)
+    req = fast.requests.set_index("request_id")
+    assert req.loc[2, "scheduled_s"] < req.loc[1, "scheduled_s"]
+    assert eng.num_run_steps > 0
+
+
+@pytest.mark.parametrize("batching", sorted(BATCHING_POLICIES))
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rows=workloads, chunked=st.booleans(), swap=st.booleans(), block_size=st.sampled_from([1, 4, 16]))
+def test_kv_manager_without_fast_path_hooks_runs_step_by_step_correctly(batching, rows, chunked, swap, block_size):
+    kwargs = dict(batching=batching, block_size=block_size, chunked_prefill=chunked, batch_size=4, max_batch_size=4,
+                  max_wait_s=0.05, preemption="swap" if swap else "recompute", **PRESSURE)
+    fast, slow, eng = both(specs_from(rows), kv=CountedBlocks, **kwargs)
+    assert_identical(fast, slow)
+    assert_identical(fast, engine(specs_from(rows), True, kv="paged", **kwargs).run())   # what paged KV gives
+    if batching == "continuous":
+        assert eng.num_run_steps == 0            # it does not say how running requests grow: no decode runs
 
 
 shared_workloads = st.lists(

@@ -62,7 +62,7 @@ def test_run_folder_is_read_with_the_engine_clock_and_settings():
     assert first.tpot_s == pytest.approx((27554.231018618 - 27537.350135653) / 530, abs=1e-12)
     assert run.specs[1].arrival_s == pytest.approx(27537.047603549 - 27536.660701067, abs=1e-9)
     assert (run.specs[0].prompt_tokens, run.specs[0].output_tokens) == (2358, 531)
-    assert run.settings == {"batching": "continuous", "kv": "paged", "max_num_seqs": 256,
+    assert run.settings == {"batching": "continuous", "kv": "paged", "engine": "vllm-v1", "max_num_seqs": 256,
                             "max_num_batched_tokens": 2048, "max_model_len": 32768, "chunked_prefill": True, "tp": 1,
                             "pp": 1, "num_gpu_blocks": 2588, "block_size": 16, "gpu_memory_utilization": 0.9,
                             "prefix_caching": True, "dtype": "bf16", "kv_dtype": "bf16"}
@@ -217,7 +217,8 @@ def test_wrong_schema_is_named(tmp_path):
     path = bench_result(tmp_path, start_times=None)
     result = invoke("validate", path, "--out", tmp_path / "v", "--gpu", "h100-sxm")
     assert one_line(result) == (f"error: {path}: 'start_times' missing or not a list (this vLLM version does not "
-                                "save start times, so arrivals cannot be replayed)")
+                                "save start times, so arrivals cannot be replayed; --dataset takes its lengths "
+                                "with --rate arrivals)")
 
 
 def test_mismatched_files_and_bad_values_are_named(tmp_path):

@@ -245,3 +245,20 @@ def test_bench_result_as_trace_and_as_dataset(tmp_path):
         make_requests(seed=0, rate=1.0, trace=path)
     specs = make_requests(seed=0, rate=1.0, num_requests=2, dataset=path, prompt_len="sharegpt")
     assert [(s.prompt_tokens, s.output_tokens) for s in specs] == [(100, 3), (50, 2)]   # file order, failed out
+
+
+def test_hostile_vllm_form_inputs_are_one_line(tmp_path):
+    out = tmp_path / "r"
+    assert one_line(invoke("run", *TINY, "--burstiness", "nan", "--out", out)) == \
+        "error: burstiness must be positive, got nan"
+    assert one_line(invoke("run", *TINY, "--goodput", "ttft:nan", "--out", out)) == \
+        "error: --goodput: 'ttft:nan': an SLO is a non-negative number of milliseconds"
+    summary = tmp_path / "summary_only.json"                       # saved without --save-detailed
+    summary.write_text(json.dumps({"completed": 3, "request_throughput": 1.0}))
+    for flag in ("--trace", "--dataset"):
+        assert one_line(invoke("run", flag, summary, "--num-requests", "3", "--out", out)) == (
+            f"error: {summary}: not a `vllm bench serve --save-result --save-detailed` result (no 'input_lens'; "
+            "save it with --save-detailed)")
+    assert one_line(invoke("run", "--dataset", "/dev/zero", "--out", out)) == \
+        "error: dataset file '/dev/zero' is not a regular file"
+    assert not out.exists()

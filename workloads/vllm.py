@@ -89,7 +89,8 @@ def read_bench_result(path: str | Path, *, need: tuple[str, ...] = ()) -> BenchR
 
 def _hint(key: str) -> str:
     if key == "start_times":
-        return "this vLLM version does not save start times, so arrivals cannot be replayed"
+        return "this vLLM version does not save start times, so arrivals cannot be replayed; --dataset takes its " \
+            "lengths with --rate arrivals"
     return "save the result with --save-result --save-detailed"
 
 
@@ -127,14 +128,15 @@ def _load_json(path: Path) -> Any:
 
 
 def is_bench_result(path: Path) -> bool:
-    """Whether a .json file is a saved bench result (a JSON object with 'input_lens')."""
+    """Whether a .json file is a saved bench result: a JSON object with 'input_lens' (saved with
+    --save-detailed), or with 'request_throughput' (saved without: reading it then says what is missing)."""
     if path.suffix.lower() != ".json":
         return False
     try:
         data = json.loads(path.read_text(encoding="utf-8-sig"))
     except (ValueError, OSError):
         return False
-    return isinstance(data, dict) and "input_lens" in data
+    return isinstance(data, dict) and ("input_lens" in data or "request_throughput" in data)
 
 
 # ---- ShareGPT ----

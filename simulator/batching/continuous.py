@@ -10,11 +10,20 @@ recompute (free its KV, recompute prompt and outputs later) or by swap (copy its
 from __future__ import annotations
 
 from collections import deque
+from typing import NamedTuple
 
 from simulator.batch import Batch
 from simulator.batching.base import BatchingPolicy, StepOutcome
 from simulator.batching.lazy import DecodeRun, LazyDecoders, RunOutcome
 from simulator.request import Request, RequestStatus
+
+
+class Admission(NamedTuple):
+    """A waiting request the next step admits, and the tokens it computes in that step."""
+
+    request: Request
+    tokens: int            # new tokens it computes in the step
+    cached: int = 0        # leading tokens served from the prefix cache instead
 
 
 class ContinuousBatching(BatchingPolicy):
@@ -26,7 +35,8 @@ class ContinuousBatching(BatchingPolicy):
 
     def enable_fast_path(self) -> None:
         super().enable_fast_path()
-        if self.fast_path:
+        # no runs under speculation (see base), nor with a KV manager that does not say how it grows
+        if self.fast_path and self.kv.growth_block_tokens is not None:
             self.lazy = LazyDecoders(self.kv)
 
     def has_work(self) -> bool:
@@ -86,16 +96,27 @@ class ContinuousBatching(BatchingPolicy):
                 return False
         return True
 
+    def _pick_next(self, budget: int) -> Admission | None:
+        """The admission rule, written once: the waiting request the next step admits with `budget` tokens left
+        in it (FCFS: the queue's head or nobody), or None. schedule() admits through it, and the fast path asks
+        it whether the next step would admit.
+
+        It must only read state, and a None must stay None while free KV memory only shrinks and the queues
+        and the running set stay as they are (what a run of decode steps does); see simulator/batching/lazy.py.
+        """
+        if self.swapped or not self.waiting or len(self.running) >= self.params.max_num_seqs or budget <= 0:
+            return None                                     # swapped requests come back before any admission
+        return self._admission(self.waiting[0], budget)
+
     def _admit_waiting(self, batch: Batch, budget: int) -> bool:
-        """Admit waiting requests FCFS while seats, token budget and KV allow; True if any was admitted."""
+        """Admit waiting requests while `_pick_next` names one; True if any was admitted."""
         admitted = False
-        while self.waiting and not self.swapped and len(self.running) < self.params.max_num_seqs and budget > 0:
-            req = self.waiting[0]
-            grant = self._admission(req, budget)
-            if grant is None:
-                break
-            hit, n = grant
-            self.waiting.popleft()
+        while (pick := self._pick_next(budget)) is not None:
+            req, n, hit = pick
+            if self.waiting[0] is req:
+                self.waiting.popleft()
+            else:
+                self.waiting.remove(req)
             self.kv.allocate(req, req.num_computed_tokens + hit + n, cached_tokens=hit)
             if hit:
                 self._take_hit(req, hit)
@@ -107,9 +128,9 @@ class ContinuousBatching(BatchingPolicy):
             admitted = True
         return admitted
 
-    def _admission(self, req: Request, budget: int) -> tuple[int, int] | None:
-        """(prefix-cache hit, new tokens) with which the waiting request `req` would be admitted within `budget`
-        tokens now, or None if it cannot be (the whole uncached prompt must fit without chunked prefill; under
+    def _admission(self, req: Request, budget: int) -> Admission | None:
+        """How the waiting request `req` would be admitted within `budget` tokens now (its prefix-cache hit and
+        new tokens), or None if it cannot be (the whole uncached prompt must fit without chunked prefill; under
         `admit_whole_sequence` the KV blocks of its whole sequence must be free)."""
         hit = self.kv.prefix_hit(req) if self.kv.prefix_caching and not req.num_computed_tokens else 0
         n = req.num_uncomputed_tokens - hit
@@ -121,7 +142,7 @@ class ContinuousBatching(BatchingPolicy):
         need = req.num_tokens if self.params.admit_whole_sequence else req.num_computed_tokens + hit + n
         if not self.kv.can_allocate(req, need, admission=True, cached_tokens=hit):
             return None
-        return hit, n
+        return Admission(req, n, hit)
 
     def _take_hit(self, req: Request, hit: int) -> None:
         """`req` starts from `hit` cached tokens: counted as served from the cache on its first admission, as
@@ -154,12 +175,17 @@ class ContinuousBatching(BatchingPolicy):
         self.waiting.appendleft(victim)
         self.num_preemptions["recompute"] += 1
 
+    def _next_swap_in(self) -> Request | None:
+        """The swap-in rule: the swapped request the next step brings back (oldest first, while a seat is free
+        and its KV fits), or None."""
+        if not self.swapped or len(self.running) >= self.params.max_num_seqs:
+            return None
+        req = self.swapped[0]
+        return req if self.kv.can_allocate(req, req.num_computed_tokens + 1, admission=True) else None
+
     def _swap_in(self, batch: Batch) -> None:
-        """Bring swapped requests back (oldest first) while their KV fits, before any new admission."""
-        while self.swapped and len(self.running) < self.params.max_num_seqs:
-            req = self.swapped[0]
-            if not self.kv.can_allocate(req, req.num_computed_tokens + 1, admission=True):
-                return
+        """Bring swapped requests back while `_next_swap_in` names one, before any new admission."""
+        while (req := self._next_swap_in()) is not None:
             self.swapped.popleft()
             self.kv.allocate(req, req.num_computed_tokens)
             self.kv_used_tokens += req.num_computed_tokens
@@ -196,27 +222,20 @@ class ContinuousBatching(BatchingPolicy):
                          num_waiting=len(self.waiting))
 
     def _next_step_admits(self) -> bool:
-        """Would the next step swap in or admit a request? (If not now, then not during a run either: a run
-        only takes memory, and seats and the token budget stay as they are.)"""
-        p, kv = self.params, self.kv
-        if len(self.running) >= p.max_num_seqs:
-            return False
+        """Would the next step swap in or admit a request? Asked of the rules schedule() follows (_next_swap_in,
+        _pick_next), with the budget and KV the next step leaves for admission. If not now, then not during a
+        run either: a run only takes memory, and seats and the token budget stay as they are."""
+        p = self.params
         if self.swapped:
-            head = self.swapped[0]
-            return kv.can_allocate(head, head.num_computed_tokens + 1, admission=True)
-        if not self.waiting:
-            return False
-        head = self.waiting[0]
+            return self._next_swap_in() is not None
         if not p.chunked_prefill:              # admission comes before the running requests' tokens
-            return self._admission(head, p.max_num_batched_tokens) is not None
-        budget = p.max_num_batched_tokens - len(self.running)
-        if budget <= 0:
-            return False
-        first = self.lazy.first_step_blocks()  # admission comes after the decodes took their blocks
-        kv.reserve(first)
-        fits = self._admission(head, budget) is not None
-        kv.reserve(-first)
-        return fits
+            return self._pick_next(p.max_num_batched_tokens) is not None
+        first = self.lazy.first_step_blocks()  # admission comes after the decodes took their tokens and blocks
+        self.kv.reserve(first)
+        try:
+            return self._pick_next(p.max_num_batched_tokens - len(self.running)) is not None
+        finally:
+            self.kv.reserve(-first)
 
     def commit_run(self, run: DecodeRun, ends_s: list[float]) -> RunOutcome:
         lazy, n, k = self.lazy, run.num_decode, len(ends_s)

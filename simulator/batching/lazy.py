@@ -1,6 +1,22 @@
 """The decode-run fast path: advance a run of identical decode steps at once, with Python work per run that
 does not grow with the batch.
 
+Contract (the whole of the fast path; tests/test_fast_path.py checks that it changes no result, bit for bit):
+- Engine (engine.py `_advance`, `_run`): between two arrivals it asks `policy.plan_run(t)`. Given a DecodeRun it
+  prices it (`cost_model.decode_run_costs`, or step_cost step by step when the cost model has none), cuts it
+  after the first step that ends at or after the next arrival, and calls `policy.commit_run(run, ends)` and
+  `recorder.run(...)`. Otherwise it takes one step through `schedule()` and `commit()`.
+- Policy: `plan_run(now)` returns a run only when schedule() would give exactly those decode steps one after
+  another if nothing arrived: the same running set, one token each, no admission, swap-in or preemption, no
+  finish before its last step. The default is None (every step through schedule()). ContinuousBatching asks
+  its own rules (`_pick_next`, `_next_swap_in`) whether the next step admits, so a policy that overrides a rule
+  keeps the fast path exact, provided the rule only reads state and a "no" stays "no" while free KV memory only
+  shrinks. `commit_run(run, ends)` leaves every request and counter as len(ends) commits would.
+- KV manager: `growth_block_tokens` says how running requests grow (kv_cache/base.py); a manager that does not
+  say (None, the default) gets no decode runs from continuous batching, so it is slower but never wrong.
+- Cost model: `decode_run_costs`, if present, equals step_cost step by step to the last bit.
+
+How continuous batching's runs are advanced (`LazyDecoders`):
 Between two events (an arrival, a finish, a KV block the free pool cannot serve) every step of continuous
 batching decodes the same running set, one token each. `LazyDecoders` advances such a run without touching the
 requests: each tracked request's counters lag by the decode steps run since it was last synced

@@ -84,13 +84,19 @@ class KVCacheManager(ABC):
         """Leading tokens of `req` (holding nothing) already in the cache, to allocate with `cached_tokens`."""
         return 0
 
-    # ---- bulk growth, for the decode-run fast path (simulator/batching/lazy.py) ----
-    # A run of decode steps grows every running request by one token per step. Managers whose running requests
-    # never need more memory (slabs reserved up front) keep these defaults; block managers override them.
-    growth_block_tokens = 0           # tokens per unit of growth (paged: block_size); 0: running requests never grow
+    # ---- decode runs: the fast path's KV protocol (contract: simulator/batching/lazy.py) ----
+    # A run of decode steps grows every running request by one token per step, and the fast path accounts that
+    # growth in bulk. `growth_block_tokens` says how a manager grows, and the protocol fails closed:
+    #   None (this default): the manager does not say, so continuous batching plans no decode runs with it and
+    #       every step goes through schedule() and commit() (slower, never different);
+    #   0: running requests never need more memory (slabs reserved up front: ContiguousKVCache);
+    #   b > 0: a request takes one more block of b tokens each time it grows past a multiple of b (PagedKVCache);
+    #       the manager must then implement free_growth_blocks, reserve and settle.
+    growth_block_tokens: int | None = None
 
     def free_growth_blocks(self) -> int:
         """Blocks a running request's growth may take now (no watermark: running requests may use it)."""
+        self._no_block_growth("free_growth_blocks")
         return 0
 
     def reserve(self, num_blocks: int) -> None:
@@ -101,3 +107,9 @@ class KVCacheManager(ABC):
     def settle(self, req: Request, num_tokens: int, *, keep: bool = True) -> None:
         """Hand `req` the reserved blocks it grew into, so it holds `num_tokens` tokens (see `reserve`); with
         `keep` False the request is about to be freed, so they go straight back to the pool instead."""
+        self._no_block_growth("settle")
+
+    def _no_block_growth(self, method: str) -> None:
+        if self.growth_block_tokens:
+            raise NotImplementedError(f"{type(self).__name__} grows by blocks of {self.growth_block_tokens} "
+                                      f"tokens in decode runs but does not implement {method}")

@@ -13,6 +13,8 @@ from simulator.request import Request
 
 
 class ContiguousKVCache(KVCacheManager):
+    growth_block_tokens = 0        # decode runs: a slab is reserved whole at admission, so running requests never grow
+
     def __init__(self, capacity_tokens: int, **kwargs) -> None:
         super().__init__(capacity_tokens, **kwargs)
         if self.reservation not in ("max-model-len", "request"):

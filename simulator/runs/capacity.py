@@ -115,7 +115,8 @@ def _check_slos(base: SimConfig) -> None:
 
 
 def run_sweep(base: SimConfig, axes: Mapping[str, Sequence[Any]], *, attainment: float = 0.9,
-              tolerance: float = 0.02, jobs: int | None = None, board=None) -> SweepOutcome:
+              tolerance: float = 0.02, jobs: int | None = None, board=None, executor: str = "local",
+              address: str | None = None) -> SweepOutcome:
     """Find the capacity of every configuration (the cross product of the non-rate options)."""
     if not 0 < attainment <= 1:
         raise AxisError(f"--attainment must be in (0, 1], got {attainment}")
@@ -128,28 +129,28 @@ def run_sweep(base: SimConfig, axes: Mapping[str, Sequence[Any]], *, attainment:
     _check_slos(configs[0].config)
     validate(base, axes, configs)
     searches = [CapacitySearch(rates, tolerance) for _ in configs]
-    rows, best = _search(configs, searches, axis, attainment, jobs, board)
+    from simulator.runs.executors import make_executor
+    with make_executor(executor, jobs=jobs, board=board, address=address) as runner:
+        rows, best = _search(configs, searches, axis, attainment, runner)
     capacity = _capacity_frame(configs, searches, rows)
     return SweepOutcome(base, axis, configs, pd.DataFrame(rows), capacity, best, attainment)
 
 
-def _search(configs, searches, axis, attainment, jobs, board) -> tuple[list[dict], list[Any]]:
-    """Round by round: every configuration's next rates run together, so all cores stay busy."""
-    from simulator.runs.parallel import Runner
+def _search(configs, searches, axis, attainment, runner) -> tuple[list[dict], list[Any]]:
+    """Round by round: every configuration's next rates run together, so all workers stay busy."""
     rows: list[dict] = []
     best: list[Any] = [None] * len(configs)
-    with Runner(jobs, board) as runner:
-        while todo := [(i, rate) for i, s in enumerate(searches) for rate in s.next_rates()]:
-            labels = [f"{configs[i].label or 'base'} @ {value_text(rate)}/s" for i, rate in todo]
-            results = runner.run(labels, [configs[i].config.replace(rate=rate) for i, rate in todo])
-            for (i, rate), result in zip(todo, results):
-                summary = result.summary()
-                meets = meets_slos(summary, attainment)
-                searches[i].record(rate, meets)
-                rows.append(_row(configs[i], axis, rate, rate in searches[i].grid, meets, summary))
-                lo, _ = searches[i].bracket()
-                if best[i] is None or rate == lo or (lo is None and rate == min(searches[i].tested)):
-                    best[i] = result
+    while todo := [(i, rate) for i, s in enumerate(searches) for rate in s.next_rates()]:
+        labels = [f"{configs[i].label or 'base'} @ {value_text(rate)}/s" for i, rate in todo]
+        results = runner.run(labels, [configs[i].config.replace(rate=rate) for i, rate in todo])
+        for (i, rate), result in zip(todo, results):
+            summary = result.summary()
+            meets = meets_slos(summary, attainment)
+            searches[i].record(rate, meets)
+            rows.append(_row(configs[i], axis, rate, rate in searches[i].grid, meets, summary))
+            lo, _ = searches[i].bracket()
+            if best[i] is None or rate == lo or (lo is None and rate == min(searches[i].tested)):
+                best[i] = result
     return rows, _at_capacity(configs, searches, rows, best)
 
 

@@ -88,7 +88,7 @@ def parse_goodput(text: str) -> dict[str, float]:
         except ValueError:
             raise ValueError(f"'{pair}': the value is milliseconds, a number") from None
         if not ms >= 0:
-            raise ValueError(f"'{pair}': an SLO must not be negative")
+            raise ValueError(f"'{pair}': an SLO is a non-negative number of milliseconds")
         out[GOODPUT_FIELDS[name]] = ms / 1e3
     if not out:
         raise ValueError("expected KEY:MILLISECONDS pairs such as ttft:500 tpot:50")

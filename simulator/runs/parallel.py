@@ -19,6 +19,9 @@ from simulator.config import SimConfig
 
 PROGRESS_EVERY_S = 0.25
 Report = Callable[[int, float, int, int], None]   # (index, simulated seconds, requests done, requests total)
+# What runs for each config, in a worker: task(config, progress) -> a picklable result. A module-level function,
+# so that a process pool (or a Ray worker) can import it by name.
+Task = Callable[[SimConfig, Callable | None], object]
 
 _worker_queue = None
 
@@ -45,15 +48,25 @@ def _throttled(index: int, report: Report) -> Callable[[float, int, int], None]:
     return progress
 
 
-def _simulate_indexed(index: int, config: SimConfig, save_dir: Path | None = None):
-    """Worker entry point: run one scenario (streaming progress to the parent's queue when there is one) and
-    save its folder here, so that writing large CSVs is spread over the cores too."""
+def simulate_task(config: SimConfig, progress=None):
+    """The default task: the whole SimResult."""
     from simulator.api import simulate
-    progress = None if _worker_queue is None else _throttled(index, lambda *row: _worker_queue.put(row))
-    result = simulate(config, progress=progress)
+    return simulate(config, progress=progress)
+
+
+def run_task(task: Task | None, config: SimConfig, progress=None, save_dir: Path | None = None):
+    """Run one config through `task` (default: simulate) and save the result there when asked, so that
+    writing large CSVs is spread over the workers too."""
+    result = (task or simulate_task)(config, progress)
     if save_dir is not None:
         result.save(save_dir)
     return result
+
+
+def _simulate_indexed(index: int, config: SimConfig, save_dir: Path | None = None, task: Task | None = None):
+    """Process-pool entry point: run_task, streaming progress to the parent's queue when there is one."""
+    progress = None if _worker_queue is None else _throttled(index, lambda *row: _worker_queue.put(row))
+    return run_task(task, config, progress, save_dir)
 
 
 class Board:
@@ -112,6 +125,11 @@ class Runner:
         self._queue = None
         self._next_index = 0
 
+    @property
+    def workers(self) -> int:
+        """Simulations that run at once."""
+        return self.jobs
+
     def __enter__(self) -> "Runner":
         if self.jobs > 1:
             ctx = multiprocessing.get_context()
@@ -125,9 +143,9 @@ class Runner:
             self._pool.shutdown(wait=True, cancel_futures=True)
 
     def run(self, labels: Sequence[str], configs: Sequence[SimConfig],
-            save_dirs: Sequence[Path | None] | None = None) -> list:
-        """Results in the order of `configs` (each also saved to its save_dirs entry, if given).
-        The first failure cancels the rest and is raised."""
+            save_dirs: Sequence[Path | None] | None = None, task: Task | None = None) -> list:
+        """`task` (default: simulate) of each config, in the order of `configs` (each also saved to its
+        save_dirs entry, if given). The first failure cancels the rest and is raised."""
         indices = list(range(self._next_index, self._next_index + len(configs)))
         self._next_index += len(configs)
         names = dict(zip(indices, labels))
@@ -135,19 +153,16 @@ class Runner:
         if self.board:
             self.board.queued(labels)
         if self._pool is None:
-            return [self._run_here(i, names[i], cfg, out) for i, cfg, out in jobs]
-        futures = {self._pool.submit(_simulate_indexed, i, cfg, out): i for i, cfg, out in jobs}
+            return [self._run_here(i, names[i], cfg, out, task) for i, cfg, out in jobs]
+        futures = {self._pool.submit(_simulate_indexed, i, cfg, out, task): i for i, cfg, out in jobs}
         results = self._collect(futures, names)
         return [results[i] for i in indices]
 
-    def _run_here(self, index: int, label: str, config: SimConfig, save_dir: Path | None):
-        from simulator.api import simulate
+    def _run_here(self, index: int, label: str, config: SimConfig, save_dir: Path | None, task: Task | None):
         progress = None
         if self.board:
             progress = _throttled(index, lambda i, now, done, total: self.board.update(i, label, now, done, total))
-        result = simulate(config, progress=progress)
-        if save_dir is not None:
-            result.save(save_dir)
+        result = run_task(task, config, progress, save_dir)
         if self.board:
             self.board.finished(index)
         return result

@@ -212,15 +212,16 @@ class Comparison:
 
 
 def run_comparison(base: SimConfig, axes: Mapping[str, Sequence[Any]], *, jobs: int | None = None,
-                   board=None, save_root: Path | None = None) -> Comparison:
-    """Expand, validate, and run every scenario (results identical whatever `jobs`). With `save_root`, each
-    result is also saved there, in folder_name(i, label), by the process that ran it."""
+                   board=None, save_root: Path | None = None, executor: str = "local",
+                   address: str | None = None) -> Comparison:
+    """Expand, validate, and run every scenario (results identical whatever `jobs` or `executor`). With
+    `save_root`, each result is also saved there, in folder_name(i, label)."""
+    from simulator.runs.executors import make_executor
     from simulator.runs.outputs import folder_name
-    from simulator.runs.parallel import Runner
     scenarios = expand(base, axes)
     validate(base, axes, scenarios)
     dirs = [save_root / folder_name(i, s.label) for i, s in enumerate(scenarios, 1)] if save_root else None
-    with Runner(jobs, board) as runner:
+    with make_executor(executor, jobs=jobs, board=board, address=address) as runner:
         results = runner.run([s.label for s in scenarios], [s.config for s in scenarios], dirs)
     return Comparison(base, scenarios, results)
 

@@ -108,7 +108,7 @@ def render_page(v: Validation) -> str:
     cfg = v.config
     setup = (f"simulated on {cfg.gpu_file or cfg.gpu} with {cfg.model_config or cfg.model}, tp {cfg.tp}, "
              f"max_num_seqs {cfg.max_num_seqs}, max_num_batched_tokens {cfg.token_budget}, "
-             f"chunked prefill {'on' if cfg.chunked_prefill else 'off'}, "
+             f"chunked prefill {'on' if cfg.chunked else 'off'}, "
              f"KV blocks {cfg.num_gpu_blocks if cfg.num_gpu_blocks else 'from memory'}")
     notes = "".join(f"<p class=notes>{html.escape(n)}</p>" for n in (setup, *v.run.notes))
     charts = "".join(fig.to_html(full_html=False, include_plotlyjs=False, config={"displaylogo": False})

@@ -199,7 +199,7 @@ def settings_from_meta(meta: dict, path: Path) -> tuple[dict[str, Any], dict[str
     def first(*values):
         return next((v for v in values if v is not None), None)
 
-    settings = {"batching": "continuous", "kv": "paged",
+    settings = {"batching": "continuous", "kv": "paged", "engine": _engine(meta.get("vllm_version")),
                 "max_num_seqs": first(sched.get("max_num_seqs"), kwargs.get("max_num_seqs")),
                 "max_num_batched_tokens": first(sched.get("max_num_batched_tokens"),
                                                 kwargs.get("max_num_batched_tokens")),
@@ -224,6 +224,15 @@ def settings_from_meta(meta: dict, path: Path) -> tuple[dict[str, Any], dict[str
     if (first(parallel.get("data_parallel_size"), kwargs.get("data_parallel_size")) or 1) > 1:
         notes.append("the real engine ran data parallel replicas; servesim simulates one")
     return settings, hints, tuple(notes)
+
+
+def _engine(version) -> str | None:
+    """vLLM's V1 engine is the default from 0.8.0 (and the only one from 0.11); older versions ran V0."""
+    try:
+        major, minor = (int(part) for part in str(version).split(".")[:2])
+    except ValueError:
+        return None
+    return "vllm-v1" if (major, minor) >= (0, 8) else "vllm-v0"
 
 
 def _section(data: dict, key: str, path: Path) -> dict:
