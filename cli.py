@@ -385,7 +385,8 @@ SUMMARY_ROWS = (
     ("TPOT mean / p50 / p99", lambda s: _ms(s, "tpot")),
     ("ITL mean / p50 / p99", lambda s: _ms(s, "itl")),
     ("E2E latency mean / p50 / p99", lambda s: _ms(s, "e2e")),
-    ("goodput (SLO attainment)", lambda s: f"{s['goodput']:.2f} req/s ({100 * s['slo_attainment']:.1f}%)"),
+    ("goodput (SLO attainment)", lambda s: "n/a (no SLO given: --slo-ttft, --slo-tpot)" if s["goodput"] is None
+     or s["goodput"] != s["goodput"] else f"{s['goodput']:.2f} req/s ({100 * s['slo_attainment']:.1f}%)"),
     ("KV utilization (mean / max)", lambda s: f"{100 * s['kv_utilization_mean']:.1f}% / "
                                                f"{100 * s['kv_utilization_max']:.1f}%"),
     ("KV internal / external fragmentation", lambda s: f"{100 * s['internal_fragmentation_mean']:.1f}% / "
@@ -393,7 +394,7 @@ SUMMARY_ROWS = (
     ("max concurrent requests", lambda s: f"{s['max_concurrent_requests']}"),
     ("preemptions (recompute / swap)", lambda s: f"{s['preemptions']} ({s['preemptions_recompute']} / "
                                                  f"{s['preemptions_swap']})"),
-    ("MFU / MBU", lambda s: f"{100 * s['mfu']:.1f}% / {100 * s['mbu']:.1f}%"),
+    ("MFU / MBU (per GPU)", lambda s: f"{100 * s['mfu']:.1f}% / {100 * s['mbu']:.1f}%"),
 )
 
 
@@ -413,7 +414,10 @@ def print_summary(summary: dict, fmt: OutputFormat, title: str) -> None:
         return
     from rich.console import Console
     from rich.table import Table
+    from simulator.saturation import verdict
     table = Table(title=title, show_header=False)
+    load = verdict(summary)
+    table.add_row("load", f"[bold red]{load}[/]" if summary.get("saturated") else load)
     for label, fmt_row in SUMMARY_ROWS:
         table.add_row(label, fmt_row(summary))
     if summary.get("spec_verify_steps"):

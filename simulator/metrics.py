@@ -27,6 +27,7 @@ import pandas as pd
 
 from simulator.kv_cache.base import KVUsage
 from simulator.step import BOUNDS, FAMILIES, RunCosts, StepCost
+from simulator.saturation import ArrivalFit, load_summary
 
 STEP_COLUMNS = ("step", "start_s", "duration_s", "batch_size", "num_prefill_tokens", "num_decode_tokens",
                 "context_tokens", "flops", "bytes", "bound", "gemm_s", "attention_s", "elementwise_s",
@@ -49,7 +50,7 @@ SPEC_KEYS = ("spec_verify_steps", "spec_mean_accepted_tokens", "spec_acceptance_
 _LAT = lambda name: tuple(f"{name}_{k}_s" for k in ("mean", "p50", "p90", "p99", "max"))   # noqa: E731
 SUMMARY_KEYS = ("num_requests", "completed", "rejected", "duration_s", "request_throughput",
                 "output_token_throughput", "total_token_throughput", *_LAT("ttft"), *_LAT("tpot"), *_LAT("itl"),
-                *_LAT("e2e"), "goodput", "slo_attainment", "kv_utilization_mean", "internal_fragmentation_mean",
+                *_LAT("e2e"), "goodput", "slo_attainment", "offered_rate", "ttft_growth", "saturated", "kv_utilization_mean", "internal_fragmentation_mean",
                 "external_fragmentation_mean", "kv_utilization_max", "max_concurrent_requests", "preemptions",
                 "preemptions_recompute", "preemptions_swap", "preemption_rate_per_s", "prefix_cache_hit_rate",
                 "cached_prompt_tokens", "prefix_cache_evictions", "mfu", "mbu", "busy_s", "num_steps", *SPEC_KEYS,
@@ -527,12 +528,29 @@ def summarize(res: SimResult) -> dict[str, Any]:
     out["preemption_rate_per_s"] = per_s(out["preemptions"])
     out["prefix_cache_evictions"] = int(res.meta.get("prefix_cache_evictions", 0))
     peak_flops, peak_bw = res.meta.get("peak_flops_per_s", 0), res.meta.get("peak_bytes_per_s", 0)
-    out["mfu"] = float(sums["flops"] / (busy * peak_flops)) if busy and peak_flops else 0.0
-    out["mbu"] = float(sums["bytes"] / (busy * peak_bw)) if busy and peak_bw else 0.0
+    # Per GPU: a step's FLOPs and bytes are one tensor-parallel shard's, over every layer; each of the pp
+    # pipeline stages holds 1/pp of the layers, and idles while the others run (no micro-batch overlap).
+    pp = int(res.config.get("pp") or 1)
+    out["mfu"] = float(sums["flops"] / (busy * peak_flops * pp)) if busy and peak_flops else 0.0
+    out["mbu"] = float(sums["bytes"] / (busy * peak_bw * pp)) if busy and peak_bw else 0.0
     out["busy_s"] = busy
     out["num_steps"] = sums["num_steps"]
     out.update({key: value for key, value in (res.meta.get("speculative") or {}).items() if key in SPEC_KEYS})
+    fit = res.meta["request_sums"]["arrival_fit"] if "request_sums" in res.meta else _arrival_fit(req)
+    out.update(load_summary(fit, out["request_throughput"]))
+    if not any(res.config.get(k) is not None for k in SLO_FIELDS):     # no SLO: goodput is not defined
+        out["goodput"] = out["slo_attainment"] = float("nan")
     return {key: out[key] for key in SUMMARY_KEYS if key in out}       # spec-decode keys only when it was on
+
+
+SLO_FIELDS = ("slo_ttft_s", "slo_tpot_s", "slo_e2e_s")
+
+
+def _arrival_fit(req: pd.DataFrame) -> ArrivalFit:
+    fit = ArrivalFit()
+    done = (req.status == "finished").to_numpy()
+    fit.add(req.arrival_s.to_numpy(), np.where(done, req.ttft_s.to_numpy(dtype=np.float64), np.nan))
+    return fit
 
 
 def _request_summary(req: pd.DataFrame) -> dict[str, Any]:

@@ -66,9 +66,12 @@ SUMMARY_COLUMNS: tuple[SummaryColumn, ...] = (
 
 def summary_frame(summaries: Sequence[tuple[str, dict[str, Any]]]) -> pd.DataFrame:
     """One row per scenario (index = label), one column per SUMMARY_COLUMNS entry, in display units."""
-    rows = {label: {c.header: _number(s.get(c.key)) * c.scale for c in SUMMARY_COLUMNS}
-            for label, s in summaries}
-    return pd.DataFrame.from_dict(rows, orient="index", columns=[c.header for c in SUMMARY_COLUMNS])
+    rows = {label: {**{c.header: _number(s.get(c.key)) * c.scale for c in SUMMARY_COLUMNS},
+                    SATURATED: bool(s.get("saturated"))} for label, s in summaries}
+    return pd.DataFrame.from_dict(rows, orient="index", columns=[c.header for c in SUMMARY_COLUMNS] + [SATURATED])
+
+
+SATURATED = "saturated"     # summary_frame's column marking scenarios whose offered load exceeds what they serve
 
 
 def _number(value: Any) -> float:
@@ -85,8 +88,9 @@ def best_labels(frame: pd.DataFrame) -> dict[str, set[str]]:
     A column where every scenario shows the same value has no best and is left out.
     """
     best: dict[str, set[str]] = {}
+    sustained = ~frame[SATURATED].astype(bool) if SATURATED in frame else pd.Series(True, index=frame.index)
     for col in SUMMARY_COLUMNS:
-        values = frame[col.header].dropna()
+        values = frame.loc[sustained, col.header].dropna()     # a saturated scenario is never best
         if not col.better or values.empty:
             continue
         shown = values.map(lambda v, c=col: format_value(c, v))
@@ -114,7 +118,9 @@ def summary_table_html(frame: pd.DataFrame) -> str:
         cells = "".join(
             f"<td{' class=best' if label in best.get(c.header, ()) else ''}>{format_value(c, row[c.header])}</td>"
             for c in SUMMARY_COLUMNS)
-        body.append(f"<tr><th>{html.escape(str(label))}</th>{cells}</tr>")
+        mark = " <span class=saturated title='offered load exceeds what it serves'>SATURATED</span>" \
+            if row.get(SATURATED) else ""
+        body.append(f"<tr><th>{html.escape(str(label))}{mark}</th>{cells}</tr>")
     return (f"<table class=summary><thead><tr><th>scenario</th>{head}</tr></thead>"
             f"<tbody>{''.join(body)}</tbody></table>")
 
@@ -185,7 +191,7 @@ h1{font-size:22px;margin:0 0 6px} p.notes{color:#555;margin:2px 0}
 table.summary{border-collapse:collapse;font-size:13px;margin:14px 0 22px}
 table.summary th,table.summary td{border:1px solid #ddd;padding:4px 8px;text-align:right;white-space:nowrap}
 table.summary thead th{background:#f4f4f6} table.summary tbody th{text-align:left}
-td.best{background:#d9f2dd;font-weight:600}
+td.best{background:#d9f2dd;font-weight:600} .saturated{color:#b00020;font-weight:600;font-size:.8em}
 section.chart{margin:0 0 18px;border-top:1px solid #eee;padding-top:6px}
 """
 

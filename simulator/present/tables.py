@@ -13,12 +13,13 @@ from typing import Any
 
 import pandas as pd
 
-from simulator.present.report import SUMMARY_COLUMNS, best_labels, format_value, summary_frame
+from simulator.present.report import SATURATED, SUMMARY_COLUMNS, best_labels, format_value, summary_frame
 
 TERMINAL_COLUMNS = ("done", "req/s", "out tok/s", "goodput req/s", "SLO met %", "TTFT p50 ms", "TTFT p99 ms",
                     "TPOT p50 ms", "TPOT p99 ms", "E2E p99 s", "KV used %", "preempt", "MFU %")
 BEST_STYLE = "bold green"
-BEST_CAPTION = "* best value per column (bold green)"
+BEST_CAPTION = "* best value per column (bold green); SATURATED: offered load above what it serves (latency grows " \
+               "with run length), never best"
 
 
 def best(text: str) -> str:
@@ -30,7 +31,7 @@ def _console():
     """stdout console; when stdout is not a terminal, wide enough that tables are not squeezed."""
     from rich.console import Console
     console = Console()
-    return console if console.is_terminal else Console(width=250)
+    return console if console.is_terminal else Console(width=120)
 
 
 def comparison_table(runs: Sequence[tuple[str, Any]], option_values: Sequence[dict[str, str]], title: str):
@@ -39,14 +40,17 @@ def comparison_table(runs: Sequence[tuple[str, Any]], option_values: Sequence[di
     frame = summary_frame([(label, r.summary()) for label, r in runs])
     top = best_labels(frame)
     options = list(option_values[0]) if option_values else []
-    columns = [c for c in SUMMARY_COLUMNS if c.header in TERMINAL_COLUMNS]
+    columns = [c for c in SUMMARY_COLUMNS if c.header in TERMINAL_COLUMNS
+               and frame[c.header].notna().any()]             # goodput columns only when an SLO was given
     table = Table(title=title, caption=BEST_CAPTION)
     for name in options or ["scenario"]:
-        table.add_column(name.replace("_", "-"))
+        table.add_column(name.replace("_", "-"), overflow="fold")
+    table.add_column("load", overflow="fold", min_width=9)
     for c in columns:
-        table.add_column(c.header, justify="right")
+        table.add_column(c.header, justify="right", overflow="fold")
     for (label, _), values in zip(runs, option_values or [{} for _ in runs]):
         cells = [values[o] for o in options] or [label]
+        cells.append("[bold red]SATURATED[/]" if frame.loc[label, SATURATED] else "ok")
         for c in columns:
             text = format_value(c, frame.loc[label, c.header])
             cells.append(best(text) if label in top.get(c.header, ()) else text)
