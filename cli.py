@@ -1,18 +1,9 @@
 """servesim command line: thin commands that parse options into a SimConfig, call the simulator, write files."""
 from __future__ import annotations
 
-import contextlib
-import functools
-import inspect
-import json
 import os
-import re
 import signal
 import sys
-import typing
-from enum import Enum
-from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
 
 
 def _interrupted_at_start_up(signum, frame) -> None:   # Ctrl-C while the libraries import: nothing to clean up
@@ -20,9 +11,21 @@ def _interrupted_at_start_up(signum, frame) -> None:   # Ctrl-C while the librar
     os._exit(130)
 
 
-_AS_COMMAND = Path(sys.argv[0]).name in ("servesim", "cli.py")
+# As the `servesim` command (not when imported), and unless SIGINT is ignored (nohup, a background job)
+_AS_COMMAND = os.path.basename(sys.argv[0]) in ("servesim", "cli.py") and \
+    signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
 if _AS_COMMAND:
     signal.signal(signal.SIGINT, _interrupted_at_start_up)
+
+import contextlib  # noqa: E402  (every import after the start-up Ctrl-C handler)
+import functools  # noqa: E402
+import inspect  # noqa: E402
+import json  # noqa: E402
+import re  # noqa: E402
+import typing  # noqa: E402
+from enum import Enum  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Annotated, Any, Callable, Optional  # noqa: E402
 
 import typer  # noqa: E402  (after the start-up Ctrl-C handler)
 import typer.core  # noqa: E402

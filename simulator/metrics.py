@@ -487,24 +487,64 @@ class SimResult:
             shutil.copyfile(streamed, out / "requests.parquet")
         (out / "summary.json").write_text(json.dumps(_jsonable(self.summary()), indent=2) + "\n")
         (out / "vllm_result.json").write_text(json.dumps(_jsonable(self.vllm_result())) + "\n")
-        (out / "config.json").write_text(json.dumps(_jsonable({**self.config, "resolved": self.meta}), indent=2)
+        resolved = {k: v for k, v in self.meta.items() if k not in VOLATILE_META}
+        (out / "config.json").write_text(json.dumps(_jsonable({**self.config, "resolved": resolved}), indent=2)
                                          + "\n")
         return out
 
     @classmethod
     def load(cls, path: str | Path) -> "SimResult":
-        """Read a folder written by `save` (or by `servesim run`)."""
+        """Read a folder written by `save` (or by `servesim run`); a truncated or edited file is a one-line
+        ValueError naming it (row counts are checked against summary.json)."""
         src = Path(path)
         if not (src / "config.json").is_file():
             raise FileNotFoundError(f"{src} is not a servesim results folder (no config.json)")
-        config = json.loads((src / "config.json").read_text())
+        config = _load_json(src / "config.json")
         meta = config.pop("resolved", {})
-        frames = {n: pd.read_csv(src / f"{n}.csv", keep_default_na=False, na_values=[""])
-                  for n in ("requests", "steps", "kv")}
+        frames = {n: _load_csv(src / f"{n}.csv") for n in ("requests", "steps", "kv")}
+        summary = _load_json(src / "summary.json") if (src / "summary.json").is_file() else {}
+        _check_rows(src / "requests.csv", frames["requests"], None if "request_sums" in meta else
+                    summary.get("num_requests"), "requests")
+        _check_rows(src / "steps.csv", frames["steps"], None if "step_sums" in meta else summary.get("num_steps"),
+                    "steps")
+        if "reject_reason" not in frames["requests"]:
+            raise ValueError(f"{src / 'requests.csv'}: no reject_reason column; not a servesim requests table")
         frames["requests"]["reject_reason"] = frames["requests"]["reject_reason"].astype(str)
         itl_path = src / "itl.csv"
-        itl = pd.read_csv(itl_path) if itl_path.is_file() else pd.DataFrame(columns=["itl_s", "count"])
+        itl = _load_csv(itl_path) if itl_path.is_file() else pd.DataFrame(columns=["itl_s", "count"])
         return cls(config=config, meta=meta, itl=itl, **frames)
+
+
+def _load_json(path: Path) -> dict[str, Any]:
+    from simulator.files import read_text
+    try:
+        data = json.loads(read_text(path, "results file", max_bytes=1_000_000_000))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno}): truncated or edited") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _load_csv(path: Path) -> pd.DataFrame:
+    from simulator.files import check_file
+    check_file(path, "results file", max_bytes=100_000_000_000)
+    with path.open("rb") as handle:
+        handle.seek(0, 2)
+        if handle.tell():
+            handle.seek(-1, 2)
+            if handle.read(1) != b"\n":                     # every row servesim writes ends its line
+                raise ValueError(f"{path}: the last line is cut short: the file is truncated")
+    try:
+        return pd.read_csv(path, keep_default_na=False, na_values=[""])
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not a servesim CSV table ({' '.join(str(exc).split())[:200]})") from None
+
+
+def _check_rows(path: Path, frame: pd.DataFrame, expected: Any, what: str) -> None:
+    if isinstance(expected, int) and len(frame) != expected:
+        raise ValueError(f"{path}: {len(frame)} {what} rows where summary.json counts {expected}: the file is "
+                         "truncated or edited")
 
 
 def summarize(res: SimResult) -> dict[str, Any]:
@@ -539,11 +579,12 @@ def summarize(res: SimResult) -> dict[str, Any]:
     fit = res.meta["request_sums"]["arrival_fit"] if "request_sums" in res.meta else _arrival_fit(req)
     out.update(load_summary(fit, out["request_throughput"]))
     if not any(res.config.get(k) is not None for k in SLO_FIELDS):     # no SLO: goodput is not defined
-        out["goodput"] = out["slo_attainment"] = float("nan")
+        out["goodput"] = out["slo_attainment"] = None
     return {key: out[key] for key in SUMMARY_KEYS if key in out}       # spec-decode keys only when it was on
 
 
 SLO_FIELDS = ("slo_ttft_s", "slo_tpot_s", "slo_e2e_s")
+VOLATILE_META = ("wall_s",)      # how long the run took: not a result, so identical runs write identical files
 
 
 def _arrival_fit(req: pd.DataFrame) -> ArrivalFit:

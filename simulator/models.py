@@ -299,9 +299,14 @@ def _int_reader(cfg: dict, path: Path):
                 raise ModelConfigError(f"{path}: missing key '{key}'")
             return default
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ModelConfigError(f"{path}: '{key}' must be a non-negative integer, got {value!r}")
+            raise ModelConfigError(f"{path}: '{key}' must be a non-negative integer, got {repr(value)[:60]}")
+        if value > MAX_CONFIG_INT:
+            raise ModelConfigError(f"{path}: '{key}' = {value:.3g} is beyond any model (at most {MAX_CONFIG_INT:.0e})")
         return value
     return get
+
+
+MAX_CONFIG_INT = 10**9     # widths, layers, heads, vocabularies and contexts of any model stay far below
 
 
 def _moe_fields(get, inter: int) -> dict:
