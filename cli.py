@@ -320,7 +320,8 @@ def run(*, scenario: dict, config: ConfigOpt = None, out: OutOpt = Path("servesi
         quiet: QuietOpt = False,
         no_report: Annotated[bool, typer.Option("--no-report", help="Do not write report.html.")] = False) -> None:
     """Simulate one scenario; print its summary and write requests/steps/kv CSVs, summary.json,
-    vllm_result.json, config.json and report.html."""
+    vllm_result.json, config.json and report.html (and replicas.csv, one row per replica, for a cluster:
+    --replicas or --pools)."""
     from simulator.runs.outputs import check_out
     with cli_errors():
         cfg = build_config(scenario, config, extra=lambda values: vllm_metric_options(
@@ -399,6 +400,11 @@ SUMMARY_ROWS = (
                                                  f"{s['preemptions_swap']})"),
     ("MFU / MBU (per GPU)", lambda s: f"{100 * s['mfu']:.1f}% / {100 * s['mbu']:.1f}%"),
 )
+CLUSTER_ROWS = (
+    ("replicas", lambda s: f"{s['replicas']}"),
+    ("load balance: max / mean outstanding", lambda s: f"{s['outstanding_max_over_mean']:.3f}"),
+    ("load balance: Jain's index", lambda s: f"{s['outstanding_jain_index']:.3f}"),
+)
 
 
 def _ms(s: dict, name: str) -> str:
@@ -421,7 +427,7 @@ def print_summary(summary: dict, fmt: OutputFormat, title: str) -> None:
     table = Table(title=title, show_header=False)
     load = verdict(summary)
     table.add_row("load", f"[bold red]{load}[/]" if summary.get("saturated") else load)
-    for label, fmt_row in SUMMARY_ROWS:
+    for label, fmt_row in SUMMARY_ROWS + (CLUSTER_ROWS if "replicas" in summary else ()):
         table.add_row(label, fmt_row(summary))
     if summary.get("spec_verify_steps"):
         table.add_row("speculative: accepted drafts per verify step (acceptance rate)",

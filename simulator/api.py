@@ -9,7 +9,7 @@ from simulator.config import DEFAULT_MAX_MODEL_LEN, SimConfig
 from simulator.cost import CostModel
 from simulator.cost.speculative import SpeculativeCostModel, make_drafter
 from simulator.engines import cost_model_options, get_engine
-from simulator.engine import Engine, EngineParts, ProgressFn, StopFn
+from simulator.engine import Engine, EngineOptions, EngineParts, ProgressFn, StopFn
 from simulator.kv_cache import make_kv_cache
 from simulator.memory import plan_memory
 from simulator.metrics import SimResult
@@ -61,7 +61,11 @@ def build_parts(cfg: SimConfig) -> EngineParts:
             "peak_flops_per_s": gpu.matrix_flops_per_s(cfg.dtype) * cfg.flops_scale,
             "peak_bytes_per_s": gpu.hbm_bytes_per_s * cfg.bandwidth_scale}
     return EngineParts(policy=policy, cost_model=cost_model, max_model_len=cfg.max_model_len,
-                       config=cfg.to_dict(), meta=meta, slo=(cfg.slo_ttft_s, cfg.slo_tpot_s, cfg.slo_e2e_s))
+                       config=cfg.to_dict(), meta=meta, slo=(cfg.slo_ttft_s, cfg.slo_tpot_s, cfg.slo_e2e_s),
+                       options=EngineOptions(fast_path=cfg.fast_path, summary_only=cfg.summary_only,
+                                             max_request_rows=cfg.max_request_rows,
+                                             request_rows_path=cfg.request_rows_path,
+                                             max_concurrency=cfg.max_concurrency))
 
 
 def workload(cfg: SimConfig) -> list[RequestSpec]:
@@ -101,9 +105,11 @@ def simulate(config: SimConfig | None = None, *, requests: list[RequestSpec] | N
         if unknown:
             raise TypeError(f"simulate: unknown option {unknown[0]!r}; options are SimConfig's fields")
         cfg = cfg.replace(**overrides)
-    parts = build_parts(cfg)
     specs = check_requests(requests) if requests is not None else workload(cfg)
-    return Engine(parts, specs, progress, stop=stop).run()
+    if cfg.is_cluster:
+        from simulator.cluster import simulate_cluster
+        return simulate_cluster(cfg, specs)
+    return Engine(build_parts(cfg), specs, progress, stop=stop).run()
 
 
 def compare(configs=None, *, jobs: int | None = None, progress: bool = False, **axes) -> dict[str, SimResult]:

@@ -37,6 +37,12 @@ class ArrivalQueue:
         self.in_flight = 0
         self.open_s = 0.0                  # when the last slot opened after all were taken
 
+    def add(self, spec: RequestSpec) -> None:
+        """One more open-loop request (a cluster's router feeds replicas one request at a time)."""
+        if spec.after >= 0:
+            raise ValueError(f"request {spec.request_id}: a request that follows another cannot be fed on its own")
+        heapq.heappush(self.heap, (spec.arrival_s, spec.request_id, spec))
+
     @property
     def gated(self) -> bool:
         return self.cap is not None and self.in_flight >= self.cap

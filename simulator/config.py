@@ -99,6 +99,11 @@ class SimConfig:
     summary_only: bool = False             # keep histograms and running sums, not per-step and per-token rows
     max_request_rows: int = 1_000_000      # per-request rows kept in memory; more stream to Parquet
     request_rows_path: str | None = None   # where they stream (None: a temporary file, named in the results)
+    # cluster (simulator/cluster): replicas behind a router
+    replicas: int = 1
+    router: str = "round-robin"
+    router_delay_s: float = 0.0            # replicas' load reports reach the router this late
+    pools: str | None = None               # a TOML/YAML file of replica groups (instead of `replicas`)
     # speed
     fast_path: bool = True                 # advance runs of identical decode steps at once (identical results)
 
@@ -113,6 +118,7 @@ class SimConfig:
         if self.prefix_caching and self.batching != "continuous":
             raise ConfigError(f"prefix caching needs continuous batching (the {self.batching} policy runs whole "
                               "batches and takes no cache hits); use --batching continuous or --prefix-caching off")
+        self._check_cluster()
         if self.attention is not None:
             _check_choice("attention", self.attention, ("flash", "naive", "varlen"))
         _check_choice("engine", self.engine, tuple(ENGINES))
@@ -129,6 +135,19 @@ class SimConfig:
             raise ConfigError(f"max_num_batched_tokens ({self.max_num_batched_tokens}) is smaller than max_model_len "
                               f"({self.max_model_len}): a long prompt could never be scheduled; raise it or "
                               "enable chunked prefill")
+
+    def _check_cluster(self) -> None:
+        from simulator.cluster.router import ROUTERS
+        _check_choice("router", self.router, tuple(ROUTERS))
+        if not isinstance(self.router_delay_s, (int, float)) or self.router_delay_s < 0:
+            raise ConfigError(f"router-delay must not be negative, got {self.router_delay_s}")
+        if self.pools is not None and self.replicas != 1:
+            raise ConfigError("give replicas or pools, not both (a pools file sets each group's count)")
+
+    @property
+    def is_cluster(self) -> bool:
+        """Several replicas (or a pools file): simulated by simulator.cluster."""
+        return self.replicas > 1 or self.pools is not None
 
     @property
     def prefix_cache(self) -> bool:
@@ -197,7 +216,8 @@ FIELD_RANGES: dict[str, tuple[float, float] | tuple[float, float, str]] = {
     "batch_size": (1, 10**7), "max_batch_size": (1, 10**7), "max_wait_s": (0, 1e9), "block_size": (1, 10**6),
     "gpu_memory_utilization": (0, 1, OPEN), "num_gpu_blocks": (1, 10**15), "kv_capacity_tokens": (1, 10**16),
     "swap_space_gb": (0, 1e9), "slo_ttft_s": (0, 1e9, OPEN), "slo_tpot_s": (0, 1e9, OPEN),
-    "max_request_rows": (1, 10**10), "max_concurrency": (1, 10**7), "burstiness": (0, 1e6, OPEN),
+    "max_request_rows": (1, 10**10), "max_concurrency": (1, 10**7), "replicas": (1, 10_000),
+    "router_delay_s": (0, 1e6), "burstiness": (0, 1e6, OPEN),
     "slo_e2e_s": (0, 1e9, OPEN),
 }
 FIELD_KINDS: dict[str, tuple[type, bool]] = {}        # field -> (int/float/str/bool, None allowed), filled below

@@ -18,12 +18,13 @@ the policy, the KV manager and the cost model, is in simulator/batching/lazy.py.
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import time
 from dataclasses import dataclass
 from functools import partial
 from itertools import chain
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Protocol
 
 import simpy
 
@@ -31,7 +32,7 @@ from simulator.arrivals import ArrivalQueue
 from simulator.batching import BatchingPolicy
 from simulator.batching.lazy import DecodeRun
 from simulator.cost import CostModel
-from simulator.metrics import Recorder, SimResult
+from simulator.metrics import Recorder, SimResult, StepRecord
 from simulator.request import Request, RequestStatus
 from simulator.request_log import RequestLog
 from simulator.step import RunCosts, StepShape
@@ -57,6 +58,31 @@ def step_by_step_costs(cost_model, num_seqs: int, context_tokens: int, context_s
     return costs
 
 
+@contextlib.contextmanager
+def paused_gc():
+    """The loop creates no reference cycles worth collecting, while the cyclic collector would rescan every live
+    request again and again (a third of the run time at 10^5 requests): pause it for a run."""
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if collecting:
+            gc.enable()
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """How the engine runs and what it keeps (SimConfig's fields of the same names; these defaults keep every row
+    and admit every arrival as it comes)."""
+
+    fast_path: bool = True                  # advance runs of identical decode steps at once (identical results)
+    summary_only: bool = False              # histograms and running sums instead of per-step and per-token rows
+    max_request_rows: int | None = None     # per-request rows kept in memory (None: all); more stream to Parquet
+    request_rows_path: str | None = None    # where they stream
+    max_concurrency: int | None = None      # requests in the server at most; later arrivals queue outside
+
+
 @dataclass
 class EngineParts:
     """Everything the engine drives, built by simulator.api from a SimConfig."""
@@ -64,16 +90,36 @@ class EngineParts:
     policy: BatchingPolicy
     cost_model: CostModel
     max_model_len: int
-    config: dict
+    config: dict                            # the resolved configuration, stored with the results (not read here)
     meta: dict
+    options: EngineOptions = EngineOptions()
     slo: tuple[float | None, ...] = (None, None, None)     # TTFT, TPOT and E2E SLOs, seconds
 
 
+class EngineObserver(Protocol):
+    """What a cluster watches of a replica: the load it reports at each step's start (a run reports once, with
+    its step ends), when it goes idle, and every request it is done with (finished or rejected)."""
+
+    def step(self, start_s: float, num_running: int, num_waiting: int, used_tokens: int) -> None: ...
+
+    def run(self, start_s: float, ends_s: list[float], run: DecodeRun) -> None: ...
+
+    def idle(self, now_s: float, num_running: int, num_waiting: int, used_tokens: int) -> None: ...
+
+    def done(self, req: Request, time_s: float) -> None: ...
+
+
 class Engine:
-    """Drives one replica. `fast_path` (default: the config's `fast_path`, else on) enables decode runs."""
+    """Drives one replica. `fast_path` (default: the config's `fast_path`, else on) enables decode runs.
+
+    A cluster drives replicas differently: `start()`, then `feed()` each request a router sends here (in arrival
+    order) while `open`, `advance(t)` every replica to the next arrival, and `close()`; `horizon_s` (the next
+    arrival the router has not placed yet) bounds how far the fast path commits ahead.
+    """
 
     def __init__(self, parts: EngineParts, specs: Iterable[RequestSpec], progress: ProgressFn | None = None,
-                 *, fast_path: bool | None = None, stop: StopFn | None = None) -> None:
+                 *, fast_path: bool | None = None, stop: StopFn | None = None,
+                 observer: EngineObserver | None = None) -> None:
         self.parts = parts
         self.stop = stop
         self.stopped_early = False
@@ -81,15 +127,18 @@ class Engine:
         self.specs = list(specs)
         self.progress = progress
         self.env = simpy.Environment()
-        config = parts.config
-        self.recorder = Recorder(summary_only=config.get("summary_only", False))
-        self.log = RequestLog(config.get("max_request_rows"), config.get("request_rows_path"), parts.slo)
+        options = parts.options
+        self.recorder = Recorder(summary_only=options.summary_only)
+        self.log = RequestLog(options.max_request_rows, options.request_rows_path, parts.slo)
         self.requests: list[Request] = []        # every request, unless summary-only or rows may stream
         self._keep_requests = not self.recorder.summary_only and (self.log.max_rows is None
                                                                    or len(self.specs) <= self.log.max_rows)
         self.num_done = 0
-        self.fast_path = parts.config.get("fast_path", True) if fast_path is None else fast_path
+        self.fast_path = options.fast_path if fast_path is None else fast_path
         self._next_arrival_s = INF              # the earliest arrival not yet handed to the policy
+        self.observer = observer
+        self.open = False                        # a router may still feed requests
+        self.horizon_s = INF                     # while open: no unfed request arrives before this
         self.num_steps = 0                       # engine steps simulated, and how many of them ran in runs
         self.num_run_steps = 0
         self.num_runs = 0
@@ -103,19 +152,37 @@ class Engine:
         self._detail = {"detail": False} if lean else {}
 
     def run(self) -> SimResult:
-        wall = time.perf_counter()
-        self.arrivals = ArrivalQueue(self.specs, self.parts.config.get("max_concurrency"))
-        self._next_arrival_s = self.arrivals.next_s()
-        server = self.env.process(self._serve())
-        # The loop creates no reference cycles worth collecting, while the cyclic collector would rescan every
-        # live request again and again (a third of the run time at 10^5 requests): pause it for the run.
-        collecting = gc.isenabled()
-        gc.disable()
-        try:
-            self.env.run(until=server)
-        finally:
-            if collecting:
-                gc.enable()
+        self.start()
+        with paused_gc():
+            self.env.run(until=self._server)
+        return self.finish()
+
+    def start(self) -> None:
+        self._wall = time.perf_counter()
+        self.arrivals = ArrivalQueue(self.specs, self.parts.options.max_concurrency)
+        self._next_arrival_s = self._next_s()
+        self._server = self.env.process(self._serve())
+
+    def feed(self, spec: RequestSpec) -> None:
+        """A request routed here while open (no earlier than any fed before it)."""
+        self.specs.append(spec)
+        self.arrivals.add(spec)
+        self._next_arrival_s = self._next_s()
+
+    def advance(self, until_s: float) -> None:
+        """Simulate every event before `until_s` (events at `until_s` itself wait: a request arriving then is
+        fed first, as a plain run sees an arrival at the very end of a step)."""
+        if self.env.peek() < until_s:
+            self.env.run(until=until_s)
+
+    def close(self) -> SimResult:
+        """No more requests: run to the end and return the results."""
+        self.open, self.horizon_s = False, INF
+        if self._server.is_alive:
+            self.env.run(until=self._server)
+        return self.finish()
+
+    def finish(self) -> SimResult:
         requests = self.log.frame()
         meta = {**self.parts.meta, "preemptions_recompute": self.policy.num_preemptions["recompute"],
                 "preemptions_swap": self.policy.num_preemptions["swap"], "engine_steps": self.num_steps,
@@ -126,7 +193,7 @@ class Engine:
         if self.log.sums is not None:
             meta.update(request_rows_path=self.log.path, request_sums=self.log.sums.as_dict())
         result = self.recorder.result(self.parts.config, meta, requests)
-        result.meta["wall_s"] = time.perf_counter() - wall
+        result.meta["wall_s"] = time.perf_counter() - self._wall
         return result
 
     def _admit_arrivals(self, until_s: float) -> None:
@@ -145,15 +212,22 @@ class Engine:
                 self._done(req, arrival_s)
             else:
                 policy.add_request(req)
-        self._next_arrival_s = self.arrivals.next_s()
-        policy.workload_ended = self.arrivals.ended
+        self._next_arrival_s = self._next_s()
+        policy.workload_ended = self.arrivals.ended and not self.open
+
+    def _next_s(self) -> float:
+        """The next arrival, if no request finishes first; while a router may feed more, no later than the
+        earliest arrival it has not placed yet."""
+        return min(self.arrivals.next_s(), self.horizon_s)
 
     def _done(self, req: Request, time_s: float) -> None:
         """`req` finished or was rejected at `time_s`: keep its row, release the requests that follow it."""
         self.log.add(req)
         self.num_done += 1
         self.arrivals.finished(req.request_id, time_s)
-        self._next_arrival_s = self.arrivals.next_s()
+        self._next_arrival_s = self._next_s()
+        if self.observer is not None:
+            self.observer.done(req, time_s)
 
     def _reject_reason(self, req: Request) -> str:
         if req.prompt_tokens + req.output_tokens > self.parts.max_model_len:
@@ -177,9 +251,9 @@ class Engine:
             else:
                 batch = policy.schedule(env.now)
                 if batch is not None:
-                    start, priced = env.now, self._price(batch)
-                    yield env.timeout(priced[1])
-                    self._commit(batch, priced, start, env.now)
+                    start, rec = env.now, self._price(batch, env.now)
+                    yield env.timeout(rec.seconds)
+                    self._commit(batch, rec, start, env.now)
                     continue
             if policy.workload_ended and not policy.has_work():
                 return
@@ -201,10 +275,10 @@ class Engine:
             batch = policy.schedule(t)
             if batch is None:
                 break
-            priced = self._price(batch)
-            end = t + priced[1]
-            self._commit(batch, priced, t, end)
-            delays.append((priced[1],))
+            rec = self._price(batch, t)
+            end = t + rec.seconds
+            self._commit(batch, rec, t, end)
+            delays.append((rec.seconds,))
             t = end
         return t, delays
 
@@ -225,6 +299,8 @@ class Engine:
         costs = self._decode_costs(run.num_decode, run.context_tokens, run.live, run.max_steps, start,
                                    self._next_arrival_s, **self._detail)
         usage = policy.kv.usage()
+        if self.observer is not None:
+            self.observer.run(start, costs.ends, run)
         outcome = policy.commit_run(run, costs.ends)
         k = len(costs.ends)
         self.num_runs += 1
@@ -240,9 +316,8 @@ class Engine:
         return costs.ends[-1]
 
     # ---- one step ----
-    def _price(self, batch) -> tuple:
-        """(cost, seconds the step holds the GPU, swap seconds, shape counts, queues, used KV tokens, KV usage),
-        all taken when the step starts."""
+    def _price(self, batch, start: float) -> StepRecord:
+        """The step's record: its cost, shape, queues and KV usage, all taken when it starts (at `start`)."""
         policy, cost_model = self.policy, self.parts.cost_model
         fields = batch.shape_fields()
         cost = self._step_costs.get(fields)
@@ -251,19 +326,20 @@ class Engine:
             if len(self._step_costs) < 1 << 16:
                 self._step_costs[fields] = cost
         prefill, num_decode, decode_context, _, verify = fields
-        counts = (batch.batch_size, sum(n for n, _ in prefill), num_decode + sum(n for n, _ in verify),
-                  decode_context + sum(c for _, c in prefill) + sum(c + n for n, c in verify))
         swap_s = cost_model.swap_seconds(batch.swap_bytes) if batch.swap_bytes else 0.0
         used = policy.kv_used_tokens + batch.num_batched_tokens - policy.kv.shared_tokens   # shared blocks once
-        return (cost, cost.seconds + swap_s, swap_s, counts, (len(policy.running), policy.num_waiting), used,
-                policy.kv.usage())
+        if self.observer is not None:
+            self.observer.step(start, len(policy.running), policy.num_waiting, used)
+        return StepRecord(cost, cost.seconds + swap_s, swap_s, batch.batch_size, sum(n for n, _ in prefill),
+                          num_decode + sum(n for n, _ in verify),
+                          decode_context + sum(c for _, c in prefill) + sum(c + n for n, c in verify),
+                          len(policy.running), policy.num_waiting, batch.num_preempted, used, policy.kv.usage())
 
-    def _commit(self, batch, priced: tuple, start: float, end: float) -> None:
+    def _commit(self, batch, rec: StepRecord, start: float, end: float) -> None:
         """Commit a step that ran from `start` to `end`, and record it."""
-        cost, _, swap_s, counts, queues, used, usage = priced
         outcome = self.policy.commit(batch, start, end)
         self.num_steps += 1
-        self.recorder.step(start, cost, swap_s, counts, queues, batch.num_preempted, used, usage)
+        self.recorder.step(start, rec)
         if outcome.itl_gaps:
             self.recorder.itl_gaps(outcome.itl_gaps)
         for req in outcome.finished:
@@ -274,6 +350,8 @@ class Engine:
     def _idle(self):
         """Sleep until the next arrival or the policy's deadline; a stall with nothing to wait for is a bug."""
         now = self.env.now
+        if self.observer is not None:
+            self.observer.idle(now, len(self.policy.running), self.policy.num_waiting, self.policy.kv_used_tokens)
         deadline = self.policy.next_deadline(now)
         wake = min(self._next_arrival_s, INF if deadline is None else deadline)
         if wake == INF:

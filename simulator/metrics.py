@@ -20,7 +20,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from itertools import chain, repeat
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -74,6 +74,42 @@ ITL_BINS_PER_DECADE = 2303           # ln(10) / ln(1.001): bins 0.1% wide
 ITL_MIN_S, ITL_DECADES = 1e-7, 12    # histogram range 0.1 us .. 100 ks
 
 
+class StepRecord(NamedTuple):
+    """One engine step as it is recorded: its cost and shape, the queues and the KV usage when it starts."""
+
+    cost: StepCost
+    seconds: float                  # how long the step holds the GPU: cost.seconds + swap_s
+    swap_s: float                   # KV moved between GPU and host before the step
+    batch_size: int
+    num_prefill_tokens: int
+    num_decode_tokens: int
+    context_tokens: int
+    num_running: int
+    num_waiting: int
+    num_preempted: int              # requests this step's schedule preempted
+    used_tokens: int                # KV tokens stored once the step has run
+    usage: KVUsage
+
+
+class RunRecord(NamedTuple):
+    """A run of decode steps, queued until it is expanded into rows (`expand_runs`)."""
+
+    row0: int                       # the step number of its first step
+    start_s: float
+    costs: RunCosts
+    num_decode: int                 # sequences computed each step (live requests and padding)
+    live: int                       # of which requests, each computing and sampling one token
+    context_tokens: int             # attended in the first step; + live per later step
+    used_tokens: int                # KV tokens stored before the run
+    num_running: int
+    num_waiting: int
+    usage: KVUsage                  # KV snapshot before the run
+    new_blocks: list[int]           # blocks allocated in each step
+    block_tokens: int               # tokens per block (0: requests do not grow)
+    preemptions_total: int
+    first_gaps: list[tuple[float, int]]   # (last token time, requests) behind the gaps of the run's first tokens
+
+
 class Recorder:
     """Collects one row per engine step (the step and the KV sample at its start) and inter-token gaps.
 
@@ -88,21 +124,21 @@ class Recorder:
         self.run_cols = _columns()              # rows expanded from runs
         self._step_rows: list[tuple] = []       # step-by-step rows not yet in the columns
         self._cost_parts: dict[int, tuple] = {}  # id(StepCost) -> (the cost, its row fields)
-        self._runs: list[tuple] = []            # runs not yet expanded
+        self._runs: list[RunRecord] = []        # runs not yet expanded
         self.num_rows = 0                       # steps recorded so far
         self.preemptions_total = 0
         self.itl_values, self.itl_counts = array("d"), array("q")
         self.folded = StepSums()
         self.itl_hist = np.zeros(ITL_BINS_PER_DECADE * ITL_DECADES + 1, dtype=np.int64)
 
-    def step(self, start_s: float, cost: StepCost, swap_s: float, shape_counts: tuple[int, int, int, int],
-             queues: tuple[int, int], num_preempted: int, used_tokens: int, usage: KVUsage) -> None:
-        """One step's row: its cost and shape, the queues and the KV usage sampled at its start (before this
-        step's preemptions count in preemptions_total). Rows wait in a list and go into the columns in bulk;
-        summary-only rows keep just what the sums need."""
+    def step(self, start_s: float, rec: StepRecord) -> None:
+        """One step's row (before this step's preemptions count in preemptions_total). Rows wait in a list and go
+        into the columns in bulk; summary-only rows keep just what the sums need."""
         self.num_rows += 1
+        cost = rec.cost
         if self.summary_only:
-            self._step_rows.append((cost.seconds + swap_s, cost.flops, cost.bytes, *queues, used_tokens, *usage))
+            self._step_rows.append((rec.seconds, cost.flops, cost.bytes, rec.num_running, rec.num_waiting,
+                                    rec.used_tokens, *rec.usage))
         else:
             part = self._cost_parts.get(id(cost))
             if part is None or part[0] is not cost:       # the entry pins `cost`, so its id is not reused
@@ -111,9 +147,11 @@ class Recorder:
                 if len(self._cost_parts) >= 1 << 14:
                     self._cost_parts.clear()
                 self._cost_parts[id(cost)] = part
-            self._step_rows.append((start_s, cost.seconds + swap_s, *shape_counts, *part[1:], swap_s, *queues,
-                                    num_preempted, used_tokens, *usage, self.preemptions_total, self.num_rows - 1))
-        self.preemptions_total += num_preempted
+            self._step_rows.append((start_s, rec.seconds, rec.batch_size, rec.num_prefill_tokens,
+                                    rec.num_decode_tokens, rec.context_tokens, *part[1:], rec.swap_s, rec.num_running,
+                                    rec.num_waiting, rec.num_preempted, rec.used_tokens, *rec.usage,
+                                    self.preemptions_total, self.num_rows - 1))
+        self.preemptions_total += rec.num_preempted
         if len(self._step_rows) >= RUN_BATCH:
             self._flush_steps()
 
@@ -136,9 +174,9 @@ class Recorder:
         memory). `first_gaps` lists (last token time, requests) for the run's first tokens; every later step
         adds one gap per live request.
         """
-        self._runs.append((self.num_rows, start_s, costs.ends, costs, run.num_decode, run.live, run.context_tokens,
-                           run.used_tokens, run.num_running, run.num_waiting, usage, new_blocks, block_tokens,
-                           self.preemptions_total, first_gaps))
+        self._runs.append(RunRecord(self.num_rows, start_s, costs, run.num_decode, run.live, run.context_tokens,
+                                    run.used_tokens, run.num_running, run.num_waiting, usage, new_blocks,
+                                    block_tokens, self.preemptions_total, first_gaps))
         self.num_rows += len(costs.ends)
         if len(self._runs) >= RUN_BATCH:
             self._expand_runs()
@@ -248,15 +286,16 @@ def _as_numpy(col: array) -> np.ndarray:
     return np.frombuffer(col, dtype=dtype).copy() if len(col) else np.zeros(0, dtype)
 
 
-def expand_runs(runs: list[tuple], full: bool = True) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+def expand_runs(runs: list[RunRecord], full: bool = True) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
     """Rows (as columns) and inter-token gaps of queued runs (see Recorder.run), with numpy; without `full`,
     only the columns the summary's sums need.
 
     Every value is the same float operation the step-by-step path performs: a step starts where the previous
     one ended, context and stored tokens grow by one per live request, blocks add up within a run.
     """
-    (row0, start, ends, costs, num_decode, live, context, used, running, waiting, usage, new_blocks, block_tokens,
-     preempted_total, first_gaps) = zip(*runs)
+    r = RunRecord(*zip(*runs))                           # each field as a tuple over the runs
+    costs, live, usage, first_gaps = r.costs, r.live, r.usage, r.first_gaps
+    ends = [c.ends for c in costs]
     k = np.fromiter(map(len, ends), np.int64, len(runs))
     total = int(k.sum())
     offset = np.cumsum(k) - k
@@ -267,33 +306,33 @@ def expand_runs(runs: list[tuple], full: bool = True) -> tuple[dict[str, np.ndar
     begin = np.empty(total)
     begin[1:] = end[:-1]
     if total:
-        begin[offset] = start
+        begin[offset] = r.start_s
     live_rep = rep(live)
-    step_blocks = flat(new_blocks, np.int64)
+    step_blocks = flat(r.new_blocks, np.int64)
     blocks = np.cumsum(step_blocks)
     blocks -= np.repeat(blocks[offset] - step_blocks[offset], k)          # cumulative within each run
-    grown = blocks * rep(block_tokens)
+    grown = blocks * rep(r.block_tokens)
     cap = rep([u.capacity_tokens for u in usage])
     free = rep([u.free_tokens for u in usage]) - grown
-    largest = np.where(rep(block_tokens) > 0, free, rep([u.largest_free_hole_tokens for u in usage]))
+    largest = np.where(rep(r.block_tokens) > 0, free, rep([u.largest_free_hole_tokens for u in usage]))
     totals = costs[0].flops_total is not None          # priced without detail: only FLOP/byte totals per run
     rows = {"duration_s": flat(c.seconds for c in costs),
             "flops": _spread([c.flops_total for c in costs], k) if totals else flat(c.flops for c in costs),
             "bytes": _spread([c.bytes_total for c in costs], k) if totals else flat(c.bytes for c in costs),
-            "num_running": rep(running), "num_waiting": rep(waiting),
-            "used_tokens": rep(used) + (within + 1) * live_rep,
+            "num_running": rep(r.num_running), "num_waiting": rep(r.num_waiting),
+            "used_tokens": rep(r.used_tokens) + (within + 1) * live_rep,
             "allocated_tokens": rep([u.allocated_tokens for u in usage]) + grown, "capacity_tokens": cap,
             "free_tokens": free, "largest_free_hole_tokens": largest,
             "cached_tokens": rep([u.cached_tokens for u in usage])}   # a run caches and evicts nothing
     if full:
         zeros = np.zeros(total, np.int64)
-        rows.update({"start_s": begin, "batch_size": rep(num_decode), "num_prefill_tokens": zeros,
-                     "num_decode_tokens": rep(num_decode), "context_tokens": rep(context) + within * live_rep,
+        rows.update({"start_s": begin, "batch_size": rep(r.num_decode), "num_prefill_tokens": zeros,
+                     "num_decode_tokens": rep(r.num_decode), "context_tokens": rep(r.context_tokens) + within * live_rep,
                      "bound": np.fromiter(map(BOUND_CODE.__getitem__, chain.from_iterable(c.bound for c in costs)),
                                           np.int8, total),
                      **{f"{f}_s": _per_step([getattr(c, f"{f}_s") for c in costs], k, flat) for f in FAMILIES},
-                     "swap_s": np.zeros(total), "num_preempted": zeros, "preemptions_total": rep(preempted_total),
-                     "row": rep(row0) + within})
+                     "swap_s": np.zeros(total), "num_preempted": zeros, "preemptions_total": rep(r.preemptions_total),
+                     "row": rep(r.row0) + within})
     later = within > 0                                   # steps after a run's first: one gap per live request
     idx = np.nonzero(later)[0]
     first_vals = [e[0] - t for e, pairs in zip(ends, first_gaps) for t, _ in pairs]

@@ -11,7 +11,7 @@ sys.path.insert(0, str(ROOT))
 
 from simulator.batching import PolicyParams, make_policy  # noqa: E402
 from simulator.cost import StepCost, StepShape  # noqa: E402
-from simulator.engine import Engine, EngineParts  # noqa: E402
+from simulator.engine import Engine, EngineOptions, EngineParts  # noqa: E402
 from simulator.kv_cache import make_kv_cache  # noqa: E402
 from workloads.spec import RequestSpec  # noqa: E402
 
@@ -27,16 +27,20 @@ class RoundCostModel:
         return num_bytes / 1e9
 
 
-def make_engine(specs, *, batching="continuous", kv="paged", capacity_tokens=100_000, max_model_len=4096,
-                cost_model=None, progress=None, max_concurrency=None, fast_path=None, **params) -> Engine:
+def make_parts(*, batching="continuous", kv="paged", capacity_tokens=100_000, max_model_len=4096, cost_model=None,
+               max_concurrency=None, fast_path=True, **params) -> EngineParts:
     kv_manager = make_kv_cache(kv, capacity_tokens, block_size=params.pop("block_size", 16),
                                max_model_len=max_model_len, reservation=params.pop("reservation", "max-model-len"),
                                watermark=params.pop("watermark", 0.01),
                                prefix_caching=params.pop("prefix_caching", False))
     policy = make_policy(batching, kv_manager, PolicyParams(**params))
-    parts = EngineParts(policy=policy, cost_model=cost_model or RoundCostModel(), max_model_len=max_model_len,
-                        config={"max_concurrency": max_concurrency}, meta={})
-    return Engine(parts, specs, progress, fast_path=fast_path)
+    return EngineParts(policy=policy, cost_model=cost_model or RoundCostModel(), max_model_len=max_model_len,
+                       config={}, meta={"kv_capacity_tokens": capacity_tokens},
+                       options=EngineOptions(max_concurrency=max_concurrency, fast_path=fast_path))
+
+
+def make_engine(specs, *, progress=None, fast_path=None, **kwargs) -> Engine:
+    return Engine(make_parts(**kwargs), specs, progress, fast_path=fast_path)
 
 
 def specs_from(rows) -> list[RequestSpec]:

@@ -20,6 +20,7 @@ import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
 from simulator.present import plots
+from simulator.present.replicas import replicas_figure
 
 
 class ResultLike(Protocol):
@@ -164,8 +165,8 @@ def report_figures(inputs: ReportInputs) -> list[tuple[str, go.Figure]]:
         raise ValueError("a report needs at least one scenario")
     colors = plots.scenario_colors(labels)
     requests = {label: r.requests for label, r in inputs.runs}
-    steps = {label: r.steps for label, r in inputs.runs}
-    kv = {label: r.kv for label, r in inputs.runs}
+    steps = {label: _first_replica(r.steps) for label, r in inputs.runs}
+    kv = {label: _first_replica(r.kv) for label, r in inputs.runs}
     figs = [("latency-cdf", plots.latency_cdf_figure(requests, colors))]
     if inputs.load is not None and len(inputs.load.load):
         lc = inputs.load
@@ -177,12 +178,22 @@ def report_figures(inputs: ReportInputs) -> list[tuple[str, go.Figure]]:
              ("preemptions", plots.preemption_figure(steps, colors)),
              ("step-timeline", plots.step_timeline_figure(steps)),
              ("ttft-vs-prompt", plots.ttft_vs_prompt_figure(requests, colors))]
+    for i, (label, r) in enumerate(inputs.runs):
+        table = getattr(r, "replicas", None)
+        if table is not None and len(table) and "replica" in r.requests:
+            figs.append((f"replicas-{i}", replicas_figure(label, r.requests, table)))
     if inputs.roofline is not None:
         rl = inputs.roofline
         figs.append(("roofline", plots.roofline_figure(
             steps[rl.label], peak_flops_per_s=rl.peak_flops_per_s, peak_bytes_per_s=rl.peak_bytes_per_s,
             label=rl.label, color=colors[rl.label])))
     return figs
+
+
+def _first_replica(frame: pd.DataFrame) -> pd.DataFrame:
+    """A cluster's per-step frames hold every replica's rows: the time-series charts show replica 0 (the
+    per-replica chart compares them all)."""
+    return frame[frame.replica == 0] if "replica" in frame else frame
 
 
 STYLE = """

@@ -12,6 +12,7 @@ from typing import Any, Callable
 from hardware.links import LINKS
 from simulator.batching import BATCHING_POLICIES
 from simulator.config import short
+from simulator.cluster.router import ROUTERS
 from simulator.engines import DEFAULT_ENGINE, ENGINES
 from simulator.kv_cache import KV_CACHE_MANAGERS
 from simulator.speculative import DRAFT_METHODS
@@ -128,7 +129,7 @@ def _o(field: str, kind: type, help: str, panel: str, flag: str | None = None, p
     return ScenarioOption(field, flag or "--" + field.replace("_", "-"), kind, help, panel, parser)
 
 
-HW, WL, SV, KV, MT = "Hardware and model", "Workload", "Serving", "KV cache", "Metrics"
+HW, WL, SV, KV, MT, CL = "Hardware and model", "Workload", "Serving", "KV cache", "Metrics", "Cluster"
 SP = "Speculative decoding"
 SCENARIO_OPTIONS: tuple[ScenarioOption, ...] = (
     _o("gpu", str, "GPU from the catalog (see `servesim gpus`). [default: h100-sxm]", HW),
@@ -212,6 +213,12 @@ SCENARIO_OPTIONS: tuple[ScenarioOption, ...] = (
                              "(memory does not grow with simulated time): on or off. [default: off]", MT),
     _o("max_request_rows", int, "Per-request rows kept in memory; beyond, every row streams to Parquet (needs "
                                 "pyarrow). [default: 1000000]", MT),
+    _o("replicas", int, "Replicas behind a router, each a full engine on its own GPUs. [default: 1]", CL),
+    _o("router", str, f"Router: {', '.join(ROUTERS)}. [default: round-robin]", CL),
+    _o("router_delay_s", float, "Replicas' load reports reach the router this many seconds late. [default: 0]",
+       CL, "--router-delay"),
+    _o("pools", str, "A TOML/YAML file of replica groups (count, GPU, model, TP, serving settings each); "
+                     "instead of --replicas.", CL),
     _o("fast_path", bool, "Advance runs of identical decode steps at once; results are identical: on or off. "
                           "[default: on]", SV),
 )

@@ -182,16 +182,18 @@ def _notes(base: Any, varied_fields: Sequence[str]) -> list[str]:
 
 def load_inputs(paths: Sequence[Path]) -> ReportInputs:
     """Rebuild report inputs from saved folders: compare/sweep folders (scenarios.json) or single runs."""
+    from simulator.cluster.result import load_cluster
     from simulator.metrics import SimResult
     runs: list[tuple[str, Any]] = []
     curves = None
     for path in map(Path, paths):
         if (path / MANIFEST).is_file():
             manifest = json.loads((path / MANIFEST).read_text())
-            runs += [(e["label"], SimResult.load(path / e["folder"])) for e in manifest["scenarios"]]
+            runs += [(e["label"], load_cluster(path / e["folder"], SimResult.load(path / e["folder"])))
+                     for e in manifest["scenarios"]]
             curves = curves or _curves(path, manifest)
         elif (path / "config.json").is_file():
-            runs.append((path.name or str(path), SimResult.load(path)))
+            runs.append((path.name or str(path), load_cluster(path, SimResult.load(path))))
         else:
             raise FileNotFoundError(f"{path} is not a servesim results folder (no {MANIFEST} or config.json)")
     runs = _unique(runs)

@@ -1,0 +1,191 @@
+"""Replicas behind a router, in one simulation.
+
+Every replica is a full engine (its own batching policy, KV manager and cost model). A router that reads no
+replica state (round-robin, random) is applied to the whole workload up front and the replicas then run one
+after another: their results are exactly those of interleaving them, at the cost of one replica each.
+
+A router that reads load runs the replicas side by side: for each arrival, in arrival order, every replica is
+advanced to the arrival time (events at that very time wait, as a plain run lets a request arriving at the end
+of a step join the next one), the router is shown what it may see, and the request is fed to the chosen
+replica. Each replica's fast path commits ahead of the clock no further than the next arrival not yet routed.
+
+What the router sees is what a replica has reported: the load at the start of its latest step (or when it
+went idle) that started before now minus the reporting delay. Reports are kept as records taken when a step
+starts, so the fast path, which commits steps ahead of the clock, shows the router exactly what the
+step-by-step path shows (a run of decode steps is one record; its steps' loads follow from it). The router's
+own count of outstanding requests needs no report: a request stops being outstanding when its response (or
+rejection) has come back, strictly before now.
+"""
+from __future__ import annotations
+
+import heapq
+from bisect import bisect_left
+from collections import deque
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from simulator.batching.lazy import DecodeRun
+from simulator.cluster.pools import ReplicaGroup, replica_groups
+from simulator.cluster.router import ReplicaView, Router, make_router
+from simulator.config import ConfigError, SimConfig
+from simulator.engine import Engine, EngineParts, paused_gc
+from simulator.metrics import SimResult
+from simulator.request import Request
+from workloads.spec import RequestSpec
+
+
+class LoadReport(NamedTuple):
+    """A replica's load from `start_s` on: a step's (or an idle spell's), or a run's when `ends_s` is set (step j
+    of the run then starts at ends_s[j-1] and stores `used_tokens + (j + 1) * live` tokens)."""
+
+    start_s: float
+    num_running: int
+    num_waiting: int
+    used_tokens: int
+    ends_s: list[float] | None = None
+    live: int = 0
+
+
+class LoadBoard:
+    """Watches one replica (an EngineObserver): its load reports, and when each request was answered."""
+
+    def __init__(self) -> None:
+        self.reports: deque[LoadReport] = deque()
+        self.answers: list[float] = []       # heap of answer times not yet counted
+        self.sent = 0
+        self.answered = 0
+
+    # ---- EngineObserver ----
+    def step(self, start_s: float, num_running: int, num_waiting: int, used_tokens: int) -> None:
+        self.reports.append(LoadReport(start_s, num_running, num_waiting, used_tokens))
+
+    def run(self, start_s: float, ends_s: list[float], run: DecodeRun) -> None:
+        self.reports.append(LoadReport(start_s, run.num_running, run.num_waiting, run.used_tokens, ends_s, run.live))
+
+    def idle(self, now_s: float, num_running: int, num_waiting: int, used_tokens: int) -> None:
+        self.reports.append(LoadReport(now_s, num_running, num_waiting, used_tokens))
+
+    def done(self, req: Request, time_s: float) -> None:
+        heapq.heappush(self.answers, time_s)
+
+    # ---- what the router reads ----
+    def outstanding(self, now_s: float) -> int:
+        """Requests sent here and not answered before `now_s`."""
+        answers = self.answers
+        while answers and answers[0] < now_s:
+            heapq.heappop(answers)
+            self.answered += 1
+        return self.sent - self.answered
+
+    def reported(self, at_s: float) -> tuple[int, int, int]:
+        """(running, waiting, used KV tokens) of the latest report from before `at_s` (all zero before the first);
+        `at_s` never decreases from call to call, so older reports are dropped."""
+        reports = self.reports
+        while len(reports) > 1 and reports[1].start_s < at_s:
+            reports.popleft()
+        if not reports or reports[0].start_s >= at_s:
+            return 0, 0, 0
+        r = reports[0]
+        if r.ends_s is None:
+            return r.num_running, r.num_waiting, r.used_tokens
+        j = min(bisect_left(r.ends_s, at_s), len(r.ends_s) - 1)
+        return r.num_running, r.num_waiting, r.used_tokens + (j + 1) * r.live
+
+
+@dataclass
+class Replica:
+    """One replica of the cluster: its group, engine parts and (while running) its engine and load board."""
+
+    index: int
+    group: str
+    parts: EngineParts | None
+    config: SimConfig | None = None
+    board: LoadBoard = field(default_factory=LoadBoard)
+    engine: Engine | None = None
+
+    @property
+    def capacity_tokens(self) -> int:
+        return int(self.parts.meta["kv_capacity_tokens"])
+
+
+@dataclass
+class ReplicaRun:
+    """A finished replica: where it sat and what it produced."""
+
+    index: int
+    group: str
+    config: SimConfig | None
+    result: SimResult
+
+
+def replica_config(cfg: SimConfig) -> SimConfig:
+    """A replica's own config: one replica, every request row kept in memory (the cluster merges them)."""
+    return cfg.replace(replicas=1, pools=None, max_request_rows=None, request_rows_path=None)
+
+
+def build_replicas(groups: list[ReplicaGroup]) -> list[Replica]:
+    from simulator.api import build_parts
+    replicas = []
+    for group in groups:
+        config = replica_config(group.config)
+        for _ in range(group.count):
+            replicas.append(Replica(len(replicas), group.name, build_parts(config), config))
+    return replicas
+
+
+def run_replicas(cfg: SimConfig, specs: list[RequestSpec]) -> list[ReplicaRun]:
+    """Simulate the cluster `cfg` describes on `specs`; one ReplicaRun per replica, in index order."""
+    if cfg.max_concurrency is not None or any(s.after >= 0 for s in specs):
+        raise ConfigError("a cluster serves open-loop arrivals only: max-concurrency and follow-up turns "
+                          "(conversations) are not supported with replicas yet")
+    replicas = build_replicas(replica_groups(cfg))
+    router = make_router(cfg.router, len(replicas), cfg.seed, cfg.block_size)
+    return run_cluster(replicas, router, specs, cfg.router_delay_s)
+
+
+def run_cluster(replicas: list[Replica], router: Router, specs: list[RequestSpec],
+                delay_s: float = 0.0) -> list[ReplicaRun]:
+    """Route `specs` over `replicas` and simulate them; one ReplicaRun per replica, in index order."""
+    ordered = sorted(specs, key=lambda s: (s.arrival_s, s.request_id))
+    if router.needs_load:
+        return _side_by_side(replicas, router, ordered, delay_s)
+    return _one_by_one(replicas, router, ordered)
+
+
+def _one_by_one(replicas: list[Replica], router: Router, specs: list[RequestSpec]) -> list[ReplicaRun]:
+    """Route everything up front, then run each replica alone (and drop its engine before the next)."""
+    shares: list[list[RequestSpec]] = [[] for _ in replicas]
+    for spec in specs:
+        shares[router.route(spec, None)].append(spec)
+    runs = []
+    for replica, share in zip(replicas, shares):
+        runs.append(ReplicaRun(replica.index, replica.group, replica.config, Engine(replica.parts, share).run()))
+        replica.parts = None
+    return runs
+
+
+def _side_by_side(replicas: list[Replica], router: Router, specs: list[RequestSpec],
+                  delay_s: float) -> list[ReplicaRun]:
+    """Advance all replicas arrival by arrival, routing each request on what the router can see then."""
+    for replica in replicas:
+        replica.engine = Engine(replica.parts, [], observer=replica.board)
+        replica.engine.open = True
+        replica.engine.start()
+    with paused_gc():
+        for spec in specs:
+            now = spec.arrival_s
+            for replica in replicas:
+                replica.engine.horizon_s = now
+                replica.engine.advance(now)
+            views = [view_of(replica, now, now - delay_s) for replica in replicas]
+            chosen = replicas[router.route(spec, views)]
+            chosen.board.sent += 1
+            chosen.engine.feed(spec)
+        results = [replica.engine.close() for replica in replicas]
+    return [ReplicaRun(r.index, r.group, r.config, result) for r, result in zip(replicas, results)]
+
+
+def view_of(replica: Replica, now_s: float, report_s: float) -> ReplicaView:
+    running, waiting, used = replica.board.reported(report_s)
+    return ReplicaView(replica.index, replica.board.outstanding(now_s), running, waiting, used,
+                       replica.capacity_tokens)
