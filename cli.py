@@ -35,7 +35,7 @@ try:                         # the click typer runs on: newer typers vendor it a
 except ImportError:
     from click import exceptions as click
 
-from simulator.runs.options import (OPTIONS_BY_FLAG, SCENARIO_OPTIONS, ScenarioOption, parse_bool,  # noqa: E402
+from simulator.runs.options import (COMMA_VALUED, OPTIONS_BY_FLAG, SCENARIO_OPTIONS, ScenarioOption, parse_bool,  # noqa: E402
                                     split_items)
 
 INTERRUPTED = 130
@@ -84,10 +84,17 @@ class OneLineErrors(typer.core.TyperGroup):
             raise Interrupted() from None
 
 
+SPACED_LISTS = ("--goodput",)     # vLLM's spelling takes several words: --goodput ttft:500 tpot:50
+
+
 def bare_flags(args: list[str]) -> list[str]:
-    """`--chunked-prefill` alone (last, or before another option) -> `--chunked-prefill on`."""
-    out = []
+    """`--chunked-prefill` alone (last, or before another option) -> `--chunked-prefill on`; the words after an
+    option of SPACED_LISTS (`--goodput ttft:500 tpot:50`) -> one value."""
+    out: list[str] = []
     for i, arg in enumerate(args):
+        if len(out) >= 2 and out[-2] in SPACED_LISTS and re.fullmatch(r"\w+:\S+", arg):
+            out[-1] += " " + arg
+            continue
         out.append(arg)
         opt = OPTIONS_BY_FLAG.get(arg)
         if opt is not None and opt.is_flag and (i + 1 == len(args) or args[i + 1].startswith("-")):
@@ -260,9 +267,10 @@ def scenario_values(scenario: dict[str, Any], config_file: Path | None, where: d
     values: dict[str, Any] = {}
     if config_file:
         for key, value in load_config_file(config_file).items():
-            field = str(key).replace("-", "_")
+            field = config_key_field(key)
             if field in values:
-                raise ConfigError(f"{config_file}: '{key}' is given twice (as dashes and as underscores)")
+                raise ConfigError(f"{config_file}: '{key}' is given twice (as {where[field].split(': ')[-1]!r} "
+                                  f"and as {key!r})")
             where[field] = f"{config_file}: {key}"
             try:
                 values[field] = coerce(field, value)
@@ -271,7 +279,7 @@ def scenario_values(scenario: dict[str, Any], config_file: Path | None, where: d
     for field, raw in scenario.items():
         opt = OPTIONS_BY_FIELD[field]
         where[field] = opt.flag
-        if one_value and isinstance(raw, str) and len(split_items(raw)) > 1:
+        if one_value and isinstance(raw, str) and field not in COMMA_VALUED and len(split_items(raw)) > 1:
             raise ConfigError(f"{opt.flag}: one value per run, got '{raw}'; to compare several, use "
                               f"`servesim compare {opt.flag} {raw}`")
         try:
@@ -280,6 +288,12 @@ def scenario_values(scenario: dict[str, Any], config_file: Path | None, where: d
             raise ConfigError(f"{opt.flag}: {exc}") from None
     check_rate_with_trace(values, where)
     return values
+
+
+def config_key_field(key: str) -> str:
+    """A config file's key as the SimConfig field: the flag's name (`slo-ttft`, `slo_ttft`) or the field's."""
+    opt = OPTIONS_BY_FLAG.get("--" + str(key).replace("_", "-"))
+    return opt.field if opt is not None else str(key).replace("-", "_")
 
 
 def check_rate_with_trace(values: dict[str, Any], where: dict[str, str]) -> None:
@@ -793,7 +807,8 @@ def explain(
         tokens = prompt if phase == "prefill" else context
         table = explain_step(cost_model, phase, batch, tokens, prompt, cached)
         shape = step_shape(phase, batch, tokens, prompt, cached)
-        figure = roofline_figure(cost_model, cost_model.operators(shape)) if html else None
+        step = f"{phase}, batch {batch}, {tokens} {'prompt' if phase == 'prefill' else 'context'} tokens each"
+        figure = roofline_figure(cost_model, cost_model.operators(shape), step) if html else None
         if html:
             figure.write_html(str(html), include_plotlyjs=True)
     typer.echo(format_explain_table(table, cost_model))

@@ -97,7 +97,7 @@ class SimConfig:
     metric_percentiles: str = "99"         # vllm_result.json: percentiles, as vLLM's --metric-percentiles
     percentile_metrics: str = "ttft,tpot,itl,e2el"   # ... of these metrics (vLLM's --percentile-metrics)
     summary_only: bool = False             # keep histograms and running sums, not per-step and per-token rows
-    max_request_rows: int = 1_000_000      # per-request rows kept in memory; more stream to Parquet
+    max_request_rows: int | None = 1_000_000   # per-request rows kept in memory, more stream to Parquet (None: all)
     request_rows_path: str | None = None   # where they stream (None: a temporary file, named in the results)
     # cluster (simulator/cluster): replicas behind a router
     replicas: int = 1

@@ -182,12 +182,45 @@ def report_figures(inputs: ReportInputs) -> list[tuple[str, go.Figure]]:
         table = getattr(r, "replicas", None)
         if table is not None and len(table) and "replica" in r.requests:
             figs.append((f"replicas-{i}", replicas_figure(label, r.requests, table)))
-    if inputs.roofline is not None:
+    if inputs.roofline is not None and len(steps[inputs.roofline.label]):
         rl = inputs.roofline
         figs.append(("roofline", plots.roofline_figure(
             steps[rl.label], peak_flops_per_s=rl.peak_flops_per_s, peak_bytes_per_s=rl.peak_bytes_per_s,
             label=rl.label, color=colors[rl.label])))
+    for div_id, fig in figs:
+        for why, row in empty_reasons(div_id, inputs, steps, requests):
+            say_why(fig, why, row)
     return figs
+
+
+STEP_CHARTS = ("kv-memory", "fragmentation", "queue", "preemptions", "step-timeline")
+
+
+def empty_reasons(div_id: str, inputs: ReportInputs, steps: dict, requests: dict) -> list[tuple[str, int | None]]:
+    """Why a chart (or one of its panels, by row) has nothing to show; [] when it has."""
+    if div_id in STEP_CHARTS:
+        bare = [label for label, frame in steps.items() if not len(frame)]
+        if bare:
+            who = "this result" if len(bare) == len(steps) else "summary-only results (" + ", ".join(bare) + ")"
+            return [(f"Not drawn for {who}: this chart needs per-step rows, which --summary-only on does not "
+                     "keep; re-run without it to see them", None)]
+    if div_id == "preemptions" and all(r.summary().get("preemptions", 0) == 0 for _, r in inputs.runs):
+        return [("No preemptions in any scenario: KV memory never ran out, so the count stays at 0", None)]
+    if div_id == "fragmentation":
+        if all((r.config or {}).get("kv", "paged") == "paged" for _, r in inputs.runs):
+            return [("Paged KV cache: no external fragmentation (any free block serves any request), so this "
+                     "panel stays at 0", 2)]
+    if div_id in ("latency-cdf", "ttft-vs-prompt") and not any(len(f) for f in requests.values()):
+        return [("No per-request rows in memory (they streamed to requests.parquet past --max-request-rows)",
+                 None)]
+    return []
+
+
+def say_why(fig: go.Figure, text: str, row: int | None = None) -> None:
+    """Write `text` across a chart (or across subplot `row`) that has nothing to show."""
+    axis = "" if row in (None, 1) else str(row)
+    fig.add_annotation(text=text, xref=f"x{axis} domain", yref=f"y{axis} domain", x=0.5, y=0.5, showarrow=False,
+                       font={"size": 13, "color": "#555"}, bgcolor="rgba(255,255,255,0.85)")
 
 
 def _first_replica(frame: pd.DataFrame) -> pd.DataFrame:

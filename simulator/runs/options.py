@@ -224,6 +224,8 @@ SCENARIO_OPTIONS: tuple[ScenarioOption, ...] = (
 )
 OPTIONS_BY_FIELD = {o.field: o for o in SCENARIO_OPTIONS}
 OPTIONS_BY_FLAG = {o.flag: o for o in SCENARIO_OPTIONS}
+# Options whose single value is itself a comma list (not several scenarios).
+COMMA_VALUED = frozenset({"acceptance_profile", "metric_percentiles", "percentile_metrics"})
 
 
 def coerce(field: str, value: Any) -> Any:
