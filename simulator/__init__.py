@@ -10,9 +10,9 @@ def simulate(*args, **kwargs):
 
 
 def compare(*args, **kwargs):
-    """Run several scenarios in parallel, {label: SimResult} (see simulator.api.compare)."""
-    from simulator.api import compare as _compare
-    return _compare(*args, **kwargs)
+    """Run several scenarios in parallel, {label: SimResult} (see simulator.runs.sweep.compare_many)."""
+    from simulator.runs.sweep import compare_many
+    return compare_many(*args, **kwargs)
 
 
 __all__ = ["ConfigError", "SimConfig", "SimResult", "compare", "simulate"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from simulator.request import Request
-from simulator.step import StepShape
 
 
 @dataclass
@@ -33,10 +32,6 @@ class Batch:
     @property
     def num_batched_tokens(self) -> int:
         return sum(self.num_new_tokens)
-
-    def shape(self) -> StepShape:
-        """Reduce the batch to what its cost depends on (hashable, for memoized pricing)."""
-        return StepShape(*self.shape_fields())
 
     def shape_fields(self) -> tuple[tuple[tuple[int, int], ...], int, int, int, tuple[tuple[int, int], ...]]:
         """StepShape's fields (prefill, num_decode, decode_context_tokens, num_sampled, verify) as a plain tuple.

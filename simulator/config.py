@@ -63,6 +63,8 @@ class SimConfig:
     trace_format: str = "auto"
     rate_scale: float = 1.0
     seed: int = 0
+    system_prompts: str | None = None      # 'N:LEN[:SHARE]': shared system prompts before prompts (workloads.sessions)
+    sessions: str | None = None            # 'multi-turn:...' or 'agentic:...': closed-loop sessions
     max_concurrency: int | None = None     # at most this many requests in flight (vllm bench serve's clients)
     # serving
     engine: str = "vllm-v1"                # engine preset (simulator/engines.py): scheduler rules, kernels, graphs

@@ -27,11 +27,6 @@ class MemoryPlan:
     kv_bytes_per_token: float        # per GPU
     capacity_tokens: int             # KV capacity C
 
-    @property
-    def kv_bytes(self) -> float:
-        return self.capacity_tokens * self.kv_bytes_per_token
-
-
 def kv_bytes_per_token_per_gpu(model: ModelSpec, kv_dtype: str, tp: int, pp: int = 1) -> float:
     """KV heads split across TP ranks (replicated when fewer heads than ranks; an MLA latent is replicated);
     layers split across PP stages."""

@@ -5,10 +5,10 @@ DataFrames once, at the end (SimPy's monitoring advice). One row per engine step
 sample taken at its start; a run of decode steps extends every column at once. Inter-token latencies are kept
 as (gap, count) pairs: gaps within one step are mostly equal, so this is exact and small.
 
-With `summary_only`, rows are folded into running sums every `FOLD_ROWS` rows and inter-token gaps into a
-log-spaced histogram, so memory does not grow with simulated time; the summary's means, maxima, busy time and
-MFU/MBU are the same sums (up to float rounding order), and ITL percentiles come from the histogram (bins
-0.1% wide).
+With `summary_only`, rows are folded into running sums as they are flushed (every `RUN_BATCH` steps or runs)
+and inter-token gaps into a log-spaced histogram, so memory does not grow with simulated time; the summary's
+means, maxima, busy time and MFU/MBU are the same sums (up to float rounding order), and ITL percentiles come
+from the histogram (bins 0.1% wide).
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from simulator.kv_cache.base import KVUsage
+from simulator.percentiles import weighted_percentile  # noqa: F401  (also imported from here)
 from simulator.step import BOUNDS, FAMILIES, RunCosts, StepCost
 from simulator.saturation import ArrivalFit, load_summary
 
@@ -67,8 +68,7 @@ ROW_FIELDS = (("start_s", "d"), ("duration_s", "d"), ("batch_size", "q"), ("num_
 SUM_FIELDS = ("duration_s", "flops", "bytes", "num_running", "num_waiting", "used_tokens", "allocated_tokens",
               "capacity_tokens", "free_tokens", "largest_free_hole_tokens", "cached_tokens")
 BOUND_CODE = {b: i for i, b in enumerate(BOUNDS)}
-FOLD_ROWS = 1 << 16                  # summary-only: fold rows into sums this often
-RUN_BATCH = 256                     # runs queued before they are expanded into rows
+RUN_BATCH = 256                     # steps or runs queued before they become rows (summary-only: are summed)
 ITL_COMPACT = 1 << 20                # gaps kept before equal ones are merged (or binned, summary-only)
 ITL_BINS_PER_DECADE = 2303           # ln(10) / ln(1.001): bins 0.1% wide
 ITL_MIN_S, ITL_DECADES = 1e-7, 12    # histogram range 0.1 us .. 100 ks
@@ -457,19 +457,6 @@ def meets_slo(df: pd.DataFrame, slo_ttft_s: float | None, slo_tpot_s: float | No
     if slo_e2e_s is not None:
         ok &= df.e2e_s <= slo_e2e_s
     return ok
-
-
-def weighted_percentile(values: np.ndarray, counts: np.ndarray, q: float) -> float:
-    """np.percentile(np.repeat(values, counts), q) (linear interpolation), without expanding the array."""
-    if counts.sum() == 0:
-        return float("nan")
-    order = np.argsort(values)
-    values, cum = values[order], np.cumsum(counts[order])
-    pos = q / 100.0 * (cum[-1] - 1)
-    lo, hi = int(np.floor(pos)), int(np.ceil(pos))
-    v_lo = values[np.searchsorted(cum, lo, side="right")]
-    v_hi = values[np.searchsorted(cum, hi, side="right")]
-    return float(v_lo + (v_hi - v_lo) * (pos - lo))
 
 
 def _stats(name: str, series: pd.Series) -> dict[str, float]:

@@ -144,10 +144,6 @@ class ModelSpec:
         return ((self.num_layers - self.num_moe_layers) * self.dense_mlp_params()
                 + self.num_moe_layers * self.moe_mlp_params(active))
 
-    def mlp_params_per_layer(self, active: bool = False) -> float:
-        """MLP weights averaged over layers (dense and MoE layers differ in MoE models)."""
-        return self.mlp_params(active) / self.num_layers
-
     def embedding_params(self) -> int:
         """Input embedding plus LM head (one matrix when tied)."""
         return self.vocab_size * self.hidden_size * (1 if self.tied_embeddings else 2)

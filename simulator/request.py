@@ -69,11 +69,6 @@ class Request:
         return self.num_tokens - self.num_computed_tokens
 
     @property
-    def is_prefill(self) -> bool:
-        """In prefill while the computed tokens lag the known tokens by more than one."""
-        return self.num_uncomputed_tokens > 1
-
-    @property
     def is_finished(self) -> bool:
         return self.status > RequestStatus.PREEMPTED
 

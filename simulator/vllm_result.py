@@ -114,7 +114,7 @@ def _stats(metric: str, values: np.ndarray, percentiles: tuple[float, ...]) -> d
 
 def _itl_stats(itl: pd.DataFrame, percentiles: tuple[float, ...]) -> dict[str, float]:
     """The same statistics from (gap, count) pairs, without expanding them."""
-    from simulator.metrics import weighted_percentile
+    from simulator.percentiles import weighted_percentile
     values, counts = itl.itl_s.to_numpy(float), itl["count"].to_numpy(np.int64)
     if counts.sum() == 0:
         return _stats("itl", np.zeros(0), percentiles)

@@ -36,9 +36,9 @@ def rows(result: ExperimentResult, **match) -> pd.DataFrame:
 
 # ---------------------------------------------------------------- registry, helpers, outputs
 def test_registry_names_the_experiments():
-    assert list(EXPERIMENTS)[:9] == ["kv-waste", "paged-throughput", "continuous-vs-static", "chunked-prefill",
-                                     "bound-by-phase", "bandwidth-what-if", "gqa-and-quantization", "cuda-graphs",
-                                     "speculative-decoding"]
+    assert list(EXPERIMENTS) == ["kv-waste", "paged-throughput", "continuous-vs-static", "chunked-prefill",
+                                 "bound-by-phase", "bandwidth-what-if", "gqa-and-quantization", "cuda-graphs",
+                                 "speculative-decoding", "prefix-caching"]
     for name, exp in EXPERIMENTS.items():
         assert exp.name == name and exp.source and exp.claim and exp.setup
 
@@ -218,3 +218,12 @@ def test_cli_runs_an_experiment_prints_json_and_writes_files(tmp_path):
     folder = tmp_path / "bandwidth-what-if"
     assert sorted(p.name for p in folder.iterdir()) == ["claims.json", "data.csv", "figure.html"]
     assert pd.read_csv(folder / "data.csv").shape[0] > 0
+
+
+def test_prefix_caching_hits_multi_turn_history_and_cuts_ttft():
+    result = quick("prefix-caching")
+    chat = result.data[result.data.part == "multi-turn"]
+    on, off = chat[chat.prefix_caching == True], chat[chat.prefix_caching == False]   # noqa: E712
+    assert (off.hit_rate == 0).all() and (on.hit_rate > 0.5).all()
+    assert (on.ttft_mean_s.to_numpy() < off.ttft_mean_s.to_numpy()).all()
+    assert result.held, [c for c in result.claims if not c.held]

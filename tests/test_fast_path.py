@@ -221,10 +221,10 @@ def test_run_batches_and_compaction_do_not_change_results(monkeypatch):
 
 
 def test_summary_only_matches_the_full_summary(monkeypatch):
-    # Summary-only folds rows into sums (tiny fold size here to fold many times): sums in another order, so
-    # equal to rounding; ITL percentiles come from 0.1%-wide bins; everything else is identical.
+    # Summary-only folds rows into sums each time RUN_BATCH steps or runs are queued (7 here, to fold many
+    # times): sums in another order, so equal to rounding; ITL percentiles come from 0.1%-wide bins; everything
+    # else is identical.
     import simulator.metrics as metrics
-    monkeypatch.setattr(metrics, "FOLD_ROWS", 50)
     monkeypatch.setattr(metrics, "RUN_BATCH", 7)
     cfg = SimConfig(num_requests=200, rate=8.0, seed=5, kv_capacity_tokens=80_000)
     full = Engine(build_parts(cfg), workload(cfg)).run()

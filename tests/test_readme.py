@@ -134,7 +134,7 @@ def test_every_readme_command_runs(tmp_path, monkeypatch):
             result = runner.invoke(cli.app, args)
             assert result.exit_code == 0, f"README command failed: {part}\n(ran: servesim {shlex.join(args)})\n" \
                                           f"{result.output[-1500:]}"
-    assert (tmp_path / "servesim-out" / "report.html").is_file()
+    assert (tmp_path / "both.html").is_file() and (tmp_path / "roofline.html").is_file()
 
 
 def test_readme_python_blocks_run(tmp_path, monkeypatch):

@@ -179,32 +179,41 @@ def test_k_zero_reproduces_the_plain_run_bit_for_bit():
 
 
 # ---------------------------------------------------------------- invariants and the fast path
-workloads = st.lists(st.tuples(st.floats(0, 0.3, allow_nan=False), st.integers(1, 300), st.integers(1, 60)),
-                     min_size=1, max_size=20)
+# (arrival, prompt, output, shared prefix id or -1, shared prefix tokens)
+workloads = st.lists(st.tuples(st.floats(0, 0.3, allow_nan=False), st.integers(1, 300), st.integers(1, 60),
+                               st.integers(-1, 2), st.integers(1, 300)), min_size=1, max_size=20)
 profiles = st.lists(st.floats(0, 1), min_size=1, max_size=5).map(lambda r: tuple(sorted(r, reverse=True)))
 
 
-@pytest.mark.parametrize("kv", sorted(KV_CACHE_MANAGERS))
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def shared_specs(rows) -> list[RequestSpec]:
+    return [RequestSpec(i, a, p, o, ((pid, min(n, p)),) if pid >= 0 else ()) for i, (a, p, o, pid, n) in
+            enumerate(rows)]
+
+
+@pytest.mark.parametrize("kv, prefix", [(kv, False) for kv in sorted(KV_CACHE_MANAGERS)] + [("paged", True)])
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(rows=workloads, rates=profiles, chunked=st.booleans(), swap=st.booleans(), seed=st.integers(0, 9))
-def test_invariants_with_speculation(kv, rows, rates, chunked, swap, seed):
+def test_invariants_with_speculation(kv, prefix, rows, rates, chunked, swap, seed):
     spec = Speculation(rates, seed)
     params = dict(kv=kv, capacity_tokens=1024, max_model_len=512, max_num_batched_tokens=512, max_num_seqs=8,
                   kv_bytes_per_token=1.0, swap_space_bytes=300, chunked_prefill=chunked,
-                  preemption="swap" if swap else "recompute")
+                  preemption="swap" if swap else "recompute", prefix_caching=prefix)
 
     def check(now_s, done, total):
         policy = fast.policy
         usage = policy.kv.usage()
-        assert 0 <= policy.kv_used_tokens <= usage.allocated_tokens <= usage.capacity_tokens
+        stored = policy.kv_used_tokens - getattr(policy.kv, "shared_tokens", 0)
+        assert 0 <= stored <= usage.allocated_tokens <= usage.capacity_tokens
         assert policy.kv_used_tokens == sum(r.num_computed_tokens for r in policy.running)
-        if isinstance(policy.kv, PagedKVCache):
+        assert all(r.num_uncomputed_tokens == 1 for r in policy.running if r.num_output_tokens
+                   and r.num_computed_tokens)                  # rejected drafts' slots were given back
+        if isinstance(policy.kv, PagedKVCache) and not prefix:     # with prefix caching blocks are shared
             owned = [b for table in policy.kv.block_tables.values() for b in table]
             assert len(owned) == len(set(owned))
-    fast = spec_engine(specs_from(rows), spec, **params)
+    fast = spec_engine(shared_specs(rows), spec, **params)
     fast.progress = check
     res = fast.run()
-    slow = make_engine(specs_from(rows), speculation=spec, **params)
+    slow = make_engine(shared_specs(rows), speculation=spec, **params)
     slow.fast_path = False
     assert_identical(res, slow.run())                       # the engine's commit-ahead path changes nothing
     req = res.requests
@@ -212,10 +221,16 @@ def test_invariants_with_speculation(kv, rows, rates, chunked, swap, seed):
     assert all(r.num_output_tokens == r.output_tokens for r in fast.requests if r.finish_s is not None)
     assert fast.policy.kv_used_tokens == 0 and fast.policy.kv.usage().allocated_tokens == 0
     assert fast.num_runs == 0
-    if len(res.steps):
-        assert (res.steps.num_prefill_tokens + res.steps.num_decode_tokens <= 512).all()
     stats = fast.policy.spec_stats
     assert 0 <= stats.accepted_tokens <= stats.draft_tokens <= len(rates) * stats.verify_steps
+    if len(res.steps):
+        assert (res.steps.num_prefill_tokens + res.steps.num_decode_tokens <= 512).all()
+    # every token computed is a prompt or output token (not served from the cache), a recomputed one, or a
+    # rejected draft
+    done = req[req.status == "finished"]
+    computed = res.steps.num_prefill_tokens.sum() + res.steps.num_decode_tokens.sum()
+    assert computed == ((done.prompt_tokens + done.output_tokens - 1 - done.cached_tokens
+                         + done.recomputed_tokens).sum() + stats.draft_tokens - stats.accepted_tokens)
 
 
 # ---------------------------------------------------------------- pricing
@@ -234,14 +249,17 @@ def test_verify_chunks_are_their_own_shape():
     assert shape.num_tokens == 5 and shape.num_seqs == 2 and shape.num_sampling_seqs == 2
 
 
-def test_verify_costs_more_than_a_decode_and_replays_a_graph():
-    cm = CostModel(resolve_model("llama-3.1-8b", None), resolve_gpu("h100-sxm", None))
+@pytest.mark.parametrize("attention", ["flash", "varlen"])
+def test_verify_costs_more_than_a_decode_and_replays_a_graph(attention):
+    cm = build_parts(SimConfig(attention=attention)).cost_model      # the default engine's kernels otherwise
     decode = cm.step_cost(StepShape((), 8, 8 * 1024, 8))
     verify = cm.step_cost(StepShape((), 0, 0, 8 * 4, ((4, 1023),) * 8))
     assert cm.graphed(StepShape((), 0, 0, 32, ((4, 1023),) * 8))
     # memory-bound: four tokens a sequence cost far less than four decode steps
     assert decode.seconds < verify.seconds < 1.5 * decode.seconds
     assert verify.flops > 3.5 * decode.flops
+    # the verify chunks' attention reads the same KV as the decodes'
+    assert verify.family_seconds("attention") > 0.9 * decode.family_seconds("attention") > 0
 
 
 def test_drafters_add_their_passes():

@@ -155,6 +155,12 @@ def test_max_error_exits_non_zero_naming_the_means(tmp_path):
     assert ok.exit_code == 0, ok.output
 
 
+def test_workload_options_do_not_apply_to_a_replay(tmp_path):
+    result = invoke("validate", RUN, "--out", tmp_path / "v", "--rate", "5")
+    assert one_line(result) == ("error: --rate: validate replays the run's own requests and arrivals; workload "
+                                "options do not apply")
+
+
 def test_options_override_the_run_settings(tmp_path):
     result = invoke("validate", RUN, "--out", tmp_path / "v", "--quiet", "--gpu", "h100-sxm")
     assert result.exit_code == 0, result.output

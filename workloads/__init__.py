@@ -14,6 +14,7 @@ from workloads._build import build_specs
 from workloads.arrivals import ARRIVAL_FORMS, ARRIVAL_KINDS, arrival_times_s, parse_arrival_spec
 from workloads.errors import SpecError, TraceError
 from workloads.lengths import LENGTH_DATASETS, LENGTH_FORMS, parse_length_spec, sample_lengths
+from workloads.sessions import generate_sessions, parse_sessions, parse_system_prompts, with_system_prompts
 from workloads.spec import RequestSpec
 from workloads.synthetic import check_caps, generate
 from workloads.traces import TRACE_FORMATS, TRACE_READERS, read_trace
@@ -50,6 +51,8 @@ def make_requests(
     rate_scale: float = 1.0,
     dataset: str | None = None,
     burstiness: float | None = None,
+    system_prompts: str | None = None,
+    sessions: str | None = None,
 ) -> list[RequestSpec]:
     """The workload as RequestSpecs 0..n-1 in arrival order.
 
@@ -64,6 +67,10 @@ def make_requests(
     vLLM's forms (workloads.vllm): `dataset` takes the prompt/output lengths from a ShareGPT JSON or a saved
     `vllm bench serve` result instead of the length specs; `burstiness` draws vLLM's gamma arrivals; an infinite
     `rate` sends every request at time 0. The plain synthetic path is untouched by them.
+
+    `system_prompts` ('N:LEN[:SHARE]') puts shared system prompts before synthetic prompts; `sessions`
+    ('multi-turn:...' or 'agentic:...') makes closed-loop sessions instead, `rate` then counting sessions per
+    second (workloads.sessions).
     """
     process = parse_arrival_spec(arrival)
     prompt = parse_length_spec(prompt_len, "prompt")
@@ -71,6 +78,11 @@ def make_requests(
     check_caps(num_requests, duration_s)
     if isinstance(rate_scale, bool) or not (math.isfinite(rate_scale) and rate_scale > 0):
         raise ValueError(f"rate_scale must be positive, got {rate_scale}")
+    system = None if system_prompts is None else parse_system_prompts(system_prompts)
+    loops = None if sessions is None else parse_sessions(sessions)
+    if trace is not None and (system or loops):
+        raise ValueError("--system-prompts and --sessions make synthetic workloads; a replayed trace brings its own "
+                         "content (drop --trace or those options)")
     if trace is not None:
         return read_trace(
             trace, trace_format, rate_scale=rate_scale, max_requests=num_requests, max_duration_s=duration_s
@@ -80,11 +92,19 @@ def make_requests(
     if num_requests is None and duration_s is None:
         raise ValueError("a synthetic workload needs num_requests or duration_s (or both)")
     rng = np.random.default_rng(seed)
-    if dataset is None and burstiness is None and math.isfinite(rate):
+    if loops is not None:
+        if dataset is not None or burstiness is not None or not math.isfinite(rate):
+            raise ValueError("--sessions draws its own session starts and message lengths; drop --dataset, "
+                             "--burstiness and --rate inf")
+        requests = generate_sessions(loops, process, rate, prompt, output, rng, num_requests=num_requests,
+                                     duration_s=duration_s, system=system)
+    elif dataset is None and burstiness is None and math.isfinite(rate):
         requests = generate(process, rate, prompt, output, rng, num_requests=num_requests, duration_s=duration_s)
     else:
         requests = _vllm_form(process, rate, burstiness, prompt, output, dataset, rng, seed, num_requests,
                               duration_s)
+    if system is not None and loops is None:
+        requests = with_system_prompts(requests, system, rng)
     if not requests:
         raise ValueError(
             f"no request arrives within duration_s={duration_s} at rate {rate} req/s; raise duration_s or rate"

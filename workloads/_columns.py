@@ -7,6 +7,7 @@ file's line number without a Python loop over every row.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 import re
 from pathlib import Path
 
@@ -145,3 +146,16 @@ def json_float(record: dict, key: str, where: str, error: type[ValueError]) -> f
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise error(f"{where}: {key} {value!r} is not a finite number")
     return float(value)
+
+
+@dataclass(frozen=True, eq=False)
+class TraceRows:
+    """A trace's columns in file order; `arrival_s` on any origin (read_trace rebases it).
+
+    `content[i]` is row i's token content as (content id, tokens) pieces (workloads/spec.py), () for none.
+    """
+
+    arrival_s: np.ndarray
+    prompt_tokens: np.ndarray
+    output_tokens: np.ndarray
+    content: list[tuple[tuple[int, int], ...]] | None = None

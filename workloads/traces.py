@@ -22,13 +22,12 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from workloads._build import build_specs
-from workloads._columns import CsvColumns, check_readable, json_float, json_int
+from workloads._columns import CsvColumns, TraceRows, check_readable, json_float, json_int
 from workloads.errors import TraceError
 from workloads.spec import RequestSpec
 from workloads.vllm import is_bench_result, read_bench_trace
@@ -40,19 +39,6 @@ AZURE_COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
 MOONCAKE_FIELDS = ("timestamp", "input_length", "output_length")
 PLAIN_COLUMNS = ("arrival_s", "prompt_tokens", "output_tokens")
 TOKENS_FIELDS = ("input_tok_ids", "output_toks", "arrival_time_ns")
-
-
-@dataclass(frozen=True, eq=False)
-class TraceRows:
-    """A trace's columns in file order; `arrival_s` on any origin (read_trace rebases it).
-
-    `content[i]` is row i's token content as (content id, tokens) pieces (workloads/spec.py), () for none.
-    """
-
-    arrival_s: np.ndarray
-    prompt_tokens: np.ndarray
-    output_tokens: np.ndarray
-    content: list[tuple[tuple[int, int], ...]] | None = None
 
 
 def read_azure(path: Path) -> TraceRows:

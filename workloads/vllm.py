@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from workloads._columns import check_readable
+from workloads._columns import TraceRows, check_readable
 from workloads.errors import TraceError
 
 CHARS_PER_TOKEN = 4
@@ -204,7 +204,6 @@ def dataset_lengths(path: str | Path, n: int, seed: int) -> tuple[np.ndarray, np
 
 def read_bench_trace(path: Path):
     """A bench result with start_times as a trace (the `vllm-bench` trace format)."""
-    from workloads.traces import TraceRows
     bench = read_bench_result(path, need=("start_times",))
     return TraceRows(bench.start_s, bench.prompt_tokens, bench.output_tokens)
 

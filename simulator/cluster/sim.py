@@ -124,7 +124,7 @@ def replica_config(cfg: SimConfig) -> SimConfig:
 
 
 def build_replicas(groups: list[ReplicaGroup]) -> list[Replica]:
-    from simulator.api import build_parts
+    from simulator.assembly import build_parts
     replicas = []
     for group in groups:
         config = replica_config(group.config)

@@ -103,11 +103,12 @@ def varlen_attention(d: Dims, p: VarlenParams, shape: StepShape) -> list[Op]:
     that (grouped-head KV re-reads, padded tiles, their CTAs). The rows add up to varlen.step_seconds."""
     ops, qd = [], 2.0 * d.q_heads * (d.qk_dim + d.v_dim)
     tiles = padded = kv_tokens = q_tokens = pairs = 0.0
-    for n, c in shape.prefill:
+    chunks = shape.prefill + shape.verify             # verify chunks attend as small prompt chunks do
+    for n, c in chunks:
         t, pp = chunk_tiles(p, n, c)
         tiles, padded, kv_tokens, q_tokens = tiles + t, padded + pp, kv_tokens + c + n, q_tokens + n
         pairs += n * (c + (n + 1) / 2.0)
-    if shape.prefill:
+    if chunks:
         compute, memory = (float(x) for x in prefill_terms(p, tiles, padded, kv_tokens, q_tokens))
         body = max(compute, memory)
         bound = "latency" if p.floor_s > body else "compute" if compute >= memory else "memory"
@@ -117,7 +118,7 @@ def varlen_attention(d: Dims, p: VarlenParams, shape: StepShape) -> list[Op]:
         n, ctx = shape.num_decode, shape.decode_context_tokens
         alone = decode_seconds(p, n, ctx)
         num_bytes = decode_bytes(p, n, ctx)
-        if not shape.prefill:
+        if not chunks:
             bound = "latency" if p.floor_s > alone - p.floor_s else "memory"
             ops.append(Op("attention_decode", "attention", qd * ctx, num_bytes, alone, bound, 1))
         else:

@@ -93,16 +93,18 @@ def _claims(data: pd.DataFrame, crossover: float) -> tuple:
     eagle, draft = data[data.series == EAGLE].set_index("batch"), data[data.series == DRAFT].set_index("batch")
     e1, emax = eagle.speedup.iloc[0], eagle.speedup.iloc[-1]
     return (
-        claim("EAGLE at batch 1: decoding speed-up for a 7B Llama-2 chat model (servesim within 2x-3.5x)",
+        # point values measured on other hardware hold within a factor 1.5 (docs/experiments.md); "up to 1.5x"
+        # holds for a gain above 1x and at most 1.5 x 1.5; a slowdown must be one (below 1x)
+        claim("EAGLE at batch 1: decoding speed-up for a 7B Llama-2 chat model (within a factor 1.5)",
               "2.78x (LLaMA2-Chat 7B, MT-bench, greedy; 2.7x-3.5x for LLaMA2-Chat 70B)", e1, "{:.2f}x",
-              lo=2.0, hi=3.5),
+              lo=2.78 / 1.5, hi=2.78 * 1.5),
         claim(f"EAGLE's speed-up falls with the batch size (speed-up at batch {eagle.index[-1]} over batch 1)",
-              "falls with batch (EAGLE-3 in SGLang: 1.38x throughput at batch 64)", emax / e1, "{:.2f}", hi=0.8),
+              "falls with batch (EAGLE-3 in SGLang: 1.38x throughput at batch 64)", emax / e1, "{:.2f}", hi=1.0),
         claim("a draft model speeds decoding up at low load (batch 1)",
-              "1.5x at QPS 1 (Llama-3-70B, 4 x H100, ShareGPT, 0.5B draft)", draft.speedup.iloc[0], "{:.2f}x",
-              lo=1.1, hi=2.5),
-        claim(f"...and slows it down at high load (batch {draft.index[-1]})",
-              "1.4x slowdown (0.71x) at high QPS", draft.speedup.iloc[-1], "{:.2f}x", lo=0.5, hi=1.0),
+              "up to 1.5x at QPS 1 (Llama-3-70B, 4 x H100, ShareGPT, 0.5B draft)", draft.speedup.iloc[0], "{:.2f}x",
+              lo=1.0, hi=1.5 * 1.5),
+        claim(f"...and slows it down at high load (batch {draft.index[-1]}; below 1x, within a factor 1.5)",
+              "1.4x slowdown (0.71x) at high QPS", draft.speedup.iloc[-1], "{:.2f}x", lo=1 / 1.4 / 1.5, hi=1.0),
         claim("the draft-model speed-up crosses 1.0 within the sweep (batch at the crossover)",
               "a crossover between low and high QPS", crossover, "{:.0f}", lo=1.0, hi=float(draft.index[-1])),
     )

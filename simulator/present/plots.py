@@ -362,3 +362,24 @@ def roofline_figure(steps: pd.DataFrame, *, peak_flops_per_s: float, peak_bytes_
     _layout(fig, f"How close is the average step to the GPU's limits? Roofline of {label}")
     fig.update_layout(legend={"title": {"text": label}})
     return fig
+
+
+def prefix_cache_figure(requests: Frames, kv: Frames, colors: Mapping[str, str] | None = None) -> go.Figure:
+    """How much does the prefix cache serve? Hit rate so far (cached / prompt tokens of the requests scheduled
+    so far) and the tokens the cache holds (blocks held or free but not evicted), over time."""
+    colors = _colors(kv, colors)
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
+                        subplot_titles=["hit rate so far: cached / prompt tokens of requests scheduled by then",
+                                        "tokens in the prefix cache (held or evictable)"])
+    rates = {}
+    for label, frame in requests.items():
+        done = frame[frame.scheduled_s.notna()].sort_values("scheduled_s")
+        rates[label] = pd.DataFrame({"time_s": done.scheduled_s.to_numpy(),
+                                     "hit_rate": done.cached_tokens.cumsum().to_numpy()
+                                     / np.maximum(done.prompt_tokens.cumsum().to_numpy(), 1)})
+    reduced = _time_lines(fig, rates, colors, "time_s", (("hit_rate", 1.0),))
+    reduced |= _time_lines(fig, kv, colors, "time_s", (("cached_tokens", 1.0),), first_row=2)
+    fig.update_yaxes(title_text="hit rate", tickformat=".0%", rangemode="tozero", row=1, col=1)
+    fig.update_yaxes(title_text="tokens", rangemode="tozero", row=2, col=1)
+    _time_axis(fig, 2, reduced)
+    return _layout(fig, "How much does the prefix cache serve? Hit rate and cached tokens over time", height=560)

@@ -178,6 +178,8 @@ def report_figures(inputs: ReportInputs) -> list[tuple[str, go.Figure]]:
              ("preemptions", plots.preemption_figure(steps, colors)),
              ("step-timeline", plots.step_timeline_figure(steps)),
              ("ttft-vs-prompt", plots.ttft_vs_prompt_figure(requests, colors))]
+    if any("cached_tokens" in f and f.cached_tokens.any() for f in kv.values()):    # only with prefix caching
+        figs.append(("prefix-cache", plots.prefix_cache_figure(requests, kv, colors)))
     for i, (label, r) in enumerate(inputs.runs):
         table = getattr(r, "replicas", None)
         if table is not None and len(table) and "replica" in r.requests:

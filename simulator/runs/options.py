@@ -163,6 +163,12 @@ SCENARIO_OPTIONS: tuple[ScenarioOption, ...] = (
                        "as characters / 4) or a vLLM bench result; arrivals from --rate.", WL),
     _o("rate_scale", float, "Multiply a trace's arrival rate by this factor. [default: 1]", WL),
     _o("seed", int, "Seed of every random draw. [default: 0]", WL),
+    _o("system_prompts", str, "Shared system prompts: N:LEN[:SHARE], N prompts of LEN tokens before a share SHARE "
+                              "(default 1) of the prompts (or sessions).", WL),
+    _o("sessions", str, "Closed-loop sessions instead of single requests (--rate: sessions/s): "
+                        "multi-turn:turns=4,think=5 (each turn re-sends the history plus a --prompt-len message, "
+                        "think s after the last response), or agentic:context=6000,turns=10,tool=300,think=0.5 "
+                        "(a shared context, then tool results). Optional max=TOKENS ends a session (8192).", WL),
     _o("max_concurrency", int, "At most this many requests in flight: one due while that many are running "
                                "arrives when one finishes (vllm bench serve's --max-concurrency). [default: no limit]",
        WL),
@@ -194,9 +200,10 @@ SCENARIO_OPTIONS: tuple[ScenarioOption, ...] = (
     _o("kv", str, f"KV-cache manager: {', '.join(KV_CACHE_MANAGERS)}. [default: paged]", KV),
     _o("block_size", int, "Paged: tokens per KV block. [default: 16]", KV),
     _o("prefix_caching", bool, "Paged + continuous: reuse cached KV blocks of shared prompt prefixes (vLLM V1's "
-                               "automatic prefix caching; hits need a workload that describes its content, such "
-                               "as Mooncake hash_ids or token ids): on or off. [default: the engine's: on for vllm-v1 with "
-                               "continuous batching and a paged KV cache, off for vllm-v0]", KV),
+                               "automatic prefix caching; hits need a workload that describes its content: "
+                               "Mooncake hash_ids, token ids, --system-prompts or --sessions): on or off. "
+                               "[default: the engine's: on for vllm-v1 with continuous batching and a paged KV "
+                               "cache, off for vllm-v0]", KV),
     _o("kv_reservation", str, "Contiguous: reserve max-model-len or request (prompt + output) per request. "
                               "[default: max-model-len]", KV),
     _o("gpu_memory_utilization", float, "Share of GPU memory servesim may use. [default: 0.9]", KV),

@@ -260,7 +260,14 @@ def _named_items(configs: Any) -> list[tuple[str, Any]]:
 
 def compare_many(configs: Any = None, *, jobs: int | None = None, progress: bool = False,
                  **axes: Any) -> dict[str, Any]:
-    """See simulator.api.compare."""
+    """Run several scenarios on the local cores (or the configured executor); return {label: SimResult} in order.
+
+    compare(SimConfig(num_requests=500), batching=["static", "continuous"], rate=[5, 10])  # cross product
+    compare([config_a, config_b])                 # labelled by the fields that differ
+    compare({"mine": config, "saved": SimResult.load("servesim-out")})   # results are used as they are
+    Each scenario is deterministic from its seed, so results do not depend on `jobs` (default: all cores).
+    Exported as simulator.compare.
+    """
     from simulator.runs.parallel import Board, Runner
     if configs is None or isinstance(configs, SimConfig):
         base = configs or SimConfig()

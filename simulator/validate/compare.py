@@ -57,7 +57,13 @@ def gpu_for_device(device_name: str) -> str | None:
 
 
 def replay_config(run: RealRun, overrides: dict[str, Any]) -> SimConfig:
-    """The run's engine settings, its model and GPU mapped to presets, then the overrides (command line)."""
+    """The run's engine settings, its model and GPU mapped to presets, then the overrides (command line);
+    workload options are refused (the run's own requests and arrivals are replayed)."""
+    from simulator.runs.options import SCENARIO_OPTIONS
+    workload = [o.flag for o in SCENARIO_OPTIONS if o.panel == "Workload" and o.field in overrides]
+    if workload:
+        raise ValueError(f"{workload[0]}: validate replays the run's own requests and arrivals; workload options "
+                         "do not apply")
     values = dict(run.settings)
     if "model" not in overrides and "model_config" not in overrides:
         values["model"] = _model_preset(run)
