@@ -233,7 +233,7 @@ def _option_parameter(opt: ScenarioOption, lists: bool) -> inspect.Parameter:
 
 def load_config_file(path: Path) -> dict[str, Any]:
     """Read a TOML or YAML options file (bounded size, safe loaders, no YAML aliases)."""
-    from simulator.files import read_mapping
+    from workloads.files import read_mapping
     data = read_mapping(path, "config file")
     data.pop("resolved", None)            # a saved config.json carries the resolved hardware; not a knob
     return data

@@ -319,7 +319,7 @@ def _quantity(field_name: str, value: object, where: str) -> float:
 
 def _read_mapping(path: Path) -> dict:
     """Parse a TOML or YAML file (by extension) into a dict; errors name the file."""
-    from simulator.files import read_mapping    # here: simulator imports this module
+    from workloads.files import read_mapping
     suffix = path.suffix.lower()
     if suffix not in (".toml", ".yaml", ".yml"):
         raise GPUFileError(f"{path}: unsupported GPU file type '{suffix}'; use .toml, .yaml or .yml")

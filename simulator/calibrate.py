@@ -110,7 +110,7 @@ def read_profile(folder: Path, model: str | None = None) -> Profile:
 def _read_meta(path: Path) -> dict:
     if not path.exists():
         return {}
-    from simulator.files import read_mapping
+    from workloads.files import read_mapping
     return read_mapping(path, "profile meta file", error=CalibrationError)
 
 

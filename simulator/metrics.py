@@ -542,7 +542,7 @@ class SimResult:
 
 
 def _load_json(path: Path) -> dict[str, Any]:
-    from simulator.files import read_text
+    from workloads.files import read_text
     try:
         data = json.loads(read_text(path, "results file", max_bytes=1_000_000_000))
     except json.JSONDecodeError as exc:
@@ -553,7 +553,7 @@ def _load_json(path: Path) -> dict[str, Any]:
 
 
 def _load_csv(path: Path) -> pd.DataFrame:
-    from simulator.files import check_file
+    from workloads.files import check_file
     check_file(path, "results file", max_bytes=100_000_000_000)
     with path.open("rb") as handle:
         handle.seek(0, 2)

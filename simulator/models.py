@@ -273,7 +273,7 @@ _FOUR_NORM_TYPES = {"gemma2", "gemma3", "gemma3_text"}
 
 
 def _read_config(path: Path) -> dict:
-    from simulator.files import read_text
+    from workloads.files import read_text
     text = read_text(path, "model config", error=ModelConfigError)
     try:
         data = json.loads(text)

@@ -78,6 +78,6 @@ def parse_groups(data: dict, base: SimConfig, source: str = "pools") -> list[Rep
 
 
 def read_table_file(path: Path) -> dict[str, Any]:
-    """A TOML (.toml) or YAML file as a dict (simulator.files: a bounded regular file, safe loaders)."""
-    from simulator.files import read_mapping
+    """A TOML (.toml) or YAML file as a dict (workloads.files: a bounded regular file, safe loaders)."""
+    from workloads.files import read_mapping
     return read_mapping(path, "pools file", error=ConfigError)

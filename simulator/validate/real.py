@@ -262,8 +262,8 @@ def load_bench_result(path: Path) -> RealRun:
 
 # ---- small readers ----
 def _text(path: Path) -> str:
-    """A run file's text: a bounded regular UTF-8 file (simulator.files), errors as RunFileError."""
-    from simulator.files import MAX_TRACE_BYTES, read_text
+    """A run file's text: a bounded regular UTF-8 file (workloads.files), errors as RunFileError."""
+    from workloads.files import MAX_TRACE_BYTES, read_text
     return read_text(path, "run file", max_bytes=MAX_TRACE_BYTES, error=RunFileError)
 
 
