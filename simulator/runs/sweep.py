@@ -171,7 +171,7 @@ def validate(base: SimConfig, axes: Mapping[str, Sequence[Any]], scenarios: Sequ
 # ---- running a comparison ------------------------------------------------------------------------------------
 RUN_METRICS = ("completed", "rejected", "request_throughput", "output_token_throughput", "goodput",
                "slo_attainment", "ttft_p50_s", "ttft_p99_s", "tpot_p50_s", "tpot_p99_s", "e2e_p99_s",
-               "kv_utilization_mean", "preemptions", "mfu", "mbu")
+               "kv_utilization_mean", "preemptions", "mfu", "mbu", "offered_rate", "saturated")
 
 
 @dataclass
