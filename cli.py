@@ -435,7 +435,6 @@ def print_summary(summary: dict, fmt: OutputFormat, title: str) -> None:
         flat = {k: v for k, v in summary.items() if not isinstance(v, dict)}
         typer.echo(pd.DataFrame([flat]).to_csv(index=False), nl=False)
         return
-    from rich.console import Console
     from rich.table import Table
     from simulator.saturation import verdict
     table = Table(title=title, show_header=False)
@@ -448,7 +447,8 @@ def print_summary(summary: dict, fmt: OutputFormat, title: str) -> None:
                       f"{summary['spec_mean_accepted_tokens']:.2f} ({100 * summary['spec_acceptance_rate']:.1f}%)")
     for reason, count in summary["rejected_reasons"].items():
         table.add_row("rejected: " + reason, str(count))
-    Console().print(table)
+    from simulator.present.tables import _console
+    _console().print(table)
 
 
 @app.command()

@@ -209,7 +209,7 @@ def empty_reasons(div_id: str, inputs: ReportInputs, steps: dict, requests: dict
     if div_id == "preemptions" and all(r.summary().get("preemptions", 0) == 0 for _, r in inputs.runs):
         return [("No preemptions in any scenario: KV memory never ran out, so the count stays at 0", None)]
     if div_id == "fragmentation":
-        if all((r.config or {}).get("kv", "paged") == "paged" for _, r in inputs.runs):
+        if all((getattr(r, "config", None) or {}).get("kv", "paged") == "paged" for _, r in inputs.runs):
             return [("Paged KV cache: no external fragmentation (any free block serves any request), so this "
                      "panel stays at 0", 2)]
     if div_id in ("latency-cdf", "ttft-vs-prompt") and not any(len(f) for f in requests.values()):
