@@ -659,7 +659,8 @@ def validate(run_path: Annotated[Path, typer.Argument(
                                                     "E2E) is off by more than PCT percent.")] = None,
              format: FormatOpt = OutputFormat.table, quiet: QuietOpt = False) -> None:
     """Replay a real serving run and compare: the run's requests and arrivals, simulated with its engine
-    settings (any option given here overrides them), against the latencies it measured."""
+    settings (any option given here overrides them; the defaults listed are `run`'s, replaced here by the
+    run's metadata), against the latencies it measured."""
     from simulator.runs.outputs import staged
     from simulator.validate import load_real_run, validate as replay
     from simulator.validate.page import validation_record, write_validation
@@ -702,20 +703,25 @@ def _validation_table(v):
 @app.command()
 def calibrate(
     profile_dir: Annotated[Path, typer.Argument(help="vLLM kernel profiles of one model on one GPU: a <model>/bf16/ "
-                                                "folder (meta.yaml, tp1/, tp2/ ...) or one tp<N>/ folder.")],
+                                                "folder (meta.yaml, tp1/, tp2/ ...) or one tp<N>/ folder; or a step "
+                                                "CSV of benchmarks/measure_steps.py (more with --check).")],
     gpu: Annotated[str, typer.Option("--gpu", help="The catalog GPU the profiles were measured on (the fitted "
                                      "file starts from its datasheet numbers).")],
     out: Annotated[Path, typer.Option("--out", help="GPU file to write (TOML; use it with --gpu-file).")],
     model: Annotated[Optional[str], typer.Option("--model", help="Model preset of the profiles \\[default: the "
                                                  "model meta.yaml names].")] = None,
     check: Annotated[Optional[list[Path]], typer.Option("--check", help="More profile folders of the same GPU, "
-                                                        "not fitted: their errors are reported too.")] = None,
+                                                        "not fitted: their errors are reported too (with a step "
+                                                        "CSV: more step CSVs, fitted together).")] = None,
     format: FormatOpt = OutputFormat.table) -> None:
     """Fit a GPU's efficiency parameters (achievable bandwidth, matrix efficiency, kernel floors, mixed-step
     attention, sampler) to vLLM kernel profiles and write them as a GPU file. Prints each kernel family's error
-    with the fitted parameters and with the datasheet-only defaults."""
+    with the fitted parameters and with the datasheet-only defaults. Given step CSVs of the project's harness
+    (benchmarks/measure_steps.py), fits the fractions and fixed times that recipe uses instead."""
     from hardware.gpus import get_gpu
     from simulator.calibrate import datasheet_only, error_table, find_profiles, fit_gpu, gpu_file_text
+    if profile_dir.suffix.lower() == ".csv":
+        return _calibrate_steps([profile_dir, *(check or [])], gpu, out, format)
     with cli_errors():
         base = get_gpu(gpu)
         profiles = find_profiles(profile_dir, model)
@@ -733,6 +739,24 @@ def calibrate(
                          for c, d in zip(cal.itertuples(), sheet.itertuples())]
         out.write_text(text, encoding="utf-8")
     print_rows(rows, format, f"Kernel errors on {base.name}: calibrated vs datasheet-only")
+    typer.echo(f"wrote {out}", err=True)
+
+
+def _calibrate_steps(paths: list[Path], gpu: str, out: Path, format: OutputFormat) -> None:
+    """`calibrate STEPS.csv`: the harness recipe's fields fitted to the project's own measured steps."""
+    from hardware.gpus import get_gpu
+    from simulator.calibrate import datasheet_only, fit_steps, read_steps, step_error_table, step_file_text
+    with cli_errors():
+        base = datasheet_only(get_gpu(gpu))
+        steps = read_steps(paths, base)
+        fitted = fit_steps(steps, base)
+        text = step_file_text(fitted, base.name, "measured steps " + ", ".join(p.name for p in paths))
+        cal, sheet = step_error_table(steps, fitted), step_error_table(steps, base)
+        rows = [{"model": c.model, "phase": c.phase, "steps": c.steps, "mape_pct": c.mape_pct,
+                 "defaults_mape_pct": d.mape_pct, "bias_pct": c.bias_pct, "defaults_bias_pct": d.bias_pct}
+                for c, d in zip(cal.itertuples(), sheet.itertuples())]
+        out.write_text(text, encoding="utf-8")
+    print_rows(rows, format, f"Step errors on {base.name}: fitted vs the shipped defaults")
     typer.echo(f"wrote {out}", err=True)
 
 

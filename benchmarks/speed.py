@@ -9,12 +9,15 @@ configuration's capacity; continuous batching and paged KV unless named):
   S4b  S1 with dynamic batching
   S5   S1 with chunked prefill and swap preemption under memory pressure: the middle fifth of the requests
        arrives at 1.5x capacity
+  S6   1,000,000 requests over 64 replicas behind a round-robin router, summary-only (80% of 64 replicas'
+       capacity): a cluster should cost what one replica costs per request (compare S3)
 Capacity is measured first, for each configuration: the completion rate of 2,000 requests that all arrive
-within two seconds (a saturated server).
+within two seconds (a saturated server), times the number of replicas.
 
 Each scenario runs in a fresh interpreter, so its peak RSS is its own. Reported: wall seconds of the simulation
 (workload generation + engine + result frames + summary; interpreter start and imports reported apart), peak
-RSS, simulated requests / output tokens / engine steps per wall second, and the S2/S1 wall ratio (10 = linear).
+RSS, simulated requests / output tokens / engine steps per wall second, the S2/S1 wall ratio (10 = linear) and
+the S6/S3 wall ratio (1 = a 64-replica cluster costs what one replica costs per request).
 
 Usage:
     python benchmarks/speed.py                       # all scenarios; prints a table, writes speed.csv
@@ -42,7 +45,9 @@ SCENARIOS: dict[str, dict] = {
     "S4a": {"num_requests": 10_000, "batching": "static", "kv": "contiguous"},
     "S4b": {"num_requests": 10_000, "batching": "dynamic"},
     "S5": {"num_requests": 10_000, "chunked_prefill": True, "preemption": "swap", "surge": 1.5},
+    "S6": {"num_requests": 1_000_000, "summary_only": True, "replicas": 64, "router": "round-robin"},
 }
+PER_RUN = ("surge", "num_requests", "summary_only", "replicas", "router")   # not part of a replica's capacity
 COLUMNS = ("scenario", "requests", "rate_rps", "capacity_rps", "wall_s", "cpu_s", "import_s", "workload_s", "engine_s",
            "frames_s", "peak_rss_mb", "requests_per_s", "output_tokens_per_s", "steps_per_s", "engine_steps",
            "run_steps_pct", "simulated_s", "preemptions", "fast_path")
@@ -68,7 +73,7 @@ def _surge(specs, rate: float, factor: float, seed: int = 0):
 def child(name: str, rate: float, fast_path: bool) -> dict:
     """Run one scenario in this interpreter; return its measurements."""
     t0 = time.perf_counter()
-    from simulator.api import build_parts, workload
+    from simulator.api import build_parts, simulate, workload
     from simulator.engine import Engine
     t1, cpu1 = time.perf_counter(), time.process_time()
     cfg = _config(name, rate, fast_path)
@@ -76,8 +81,7 @@ def child(name: str, rate: float, fast_path: bool) -> dict:
     if "surge" in SCENARIOS[name]:
         specs = _surge(specs, rate, SCENARIOS[name]["surge"])
     t2 = time.perf_counter()
-    engine = Engine(build_parts(cfg), specs)
-    result = engine.run()
+    result = simulate(cfg, requests=specs) if cfg.is_cluster else Engine(build_parts(cfg), specs).run()
     summary = result.summary()
     t3, cpu3 = time.perf_counter(), time.process_time()
     engine_s = result.meta["wall_s"]
@@ -96,8 +100,9 @@ def child(name: str, rate: float, fast_path: bool) -> dict:
 def capacity(name: str) -> float:
     """Completion rate (req/s) of a saturated server in this scenario's configuration."""
     from simulator.api import simulate
-    knobs = {k: v for k, v in SCENARIOS[name].items() if k not in ("surge", "num_requests", "summary_only")}
-    return simulate(num_requests=2000, rate=1000.0, seed=1, **knobs).summary()["request_throughput"]
+    knobs = {k: v for k, v in SCENARIOS[name].items() if k not in PER_RUN}
+    one = simulate(num_requests=2000, rate=1000.0, seed=1, **knobs).summary()["request_throughput"]
+    return one * SCENARIOS[name].get("replicas", 1)
 
 
 def run_child(name: str, rate: float, fast_path: bool) -> dict:
@@ -123,6 +128,9 @@ def print_table(rows: list[dict]) -> None:
     by = {r["scenario"]: r for r in rows}
     if "S1" in by and "S2" in by:
         print(f"S2/S1 wall ratio: {by['S2']['wall_s'] / by['S1']['wall_s']:.2f} (10 = linear in requests)")
+    if "S3" in by and "S6" in by:
+        print(f"S6/S3 wall ratio: {by['S6']['wall_s'] / by['S3']['wall_s']:.2f} (1 = 64 replicas cost what one "
+              "does per request)")
 
 
 def main() -> None:
@@ -143,7 +151,7 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
     rows, caps = [], {}
     for name in names:
-        key = tuple(sorted((k, v) for k, v in SCENARIOS[name].items() if k not in ("num_requests", "summary_only")))
+        key = tuple(sorted((k, v) for k, v in SCENARIOS[name].items() if k not in PER_RUN[1:3]))
         if key not in caps:
             caps[key] = capacity(name)
         row = run_child(name, round(LOAD * caps[key], 3), not args.no_fast_path)

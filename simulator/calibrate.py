@@ -264,3 +264,62 @@ def gpu_file_text(gpu: GPUSpec, base_name: str, source: str) -> str:
              f'calibrated_from = "{source}"']
     lines += [f"{name} = {getattr(gpu, name):.6g}" for name in FITTED_FIELDS]
     return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------- the project's own measured steps
+# The harness recipe's fractions and fixed times (as benchmarks/calibrate.py fits them on the H100 set), within
+# physical bounds; the blend exponent, launch cost and non-vectorized rate stay as the GPU entry has them.
+STEP_BOUNDS: dict[str, tuple[float, float]] = {
+    "gemm_efficiency": (0.3, 1.1), "attention_efficiency": (0.1, 1.1), "hbm_efficiency": (0.3, 1.1),
+    "gemm_hbm_efficiency": (0.3, 1.1), "kernel_floor_s": (0.0, 10e-6), "gemm_floor_s": (0.0, 20e-6)}
+
+
+def read_steps(paths: list[str | Path], gpu: GPUSpec) -> pd.DataFrame:
+    """Measured step CSVs (benchmarks/measure_steps.py) of `gpu`: every row must name it in its `gpu` column."""
+    from simulator.harness import read_inputs
+    df = read_inputs([str(p) for p in paths])
+    other = sorted(set(df["gpu"].astype(str)) - {gpu.name})
+    if other:
+        raise CalibrationError(f"{paths[0]}: rows measured on {', '.join(other)}, not on {gpu.name}; calibrate one "
+                               "GPU at a time (--gpu names it)")
+    return df
+
+
+def _step_calibration(gpu: GPUSpec) -> dict[str, float]:
+    return {name: getattr(gpu, name) for name in STEP_BOUNDS}
+
+
+def fit_steps(df: pd.DataFrame, base: GPUSpec) -> GPUSpec:
+    """`base` with the harness recipe's fields fitted (least squares on log step times) to measured steps."""
+    from simulator.harness import predict
+    names = list(STEP_BOUNDS)
+    scale = np.array([STEP_BOUNDS[n][1] for n in names])
+    low, high = (np.array([STEP_BOUNDS[n][i] for n in names]) / scale for i in (0, 1))
+    measured = np.log(df["graph_ms_median"].to_numpy())
+
+    def residuals(x: np.ndarray) -> np.ndarray:
+        values = dict(zip(names, (x * scale).tolist()))
+        return np.log(predict(df, calibration=values).to_numpy()) - measured
+
+    x0 = np.clip(np.array([getattr(base, n) for n in names]) / scale, low, high)
+    result = least_squares(residuals, x0, bounds=(low, high), x_scale="jac", max_nfev=100)
+    return dataclasses.replace(base, **{n: float(v) for n, v in zip(names, result.x * scale)})
+
+
+def step_error_table(df: pd.DataFrame, gpu: GPUSpec) -> pd.DataFrame:
+    """Per model and phase: steps, MAPE and mean signed error of the step times with `gpu`'s harness fields."""
+    from simulator.harness import predict
+    pred = predict(df, calibration=_step_calibration(gpu)).to_numpy()
+    err = (pred / df["graph_ms_median"].to_numpy() - 1.0) * 100
+    work = df.assign(ape=np.abs(err), signed=err)
+    out = work.groupby(["model", "phase"], sort=False).agg(steps=("ape", "size"), mape_pct=("ape", "mean"),
+                                                          bias_pct=("signed", "mean")).reset_index()
+    return out
+
+
+def step_file_text(gpu: GPUSpec, base_name: str, source: str) -> str:
+    """A GPU file of the harness fields fitted to measured steps."""
+    lines = [f"# Fitted by `servesim calibrate` to measured steps: {source}", f'base = "{base_name}"',
+             f'calibrated_from = "{source}"']
+    lines += [f"{name} = {getattr(gpu, name):.6g}" for name in STEP_BOUNDS]
+    return "\n".join(lines) + "\n"

@@ -51,7 +51,7 @@ class SimConfig:
     bandwidth_scale: float = 1.0           # what-if: the GPU's memory bandwidth times this
     flops_scale: float = 1.0               # what-if: the GPU's matrix rates times this
     # workload
-    rate: float = 6.4                      # requests/s: 80% of the default scenario's 8.0 req/s saturation
+    rate: float = 6.4                      # requests/s: below the default scenario's saturation (6.9 req/s)
     arrival: str = "poisson"
     burstiness: float | None = None        # vLLM's gamma arrivals (shape = burstiness, mean 1/rate), rescaled as vLLM
     num_requests: int | None = None        # None: 2000 synthetic requests, or the whole trace
@@ -106,6 +106,10 @@ class SimConfig:
     router: str = "round-robin"
     router_delay_s: float = 0.0            # replicas' load reports reach the router this late
     pools: str | None = None               # a TOML/YAML file of replica groups (instead of `replicas`)
+    prefill_replicas: int = 0              # prefill/decode disaggregation: this many prefill replicas...
+    decode_replicas: int = 0               # ...and this many decode replicas (both, or neither)
+    kv_link: str = "ib-ndr"                # the link prompts' KV crosses from prefill to decode (per GPU)
+    kv_transfer: str = "whole"             # 'whole' after the prefill, or 'layerwise' as layers finish
     # speed
     fast_path: bool = True                 # advance runs of identical decode steps at once (identical results)
 
@@ -145,11 +149,18 @@ class SimConfig:
             raise ConfigError(f"router-delay must not be negative, got {self.router_delay_s}")
         if self.pools is not None and self.replicas != 1:
             raise ConfigError("give replicas or pools, not both (a pools file sets each group's count)")
+        _check_choice("kv_transfer", self.kv_transfer, ("whole", "layerwise"))
+        pd = (self.prefill_replicas, self.decode_replicas)
+        if any(isinstance(n, bool) or not isinstance(n, int) or n < 0 for n in pd) or (min(pd) == 0 < max(pd)):
+            raise ConfigError(f"prefill-replicas and decode-replicas must both be positive integers (or both 0), "
+                              f"got {pd[0]} and {pd[1]}")
+        if max(pd) and (self.replicas != 1 or self.pools is not None):
+            raise ConfigError("give prefill-replicas and decode-replicas, or replicas, or pools; not several")
 
     @property
     def is_cluster(self) -> bool:
         """Several replicas (or a pools file): simulated by simulator.cluster."""
-        return self.replicas > 1 or self.pools is not None
+        return self.replicas > 1 or self.pools is not None or self.prefill_replicas > 0
 
     @property
     def prefix_cache(self) -> bool:

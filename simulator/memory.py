@@ -55,9 +55,10 @@ def plan_memory(cfg: SimConfig, model: ModelSpec, gpu: GPUSpec, activation_bytes
         capacity = cfg.kv_capacity_tokens
     else:
         if free <= 0:
+            with_draft = f" with its {drafter.name} drafter" if drafter is not None and drafter.model else ""
             raise ModelDoesNotFit(
-                f"{model.name} ({cfg.dtype}) needs {weights / GB:.1f} GB of weights and {activation_bytes / GB:.1f} GB "
-                f"of activations per GPU, but {gpu.name} offers {usable / GB:.1f} GB ({gpu.hbm_bytes / GB:.1f} GB x "
+                f"{model.name} ({cfg.dtype}){with_draft} needs {weights / GB:.1f} GB of weights and "
+                f"{activation_bytes / GB:.1f} GB of activations per GPU, but {gpu.name} offers {usable / GB:.1f} GB ({gpu.hbm_bytes / GB:.1f} GB x "
                 f"{cfg.gpu_memory_utilization} utilization): {-free / GB:.1f} GB ({-free:.0f} bytes) missing; "
                 "try a larger --tp, a smaller --dtype or a bigger GPU")
         capacity = int(free // kv_per_token)

@@ -114,3 +114,27 @@ def test_the_shipped_4090_entry_is_the_fit_to_its_profile():
     assert "RTX 4090" in shipped.calibrated_from and "casys-kaist/LLMServingSim" in shipped.calibrated_from
     errors = error_table(find_profiles(REAL_4090), shipped).set_index("family")
     assert errors.loc["gemm", "mape_pct"] < 6 and errors.loc["mixed attention", "mape_pct"] < 20
+
+
+STEPS = Path(__file__).resolve().parents[1] / "benchmarks" / "data"
+
+
+def test_step_csvs_fit_the_harness_fields(tmp_path):
+    # the H200 Llama-3-8B steps: the fit may only improve on the shipped (H100-fitted) defaults
+    out = tmp_path / "h200-steps.toml"
+    result = CliRunner().invoke(app, ["calibrate", str(STEPS / "h200_llama-3-8b_steps.csv"), "--gpu", "h200",
+                                      "--out", str(out), "--format", "csv"])
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(pd.io.common.StringIO(result.stdout)).set_index("phase")
+    assert (table["mape_pct"] <= table["defaults_mape_pct"] + 1e-9).all() and (table["mape_pct"] < 3).all()
+    gpu = load_gpu_file(out)
+    assert gpu.calibrated_from == "measured steps h200_llama-3-8b_steps.csv" and 0.5 < gpu.gemm_efficiency < 1
+
+
+def test_step_csvs_of_another_gpu_are_refused(tmp_path):
+    result = CliRunner().invoke(app, ["calibrate", str(STEPS / "h100_llama-3-8b_steps.csv"), "--gpu", "h200",
+                                      "--out", str(tmp_path / "x.toml")])
+    assert result.exit_code == 2
+    assert result.output.strip().endswith("rows measured on h100-sxm, not on h200; calibrate one GPU at a time "
+                                          "(--gpu names it)")
+    assert not (tmp_path / "x.toml").exists()

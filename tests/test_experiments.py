@@ -38,7 +38,7 @@ def rows(result: ExperimentResult, **match) -> pd.DataFrame:
 def test_registry_names_the_experiments():
     assert list(EXPERIMENTS) == ["kv-waste", "paged-throughput", "continuous-vs-static", "chunked-prefill",
                                  "bound-by-phase", "bandwidth-what-if", "gqa-and-quantization", "cuda-graphs",
-                                 "speculative-decoding", "prefix-caching"]
+                                 "speculative-decoding", "prefix-caching", "pd-disaggregation"]
     for name, exp in EXPERIMENTS.items():
         assert exp.name == name and exp.source and exp.claim and exp.setup
 
@@ -185,6 +185,13 @@ def test_speculative_decoding_speedup_falls_with_batch_and_crosses_one():
         assert (rows_.preemptions == 0).all()                  # every batch fits: the batch is what is measured
     draft = rows(result, series="draft model, Llama-3-70B, 4 x H100").set_index("batch").speedup
     assert draft.iloc[-1] < 1.0                               # the crossover: a slowdown at the largest batch
+
+
+def test_pd_disaggregation_claims_hold():
+    result = quick("pd-disaggregation")
+    assert [c.held for c in result.claims] == [True, True, True]
+    gain = result.claims[0].measured
+    assert gain > 1.0                  # 2 prefill + 2 decode GPUs serve more within both SLOs than 4 colocated
 
 
 def test_every_quick_result_is_complete():

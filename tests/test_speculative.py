@@ -82,7 +82,8 @@ def test_drafts_never_pass_the_requests_end():
     ({"speculative_tokens": 3, "draft": "medusa", "acceptance_rate": 0.5},
      "draft must be one of ngram, eagle, got 'medusa'"),
     ({"speculative_tokens": 3, "draft": "eagle"}, "speculative decoding needs one acceptance model"),
-    ({"speculative_tokens": 3, "draft": "eagle", "acceptance_rate": 1.5}, "acceptance-rate must lie in [0, 1], got 1.5"),
+    ({"speculative_tokens": 3, "draft": "eagle", "acceptance_rate": 1.5},
+     "acceptance-rate must lie in [0, 1], got 1.5"),
     ({"speculative_tokens": 2, "draft": "eagle", "acceptance_profile": "0.8,0.6,0.4"},
      "acceptance-profile gives 3 rates for 2 speculative tokens"),
     ({"speculative_tokens": 2, "draft": "eagle", "acceptance_profile": "0.6,0.8"},
@@ -312,3 +313,17 @@ def test_a_draft_that_does_not_split_runs_on_one_gpu():
     assert make_drafter(None, "qwen2.5-0.5b", target, tp=4).tp == 1       # 14 heads do not split four ways
     assert make_drafter(None, "llama-3.2-1b", target, tp=4).tp == 4
     assert make_drafter("eagle", None, target, tp=4).tp == 4
+
+
+def test_bad_draft_models_are_one_line_errors(tmp_path):
+    from typer.testing import CliRunner
+    import cli
+    base = ["run", "--num-requests", "5", "--speculative-tokens", "3", "--acceptance-rate", "0.5",
+            "--out", str(tmp_path / "o")]
+    cases = ((["--draft-model", "llama-9b"], "error: draft-model: unknown model 'llama-9b'"),
+             (["--draft-model", "deepseek-v3"], "error: llama-3.1-8b (bf16) with its deepseek-v3 drafter needs"))
+    for args, expected in cases:
+        out = CliRunner().invoke(cli.app, base + args)
+        lines = [line for line in out.output.splitlines() if line.strip()]
+        assert out.exit_code != 0 and len(lines) == 1 and lines[0].startswith(expected), out.output
+        assert not (tmp_path / "o").exists()

@@ -144,6 +144,8 @@ def test_cli_writes_the_three_files_and_the_simulated_run(tmp_path):
     assert list(csv.columns) == ["metric", "stat", "unit", "real", "simulated", "error_pct"] and len(csv) == 21
     page = (out / "validation.html").read_text()
     assert "Latency CDFs, real vs simulated" in page and "Running and waiting requests over time" in page
+    assert "simulated on rtx-4090 with llama-3.1-8b, engine vllm-v1, tp 1, prefix caching on, max_num_seqs 256, " \
+           "max_num_batched_tokens 2048, chunked prefill on, KV blocks 2588" in page
 
 
 def test_max_error_exits_non_zero_naming_the_means(tmp_path):

@@ -6,9 +6,16 @@ from simulator.cluster.router import ROUTERS, make_router
 
 
 def simulate_cluster(cfg, specs):
-    """Simulate the cluster `cfg` describes (replicas, router, pools) on `specs`; return a ClusterResult."""
+    """Simulate the cluster `cfg` describes (replicas, router, pools, prefill/decode pools) on `specs`; return a
+    ClusterResult."""
+    from simulator.cluster.pools import ReplicaGroup
     from simulator.cluster.result import merge_runs
-    from simulator.cluster.sim import run_replicas
+    from simulator.cluster.sim import check_open_loop, run_replicas, simulate_disaggregated
+    if cfg.prefill_replicas:
+        check_open_loop(cfg, specs)
+        base = cfg.replace(prefill_replicas=0, decode_replicas=0)
+        return simulate_disaggregated(cfg, specs, [ReplicaGroup("prefill", cfg.prefill_replicas, base)],
+                                      [ReplicaGroup("decode", cfg.decode_replicas, base.replace(prefix_caching=False))])
     return merge_runs(cfg.to_dict(), run_replicas(cfg, specs))
 
 

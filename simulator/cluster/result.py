@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from simulator.metrics import SimResult, summarize
+from simulator.cluster.disagg import PD_PARTS, transfer_stats, ttft_split
+from simulator.metrics import SimResult, meets_slo, summarize
 from simulator.speculative import SpecStats
 
 BALANCE_KEYS = ("replicas", "outstanding_max_over_mean", "outstanding_jain_index")
@@ -32,7 +33,8 @@ class ClusterResult(SimResult):
     replicas: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     def summary(self) -> dict[str, Any]:
-        return {**summarize(self), **{k: self.meta["balance"][k] for k in BALANCE_KEYS}}
+        extra = {k: v for k, v in self.meta["balance"].items() if k != "per_replica"}
+        return {**summarize(self), **extra, **self.meta.get("disaggregation", {})}
 
     def save(self, path: str | Path) -> Path:
         out = super().save(path)
@@ -52,6 +54,66 @@ def merge_runs(config: dict, runs: list) -> ClusterResult:
     meta["balance"] = {**balance, "per_replica": per_replica.to_dict("records")}
     result = ClusterResult(config=config, meta=meta, itl=itl, replicas=pd.DataFrame(), **frames)
     result.replicas = replica_rows(runs, per_replica)
+    return result
+
+
+def merge_disaggregated(cfg, prefill_runs: list, decode_runs: list, transfers: list, link) -> ClusterResult:
+    """One ClusterResult of a prefill pool and a decode pool (disagg.py): a request's row joins its prefill, its
+    transfer and its decode; replicas are numbered prefill first; load balance is the decode pool's (the
+    prefill pool's under prefill_*)."""
+    runs = prefill_runs + decode_runs
+    pre = _stack([r.result.requests for r in prefill_runs], [r.index for r in prefill_runs]).set_index("request_id")
+    dec = _stack([r.result.requests for r in decode_runs], [r.index for r in decode_runs]).set_index("request_id")
+    moved = pd.DataFrame([t.__dict__ for t in transfers]).set_index("request_id") if transfers else None
+    rows = dec.copy()
+    if len(rows):
+        p = pre.loc[rows.index]
+        rows["prefill_replica"] = p.replica
+        rows["arrival_s"] = p.arrival_s
+        rows["decode_scheduled_s"] = dec.scheduled_s
+        rows["scheduled_s"] = p.scheduled_s
+        if "cached_tokens" in rows:      # the decode side's "hit" is the transferred prompt, not a cache hit
+            rows["cached_tokens"] = p.cached_tokens
+        rows["transfer_end_s"] = moved.loc[rows.index, "end_s"]
+        rows["kv_transfer_bytes"] = moved.loc[rows.index, "bytes"]
+        rows["queue_s"] = p.scheduled_s - p.arrival_s
+        rows["prefill_s"] = p.first_token_s - p.scheduled_s
+        rows["transfer_s"] = rows.transfer_end_s - p.first_token_s
+        rows["decode_queue_s"] = dec.scheduled_s - rows.transfer_end_s
+        rows["first_step_s"] = dec.first_token_s - dec.scheduled_s
+    refused = pre[pre.status != "finished"].copy()          # rejected by a prefill replica: never transferred
+    refused["prefill_replica"] = refused.replica
+    requests = pd.concat([rows, refused]).sort_index(kind="stable").reset_index()
+    requests["ttft_s"] = requests.first_token_s - requests.arrival_s
+    requests["e2e_s"] = requests.finish_s - requests.arrival_s
+    requests["queueing_s"] = requests.scheduled_s - requests.arrival_s
+    requests["met_slo"] = meets_slo(requests, cfg.slo_ttft_s, cfg.slo_tpot_s, cfg.slo_e2e_s)
+    frames = {name: _stack([getattr(r.result, name) for r in runs], [r.index for r in runs])
+              for name in ("steps", "kv")}
+    itl = pd.concat([r.result.itl for r in decode_runs], ignore_index=True)
+    meta = _merged_meta(runs)
+    first = prefill_runs[0].index
+    pool_pre, per_pre = load_balance(pre.reset_index().assign(replica=pre.replica.to_numpy() - first),
+                                     len(prefill_runs))
+    pool_dec, per_dec = load_balance(dec.reset_index().assign(replica=dec.replica.to_numpy() - len(prefill_runs)),
+                                     len(decode_runs))
+    per_replica = pd.concat([per_pre, per_dec.assign(replica=per_dec.replica + len(prefill_runs))],
+                            ignore_index=True)
+    meta["balance"] = {**pool_dec, "replicas": len(runs),
+                       "prefill_outstanding_max_over_mean": pool_pre["outstanding_max_over_mean"],
+                       "prefill_outstanding_jain_index": pool_pre["outstanding_jain_index"],
+                       "per_replica": per_replica.to_dict("records")}
+    decode_sums = merge_step_sums([r.result.meta.get("step_sums") or _step_sums_of(r.result) for r in decode_runs])
+    meta["disaggregation"] = {"prefill_replicas": len(prefill_runs), "decode_replicas": len(decode_runs),
+                              "kv_link": link.name, **transfer_stats(transfers),
+                              "decode_kv_utilization_mean": decode_sums["utilization_mean"],
+                              "decode_kv_utilization_max": decode_sums["kv_utilization_max"],
+                              **ttft_split(requests)}
+    result = ClusterResult(config=cfg.to_dict(), meta=meta, requests=requests, itl=itl, replicas=pd.DataFrame(),
+                           **frames)
+    result.replicas = replica_rows(runs, per_replica).assign(
+        role=["prefill"] * len(prefill_runs) + ["decode"] * len(decode_runs))
+    assert set(PD_PARTS) <= set(requests.columns) or not len(rows)
     return result
 
 

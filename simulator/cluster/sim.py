@@ -21,11 +21,16 @@ from __future__ import annotations
 import heapq
 from bisect import bisect_left
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
+import pandas as pd
+
 from simulator.batching.lazy import DecodeRun
+from simulator.cluster.disagg import (InstanceShape, decode_parts, decode_specs, get_kv_link,
+                                      schedule_transfers)
 from simulator.cluster.pools import ReplicaGroup, replica_groups
+from simulator.cluster.result import merge_disaggregated
 from simulator.cluster.router import ReplicaView, Router, make_router
 from simulator.config import ConfigError, SimConfig
 from simulator.engine import Engine, EngineParts, paused_gc
@@ -123,24 +128,28 @@ def replica_config(cfg: SimConfig) -> SimConfig:
     return cfg.replace(replicas=1, pools=None, max_request_rows=None, request_rows_path=None)
 
 
-def build_replicas(groups: list[ReplicaGroup]) -> list[Replica]:
+def build_replicas(groups: list[ReplicaGroup], first_index: int = 0) -> list[Replica]:
     from simulator.assembly import build_parts
     replicas = []
     for group in groups:
         config = replica_config(group.config)
         for _ in range(group.count):
-            replicas.append(Replica(len(replicas), group.name, build_parts(config), config))
+            replicas.append(Replica(first_index + len(replicas), group.name, build_parts(config), config))
     return replicas
 
 
 def run_replicas(cfg: SimConfig, specs: list[RequestSpec]) -> list[ReplicaRun]:
     """Simulate the cluster `cfg` describes on `specs`; one ReplicaRun per replica, in index order."""
-    if cfg.max_concurrency is not None or any(s.after >= 0 for s in specs):
-        raise ConfigError("a cluster serves open-loop arrivals only: max-concurrency and follow-up turns "
-                          "(conversations) are not supported with replicas yet")
+    check_open_loop(cfg, specs)
     replicas = build_replicas(replica_groups(cfg))
     router = make_router(cfg.router, len(replicas), cfg.seed, cfg.block_size)
     return run_cluster(replicas, router, specs, cfg.router_delay_s)
+
+
+def check_open_loop(cfg: SimConfig, specs: list[RequestSpec]) -> None:
+    if cfg.max_concurrency is not None or any(s.after >= 0 for s in specs):
+        raise ConfigError("a cluster serves open-loop arrivals only: max-concurrency and follow-up turns "
+                          "(conversations) are not supported with replicas yet")
 
 
 def run_cluster(replicas: list[Replica], router: Router, specs: list[RequestSpec],
@@ -156,7 +165,7 @@ def _one_by_one(replicas: list[Replica], router: Router, specs: list[RequestSpec
     """Route everything up front, then run each replica alone (and drop its engine before the next)."""
     shares: list[list[RequestSpec]] = [[] for _ in replicas]
     for spec in specs:
-        shares[router.route(spec, None)].append(spec)
+        shares[router.route(spec, None)].append(spec)       # the router's index: position in `replicas`
     runs = []
     for replica, share in zip(replicas, shares):
         runs.append(ReplicaRun(replica.index, replica.group, replica.config, Engine(replica.parts, share).run()))
@@ -177,7 +186,7 @@ def _side_by_side(replicas: list[Replica], router: Router, specs: list[RequestSp
             for replica in replicas:
                 replica.engine.horizon_s = now
                 replica.engine.advance(now)
-            views = [view_of(replica, now, now - delay_s) for replica in replicas]
+            views = [view_of(replica, i, now, now - delay_s) for i, replica in enumerate(replicas)]
             chosen = replicas[router.route(spec, views)]
             chosen.board.sent += 1
             chosen.engine.feed(spec)
@@ -185,7 +194,32 @@ def _side_by_side(replicas: list[Replica], router: Router, specs: list[RequestSp
     return [ReplicaRun(r.index, r.group, r.config, result) for r, result in zip(replicas, results)]
 
 
-def view_of(replica: Replica, now_s: float, report_s: float) -> ReplicaView:
+def view_of(replica: Replica, position: int, now_s: float, report_s: float) -> ReplicaView:
     running, waiting, used = replica.board.reported(report_s)
-    return ReplicaView(replica.index, replica.board.outstanding(now_s), running, waiting, used,
-                       replica.capacity_tokens)
+    return ReplicaView(position, replica.board.outstanding(now_s), running, waiting, used, replica.capacity_tokens)
+
+
+def simulate_disaggregated(cfg, specs: list[RequestSpec], prefill_groups, decode_groups):
+    """Run the prefill pool, the transfers and the decode pool; return the merged ClusterResult."""
+    prefill = build_replicas(prefill_groups)
+    decode = build_replicas(decode_groups, first_index=len(prefill))
+    for replica in decode:
+        replica.parts = decode_parts(replica.parts)
+    link = get_kv_link(cfg.kv_link)
+    shapes = {r.index: instance_shape(r) for r in prefill}
+    router = make_router(cfg.router, len(prefill), cfg.seed, cfg.block_size)
+    first = [replace(s, output_tokens=1) for s in specs]
+    prefill_runs = run_cluster(prefill, router, first, cfg.router_delay_s)
+    done = pd.concat([r.result.requests.assign(replica=r.index) for r in prefill_runs], ignore_index=True)
+    transfers = schedule_transfers(done[done.status == "finished"], link, shapes, cfg.kv_transfer == "layerwise")
+    by_id = {s.request_id: s for s in specs}
+    router = make_router(cfg.router, len(decode), cfg.seed + 1, cfg.block_size)
+    decode_runs = run_cluster(decode, router, decode_specs(by_id, transfers), cfg.router_delay_s)
+    return merge_disaggregated(cfg, prefill_runs, decode_runs, transfers, link)
+
+
+def instance_shape(replica: Replica) -> InstanceShape:
+    meta = replica.parts.meta
+    cfg = replica.config
+    return InstanceShape(float(meta["memory"]["kv_bytes_per_token"]), cfg.tp * cfg.pp,
+                         int(meta["model"]["num_layers"]))

@@ -206,6 +206,17 @@ def _scaled(ops: list[Op], k: float) -> list[Op]:
     return [scale(op, k) for op in ops]
 
 
+def tp_split_error(model: ModelSpec, tp: int) -> str:
+    """Why `model`'s heads cannot be split over `tp` GPUs ('' when they can)."""
+    if model.num_heads % tp:
+        return f"tp={tp} does not divide {model.name}'s {model.num_heads} attention heads"
+    kv = model.num_kv_heads
+    if not model.is_mla and (kv % tp if kv >= tp else tp % kv):
+        # As vLLM requires: KV heads split evenly over the GPUs, or each replicated on tp / kv_heads of them.
+        return f"tp={tp} and {model.name}'s {kv} KV heads: one must divide the other"
+    return ""
+
+
 def _validate(model: ModelSpec, gpu: GPUSpec, dtype: str, kv_dtype: str, tp: int, pp: int, attention: str,
               elementwise: str, bandwidth_scale: float, flops_scale: float, cuda_graph_max_batch: int,
               link: str | None) -> None:
@@ -221,12 +232,9 @@ def _validate(model: ModelSpec, gpu: GPUSpec, dtype: str, kv_dtype: str, tp: int
     for name, value in (("tp", tp), ("pp", pp)):
         if not isinstance(value, int) or value < 1:
             raise CostModelError(f"{name} must be a positive integer, got {value!r}")
-    if model.num_heads % tp:
-        raise CostModelError(f"tp={tp} does not divide {model.name}'s {model.num_heads} attention heads")
-    kv = model.num_kv_heads
-    if not model.is_mla and (kv % tp if kv >= tp else tp % kv):
-        # As vLLM requires: KV heads split evenly over the GPUs, or each replicated on tp / kv_heads of them.
-        raise CostModelError(f"tp={tp} and {model.name}'s {kv} KV heads: one must divide the other")
+    split = tp_split_error(model, tp)
+    if split:
+        raise CostModelError(split)
     if (tp > 1 or pp > 1) and gpu.interconnect(link).bus_bytes_per_s <= 0:
         raise CostModelError(f"tp={tp} needs a GPU-to-GPU link, and {gpu.name} has none in its entry")
     for name, value in (("bandwidth_scale", bandwidth_scale), ("flops_scale", flops_scale)):

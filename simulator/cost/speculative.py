@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from simulator.cost.model import CostModel
+from simulator.cost.model import CostModel, tp_split_error
 from simulator.step import FAMILIES, StepCost, StepShape
 from simulator.models import ModelSpec, resolve_model
 
@@ -42,7 +42,10 @@ class Drafter:
 def make_drafter(draft: str | None, draft_model: str | None, target: ModelSpec, tp: int = 1) -> Drafter | None:
     """The drafter a config names (--draft ngram|eagle, or --draft-model PRESET); None without speculation."""
     if draft_model is not None:
-        model = resolve_model(draft_model, None)
+        try:
+            model = resolve_model(draft_model, None)
+        except ValueError as err:
+            raise ValueError(f"draft-model: {err}") from None
         return Drafter(draft_model, model, tp=draft_tp(model, tp))
     if draft == "ngram":
         return Drafter("ngram")
@@ -54,8 +57,7 @@ def make_drafter(draft: str | None, draft_model: str | None, target: ModelSpec, 
 def draft_tp(draft: ModelSpec, tp: int) -> int:
     """The drafter's tensor parallelism: the target's where the draft's heads split over it evenly, else one GPU
     (vLLM's speculative_draft_tensor_parallel_size=1; a 0.5B draft's 14 heads do not split four ways)."""
-    kv, heads = draft.num_kv_heads, draft.num_heads
-    return tp if not heads % tp and (draft.is_mla or not (kv % tp if kv >= tp else tp % kv)) else 1
+    return 1 if tp_split_error(draft, tp) else tp
 
 
 def eagle_head(target: ModelSpec) -> ModelSpec:

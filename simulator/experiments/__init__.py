@@ -12,8 +12,8 @@ import dataclasses
 import time
 
 from simulator.experiments import (bandwidth_what_if, bound_by_phase, chunked_prefill, continuous_vs_static,
-                                   cuda_graphs, gqa_and_quantization, kv_waste, paged_throughput, prefix_caching,
-                                   speculative_decoding)
+                                   cuda_graphs, gqa_and_quantization, kv_waste, paged_throughput,
+                                   pd_disaggregation, prefix_caching, speculative_decoding)
 from simulator.experiments.base import Claim, Experiment, ExperimentError, ExperimentResult, write_outputs
 from simulator.experiments.render import print_listing, print_result
 
@@ -28,6 +28,7 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
     cuda_graphs.EXPERIMENT,
     speculative_decoding.EXPERIMENT,
     prefix_caching.EXPERIMENT,
+    pd_disaggregation.EXPERIMENT,
 )}
 
 

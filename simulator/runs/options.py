@@ -226,6 +226,12 @@ SCENARIO_OPTIONS: tuple[ScenarioOption, ...] = (
        CL, "--router-delay"),
     _o("pools", str, "A TOML/YAML file of replica groups (count, GPU, model, TP, serving settings each); "
                      "instead of --replicas.", CL),
+    _o("prefill_replicas", int, "Prefill/decode disaggregation: prefill replicas (with --decode-replicas).", CL),
+    _o("decode_replicas", int, "Prefill/decode disaggregation: decode replicas (with --prefill-replicas).", CL),
+    _o("kv_link", str, "Link the prompt KV crosses from prefill to decode, per GPU: nvlink3/4/5, pcie4-p2p, ..., "
+                       "ib-ndr, ib-hdr, roce-400g/200g/100g, or rdma:<Gb/s>. [default: ib-ndr]", CL),
+    _o("kv_transfer", str, "KV transfer: whole (after the prefill) or layerwise (as layers finish). "
+                           "[default: whole]", CL),
     _o("fast_path", bool, "Advance runs of identical decode steps at once; results are identical: on or off. "
                           "[default: on]", SV),
 )

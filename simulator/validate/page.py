@@ -106,7 +106,8 @@ STYLE = ("body{font-family:system-ui,sans-serif;margin:24px;max-width:1300px}"
 def render_page(v: Validation) -> str:
     title = f"servesim validate: {v.run.name} ({v.run.kind}, {len(v.run.specs)} requests)"
     cfg = v.config
-    setup = (f"simulated on {cfg.gpu_file or cfg.gpu} with {cfg.model_config or cfg.model}, tp {cfg.tp}, "
+    setup = (f"simulated on {cfg.gpu_file or cfg.gpu} with {cfg.model_config or cfg.model}, engine {cfg.engine}, "
+             f"tp {cfg.tp}, prefix caching {'on' if cfg.prefix_cache else 'off'}, "
              f"max_num_seqs {cfg.max_num_seqs}, max_num_batched_tokens {cfg.token_budget}, "
              f"chunked prefill {'on' if cfg.chunked else 'off'}, "
              f"KV blocks {cfg.num_gpu_blocks if cfg.num_gpu_blocks else 'from memory'}")

@@ -1,0 +1,96 @@
+"""Prefill/decode disaggregation: hand-checked transfers, conservation, TTFT split, decode-side admission."""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from simulator.api import simulate
+from simulator.cluster.disagg import (ArrivingKV, InstanceShape, KVLink, get_kv_link, schedule_transfers)
+from simulator.config import ConfigError, SimConfig
+from simulator.request import Request
+from workloads.spec import RequestSpec
+
+LINK = KVLink("test", 1e9, 1e-3, "made up")
+SHAPES = {0: InstanceShape(1000.0, 2, 4)}
+ROWS = pd.DataFrame({"replica": [0, 0], "request_id": [1, 0], "prompt_tokens": [500, 1000],
+                     "scheduled_s": [0.0, 0.0], "first_token_s": [0.1, 0.1]})
+
+
+def test_transfers_queue_on_their_prefill_replicas_link():
+    # 1000 tokens x 1000 B per GPU at 1 GB/s: 1 ms on the wire + 1 ms latency; request 1 (500 tokens) waits
+    # for the link (same ready time, lower id first), then sends for 0.5 ms.
+    t0, t1 = schedule_transfers(ROWS, LINK, SHAPES, layerwise=False)
+    assert (t0.request_id, t0.start_s, t0.end_s, t0.bytes) == (0, 0.1, pytest.approx(0.102), 2e6)
+    assert (t1.request_id, t1.start_s, t1.end_s) == (1, pytest.approx(0.101), pytest.approx(0.1025))
+
+
+def test_layerwise_transfer_ends_one_layer_after_the_prefill():
+    # Layer 1 of 4 is ready at 25 ms; the link is faster than the prefill, so the last layer (0.25 ms of
+    # sending) leaves when the prefill ends at 100 ms: 100.25 ms + 1 ms latency.
+    t0, t1 = schedule_transfers(ROWS, LINK, SHAPES, layerwise=True)
+    assert t0.start_s == pytest.approx(0.025) and t0.end_s == pytest.approx(0.10125)
+    # Request 1 waits for the link until 100.25 ms, then sends its 0.5 ms: 100.75 ms + 1 ms latency.
+    assert t1.start_s == pytest.approx(0.10025) and t1.end_s == pytest.approx(0.10175)
+
+
+SMALL = SimConfig(num_requests=120, rate=6.0, prompt_len="uniform:64:2048", output_len="uniform:2:64", seed=4,
+                  prefill_replicas=2, decode_replicas=2, router="least-outstanding", chunked_prefill=False)
+
+
+@pytest.mark.parametrize("transfer", ["whole", "layerwise"])
+def test_every_request_is_prefilled_transferred_and_decoded_once(transfer):
+    res = simulate(SMALL.replace(kv_transfer=transfer))
+    req, reps = res.requests, res.replicas
+    assert len(req) == 120 and req.request_id.is_unique and (req.status == "finished").all()
+    assert reps[reps.role == "prefill"].num_requests.sum() == 120
+    assert reps[reps.role == "decode"].num_requests.sum() == 120
+    assert res.summary()["kv_transfers"] == 120
+    assert set(req.prefill_replica) <= {0, 1} and set(req.replica) <= {2, 3}
+    # the decode pool never computes a prompt again: only the last prompt token, priced as a decode token
+    decode_steps = res.steps[res.steps.replica >= 2]
+    assert res.summary()["preemptions"] == 0 and decode_steps.num_prefill_tokens.sum() == 0
+    # TTFT is queue + prefill + transfer + decode queue + first step
+    parts = req.queue_s + req.prefill_s + req.transfer_s + req.decode_queue_s + req.first_step_s
+    np.testing.assert_allclose(parts, req.ttft_s, rtol=1e-9, atol=1e-12)
+    assert (req.transfer_s > 0).all() and (req.decode_queue_s >= 0).all()
+
+
+def test_uncontended_transfer_takes_bytes_over_bandwidth_plus_latency():
+    cfg = SMALL.replace(rate=0.5, arrival="constant", prefill_replicas=1, decode_replicas=1, kv_link="ib-hdr")
+    res = simulate(cfg)
+    per_gpu = res.meta["replica_meta"]["memory"]["kv_bytes_per_token"]
+    link = get_kv_link("ib-hdr")
+    expected = res.requests.prompt_tokens * per_gpu / link.bytes_per_s + link.latency_s
+    np.testing.assert_allclose(res.requests.transfer_s, expected, rtol=1e-9)
+    assert res.summary()["kv_transfer_bytes"] == pytest.approx(float((res.requests.prompt_tokens * per_gpu).sum()))
+
+
+def test_arriving_kv_is_a_private_hit_until_a_preemption():
+    kv = ArrivingKV(1024, block_size=16, max_model_len=512)
+    req = Request(RequestSpec(0, 0.0, 100, 5))
+    assert kv.prefix_hit(req) == 99                 # all but the last prompt token
+    assert kv.can_allocate(req, 100, admission=True, cached_tokens=99)
+    kv.allocate(req, 100, cached_tokens=99)
+    assert kv.allocated_tokens(req) == 112          # the transferred KV takes this replica's memory
+    kv.free(req)
+    req.num_preemptions = 1
+    assert kv.prefix_hit(req) == 0
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"prefill_replicas": 2}, "prefill-replicas and decode-replicas must both be positive integers (or both 0)"),
+    ({"prefill_replicas": 1, "decode_replicas": 1, "replicas": 2}, "give prefill-replicas and decode-replicas, or "),
+    ({"kv_transfer": "streamed"}, "kv_transfer must be one of whole, layerwise"),
+])
+def test_disaggregation_config_errors(changes, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        SimConfig(**changes)
+
+
+def test_unknown_kv_link_lists_choices():
+    with pytest.raises(ConfigError, match="unknown kv-link 'ib-xdr'; choose one of nvlink3, .*ib-ndr.*rdma:<Gb/s>"):
+        simulate(SMALL.replace(kv_link="ib-xdr", num_requests=5))
+    assert get_kv_link("rdma:800").bytes_per_s == 100e9
