@@ -459,9 +459,11 @@ def gpus(format: FormatOpt = OutputFormat.table) -> None:
              "memory_gb": g.hbm_bytes / 1e9, "bandwidth_tb_s": g.hbm_bytes_per_s / 1e12,
              "link": g.interconnect().name, "allreduce_gb_s": g.interconnect().bus_bytes_per_s / 1e9,
              "calibration": "calibrated" if g.calibrated_from else "datasheet-only",
-             "calibrated_from": g.calibrated_from, "source": g.source} for g in GPUS.values()]
-    if format == OutputFormat.table:      # sources and calibration profiles: --format csv/json
-        rows = [{k: v for k, v in row.items() if k not in ("source", "calibrated_from")} for row in rows]
+             "calibrated_from": g.calibrated_from, "source": g.source, "usd_per_gpu_hour": g.usd_per_gpu_hour,
+             "price_source": g.price_source} for g in GPUS.values()]
+    if format == OutputFormat.table:      # sources, calibration profiles and price sources: --format csv/json
+        rows = [{k: v for k, v in row.items() if k not in ("source", "calibrated_from", "price_source")}
+                for row in rows]
     print_rows(rows, format, "GPU catalog (dense matrix rates)")
 
 

@@ -75,17 +75,31 @@ def prefill_s(cost_model, prompt: int, budget: int, chunked: bool) -> float:
     return total
 
 
+def first_above(values: list[int], limit: float, seconds) -> int | None:
+    """The smallest of the sorted `values` whose seconds(value) exceed `limit` (None if none does), by
+    bisection: seconds grows with the value (a longer prompt or context never costs less)."""
+    lo, hi = 0, len(values)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if seconds(values[mid]) > limit else (mid + 1, hi)
+    return values[lo] if lo < len(values) else None
+
+
 def certain_misses(cost_model, stats: WorkloadStats, *, slo_ttft_s, slo_tpot_s, fits_tokens: int,
                    budget: int, chunked: bool) -> Counter:
     """Requests that miss their SLOs whatever the load, counted by cause ('rejected', 'ttft', 'tpot')."""
+    prompts = sorted(set(stats.prompts))
+    ttft_from = first_above(prompts, slo_ttft_s, lambda p: prefill_s(cost_model, p, budget, chunked)) \
+        if slo_ttft_s is not None else None
+    tpot_from = first_above(prompts, slo_tpot_s, lambda p: decode_step_s(cost_model, 1, p + 1)) \
+        if slo_tpot_s is not None else None
     causes: Counter = Counter()
-    ttft_of = {p: prefill_s(cost_model, p, budget, chunked) for p in set(stats.prompts)} if slo_ttft_s else {}
     for prompt, output in zip(stats.prompts, stats.outputs):
         if prompt + output > fits_tokens:
             causes["rejected"] += 1
-        elif slo_ttft_s is not None and ttft_of[prompt] > slo_ttft_s:
+        elif ttft_from is not None and prompt >= ttft_from:
             causes["ttft"] += 1
-        elif slo_tpot_s is not None and output > 1 and decode_step_s(cost_model, 1, prompt + 1) > slo_tpot_s:
+        elif tpot_from is not None and output > 1 and prompt >= tpot_from:
             causes["tpot"] += 1
     return causes
 

@@ -276,6 +276,7 @@ class PlanOutcome:
         frame["_order"] = frame["status"].map(order)
         frame = frame.sort_values(["_order", "cost_per_hour", "e2e_p99_s", "config"], kind="stable")
         frame = frame.drop(columns="_order").reset_index(drop=True)
+        frame[["replicas", "gpus"]] = frame[["replicas", "gpus"]].astype("Int64")   # whole, or missing
         frame.insert(0, "rank", [i + 1 if s == "ok" else None for i, s in enumerate(frame["status"])])
         frame["rank"] = frame["rank"].astype("Int64")
         return frame
@@ -402,8 +403,9 @@ def _finish(cand: Candidate, spec: PlanSpec) -> None:
 
 def _skip(cand: Candidate, threshold: float, top: int) -> None:
     cand.status = "skipped"
-    cand.reason = (f"costs at least ${cand.cost_per_hour(cand.min_replicas):,.2f}/h ({cand.min_replicas} replicas "
-                   f"by the capacity bound), above the {top}th cheapest found (${threshold:,.2f}/h): not simulated")
+    n = cand.min_replicas
+    cand.reason = (f"costs at least ${cand.cost_per_hour(n):,.2f}/h ({n} replica{'s' * (n > 1)} by the capacity "
+                   f"bound), above the {top}th cheapest found (${threshold:,.2f}/h): not simulated")
 
 
 def _counts(cands: list[Candidate]) -> dict[str, int]:
