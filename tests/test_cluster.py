@@ -216,7 +216,7 @@ def test_cluster_config_errors():
         SimConfig(router="fastest")
     with pytest.raises(ConfigError, match="give replicas or pools, not both"):
         SimConfig(replicas=2, pools="pools.toml")
-    with pytest.raises(ConfigError, match="replicas must be positive"):
+    with pytest.raises(ConfigError, match="replicas must be at least 1"):
         SimConfig(replicas=0)
 
 
