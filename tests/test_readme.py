@@ -35,7 +35,8 @@ def readme_blocks(language: str) -> list[str]:
 
 
 def readme_commands() -> list[str]:
-    lines = [line.strip() for block in readme_blocks("bash") for line in block.splitlines()]
+    text = "\n".join(readme_blocks("bash")).replace("\\\n", " ")       # join `\` continuation lines
+    lines = [line.strip() for line in text.splitlines()]
     return [re.split(r"\s+#\s", line)[0].strip() for line in lines if line and not line.startswith("#")]
 
 

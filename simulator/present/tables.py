@@ -50,7 +50,8 @@ def comparison_table(runs: Sequence[tuple[str, Any]], option_values: Sequence[di
     same = [c for c in measured if len(runs) > 1 and len(set(shown[c.header])) == 1]
     columns = [c for c in measured if c not in same]
     caption = BEST_CAPTION + "".join(f"; {c.header} {shown[c.header][0]} in every row" for c in same)
-    table = Table(title=title, caption=caption, box=box.SIMPLE_HEAD, pad_edge=False)
+    table = Table(title=title, caption=caption, box=box.SIMPLE_HEAD, pad_edge=False,
+                  min_width=min(len(title) + 4, TABLE_WIDTH))
     for name in options or ["scenario"]:
         table.add_column(name.replace("_", "-"), overflow="fold")
     table.add_column("load", overflow="fold", min_width=9)
