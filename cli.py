@@ -596,6 +596,10 @@ def plan(*, scenario: dict, config: ConfigOpt = None, out: OutOpt = Path("serves
          top: Annotated[int, typer.Option(help="Rows of the plan: the cheapest configurations.")] = 10,
          max_replicas: Annotated[int, typer.Option(help="Give up on a configuration beyond this many replicas.")]
          = 512,
+         cluster_check: Annotated[Optional[str], typer.Option("--cluster-check", help="Also simulate each of the "
+                                                            "--top deployments whole: its replicas behind this "
+                                                            "router (e.g. round-robin, least-outstanding).")]
+         = None,
          exhaustive: Annotated[bool, typer.Option("--exhaustive", help="Simulate every configuration in full: no "
                                                   "bounds, skipping, early stops or reuse (same plan, slower).")]
          = False,
@@ -612,7 +616,8 @@ def plan(*, scenario: dict, config: ConfigOpt = None, out: OutOpt = Path("serves
         given = set(scenario) | set(scenario_values({}, config))
         axes = planner.with_default_axes(base, axes, given)
         spec = planner.PlanSpec(target_rate=target_rate, attainment=attainment, top=top, max_replicas=max_replicas,
-                                prices=planner.parse_prices(price or []), exhaustive=exhaustive)
+                                prices=planner.parse_prices(price or []), exhaustive=exhaustive,
+                                cluster_router=cluster_check)
         with _board(quiet, "simulations") as board:
             result = planner.run_plan(base, axes, spec, jobs=jobs, board=board, executor=executor, address=address)
         frame = result.frame()

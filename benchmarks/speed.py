@@ -11,6 +11,9 @@ configuration's capacity; continuous batching and paged KV unless named):
        arrives at 1.5x capacity
   S6   1,000,000 requests over 64 replicas behind a round-robin router, summary-only (80% of 64 replicas'
        capacity): a cluster should cost what one replica costs per request (compare S3)
+  S7   10,000 requests of multi-turn sessions (6 turns, 5 s think time), whose prompts share prefixes
+Prefix caching follows the engine preset (on for vllm-v1) unless --prefix-caching says on or off; `both` runs
+each scenario with it off and on, side by side, and prints the on/off wall ratios.
 Capacity is measured first, for each configuration: the completion rate of 2,000 requests that all arrive
 within two seconds (a saturated server), times the number of replicas.
 
@@ -21,6 +24,7 @@ the S6/S3 wall ratio (1 = a 64-replica cluster costs what one replica costs per 
 
 Usage:
     python benchmarks/speed.py                       # all scenarios; prints a table, writes speed.csv
+    python benchmarks/speed.py --only S1,S2,S3 --prefix-caching both   # the hashing's cost, side by side
     python benchmarks/speed.py --only S1,S2 --csv out.csv
     python benchmarks/speed.py --no-fast-path --only S1    # the step-by-step path, for comparison
 """
@@ -46,17 +50,20 @@ SCENARIOS: dict[str, dict] = {
     "S4b": {"num_requests": 10_000, "batching": "dynamic"},
     "S5": {"num_requests": 10_000, "chunked_prefill": True, "preemption": "swap", "surge": 1.5},
     "S6": {"num_requests": 1_000_000, "summary_only": True, "replicas": 64, "router": "round-robin"},
+    "S7": {"num_requests": 10_000, "sessions": "multi-turn:turns=6,think=5", "prompt_len": "lognormal:mean=400,sigma=0.8",
+           "turns": 6},
 }
-PER_RUN = ("surge", "num_requests", "summary_only", "replicas", "router")   # not part of a replica's capacity
+PER_RUN = ("surge", "num_requests", "summary_only", "replicas", "router", "turns")   # not part of a replica's capacity
 COLUMNS = ("scenario", "requests", "rate_rps", "capacity_rps", "wall_s", "cpu_s", "import_s", "workload_s", "engine_s",
            "frames_s", "peak_rss_mb", "requests_per_s", "output_tokens_per_s", "steps_per_s", "engine_steps",
-           "run_steps_pct", "simulated_s", "preemptions", "fast_path")
+           "run_steps_pct", "simulated_s", "preemptions", "fast_path", "prefix_caching", "hit_rate")
 
 
-def _config(name: str, rate: float, fast_path: bool):
+def _config(name: str, rate: float, fast_path: bool, prefix_caching: bool | None = None):
     from simulator.config import SimConfig
-    knobs = {k: v for k, v in SCENARIOS[name].items() if k != "surge"}
-    return SimConfig(rate=rate, seed=0, fast_path=fast_path, **knobs)
+    knobs = {k: v for k, v in SCENARIOS[name].items() if k not in ("surge", "turns")}
+    rate = rate / SCENARIOS[name].get("turns", 1)          # sessions: --rate counts sessions per second
+    return SimConfig(rate=rate, seed=0, fast_path=fast_path, prefix_caching=prefix_caching, **knobs)
 
 
 def _surge(specs, rate: float, factor: float, seed: int = 0):
@@ -70,13 +77,13 @@ def _surge(specs, rate: float, factor: float, seed: int = 0):
     return [RequestSpec(s.request_id, float(t), s.prompt_tokens, s.output_tokens) for s, t in zip(specs, arrivals)]
 
 
-def child(name: str, rate: float, fast_path: bool) -> dict:
+def child(name: str, rate: float, fast_path: bool, prefix_caching: bool | None = None) -> dict:
     """Run one scenario in this interpreter; return its measurements."""
     t0 = time.perf_counter()
     from simulator.api import build_parts, simulate, workload
     from simulator.engine import Engine
     t1, cpu1 = time.perf_counter(), time.process_time()
-    cfg = _config(name, rate, fast_path)
+    cfg = _config(name, rate, fast_path, prefix_caching)
     specs = workload(cfg)
     if "surge" in SCENARIOS[name]:
         specs = _surge(specs, rate, SCENARIOS[name]["surge"])
@@ -94,7 +101,8 @@ def child(name: str, rate: float, fast_path: bool) -> dict:
             "requests_per_s": len(specs) / wall, "output_tokens_per_s": out_tokens / wall,
             "steps_per_s": summary["num_steps"] / wall, "engine_steps": summary["num_steps"],
             "run_steps_pct": 100.0 * result.meta.get("run_steps", 0) / max(1, summary["num_steps"]),
-            "simulated_s": summary["duration_s"], "preemptions": summary["preemptions"], "fast_path": fast_path}
+            "simulated_s": summary["duration_s"], "preemptions": summary["preemptions"], "fast_path": fast_path,
+            "prefix_caching": cfg.prefix_cache, "hit_rate": summary["prefix_cache_hit_rate"]}
 
 
 def capacity(name: str) -> float:
@@ -105,8 +113,9 @@ def capacity(name: str) -> float:
     return one * SCENARIOS[name].get("replicas", 1)
 
 
-def run_child(name: str, rate: float, fast_path: bool) -> dict:
+def run_child(name: str, rate: float, fast_path: bool, prefix_caching: str | None = None) -> dict:
     cmd = [sys.executable, __file__, "--child", name, "--rate", repr(rate)] + ([] if fast_path else ["--no-fast-path"])
+    cmd += ["--prefix-caching", prefix_caching] if prefix_caching else []
     start = time.perf_counter()
     path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))   # this checkout first
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": path})
@@ -118,19 +127,27 @@ def run_child(name: str, rate: float, fast_path: bool) -> dict:
 
 
 def print_table(rows: list[dict]) -> None:
-    head = ("scenario", "requests", "rate_rps", "wall_s", "cpu_s", "import_s", "peak_rss_mb", "requests_per_s",
-            "output_tokens_per_s", "steps_per_s", "engine_steps", "run_steps_pct")
+    head = ("scenario", "requests", "rate_rps", "prefix_caching", "hit_rate", "wall_s", "cpu_s", "import_s",
+            "peak_rss_mb", "requests_per_s", "output_tokens_per_s", "steps_per_s", "engine_steps", "run_steps_pct")
     fmt = lambda v: f"{v:,.2f}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int) else str(v)
     cells = [head] + [tuple(fmt(r[h]) for h in head) for r in rows]
     widths = [max(len(c[i]) for c in cells) for i in range(len(head))]
     for line in cells:
         print("  ".join(c.rjust(w) for c, w in zip(line, widths)))
-    by = {r["scenario"]: r for r in rows}
-    if "S1" in by and "S2" in by:
-        print(f"S2/S1 wall ratio: {by['S2']['wall_s'] / by['S1']['wall_s']:.2f} (10 = linear in requests)")
-    if "S3" in by and "S6" in by:
-        print(f"S6/S3 wall ratio: {by['S6']['wall_s'] / by['S3']['wall_s']:.2f} (1 = 64 replicas cost what one "
-              "does per request)")
+    by = {(r["scenario"], r["prefix_caching"]): r for r in rows}
+    for caching in (False, True):
+        mode = f", prefix caching {'on' if caching else 'off'}"
+        if ("S1", caching) in by and ("S2", caching) in by:
+            ratio = by[("S2", caching)]["wall_s"] / by[("S1", caching)]["wall_s"]
+            print(f"S2/S1 wall ratio{mode}: {ratio:.2f} (10 = linear in requests)")
+        if ("S3", caching) in by and ("S6", caching) in by:
+            ratio = by[("S6", caching)]["wall_s"] / by[("S3", caching)]["wall_s"]
+            print(f"S6/S3 wall ratio{mode}: {ratio:.2f} (1 = 64 replicas cost what one does per request)")
+    for name in dict.fromkeys(r["scenario"] for r in rows):
+        if (name, False) in by and (name, True) in by:
+            on, off = by[(name, True)], by[(name, False)]
+            print(f"{name}: prefix caching on/off: wall {on['wall_s'] / off['wall_s']:.2f}, CPU "
+                  f"{on['cpu_s'] / off['cpu_s']:.2f}; hit rate {on['hit_rate']:.1%}")
 
 
 def main() -> None:
@@ -138,11 +155,14 @@ def main() -> None:
     ap.add_argument("--only", default=",".join(SCENARIOS), help="comma list of scenarios")
     ap.add_argument("--csv", default="speed.csv", help="where to write the table")
     ap.add_argument("--no-fast-path", action="store_true", help="simulate step by step")
+    ap.add_argument("--prefix-caching", choices=("on", "off", "both"),
+                    help="prefix caching on, off, or both side by side (default: the engine preset's)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--rate", type=float, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(child(args.child, args.rate, not args.no_fast_path)))
+        caching = None if args.prefix_caching is None else args.prefix_caching == "on"
+        print(json.dumps(child(args.child, args.rate, not args.no_fast_path, caching)))
         return
     names = [n.strip() for n in args.only.split(",") if n.strip()]
     unknown = [n for n in names if n not in SCENARIOS]
@@ -154,10 +174,13 @@ def main() -> None:
         key = tuple(sorted((k, v) for k, v in SCENARIOS[name].items() if k not in PER_RUN[1:3]))
         if key not in caps:
             caps[key] = capacity(name)
-        row = run_child(name, round(LOAD * caps[key], 3), not args.no_fast_path)
-        row["capacity_rps"] = caps[key]
-        rows.append(row)
-        print(f"{name}: {row['wall_s']:.2f} s wall, {row['peak_rss_mb']:.0f} MB", file=sys.stderr, flush=True)
+        modes = ("off", "on") if args.prefix_caching == "both" else (args.prefix_caching,)
+        for mode in modes:
+            row = run_child(name, round(LOAD * caps[key], 3), not args.no_fast_path, mode)
+            row["capacity_rps"] = caps[key]
+            rows.append(row)
+            print(f"{name} (prefix caching {'on' if row['prefix_caching'] else 'off'}): {row['wall_s']:.2f} s wall, "
+                  f"{row['peak_rss_mb']:.0f} MB", file=sys.stderr, flush=True)
     print_table(rows)
     with open(args.csv, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)

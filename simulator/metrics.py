@@ -34,7 +34,8 @@ STEP_COLUMNS = ("step", "start_s", "duration_s", "batch_size", "num_prefill_toke
                 "context_tokens", "flops", "bytes", "bound", "gemm_s", "attention_s", "elementwise_s",
                 "communication_s", "overhead_s", "swap_s", "num_running", "num_waiting", "num_preempted")
 KV_COLUMNS = ("time_s", "used_tokens", "allocated_tokens", "capacity_tokens", "free_tokens",
-              "largest_free_hole_tokens", "cached_tokens", "utilization", "internal_fragmentation", "external_fragmentation",
+              "largest_free_hole_tokens", "cached_tokens", "evictable_tokens", "utilization", "internal_fragmentation",
+              "external_fragmentation",
               "num_running", "num_waiting", "preemptions_total")
 REQUEST_COLUMNS = ("request_id", "arrival_s", "prompt_tokens", "output_tokens", "status", "reject_reason",
                    "scheduled_s", "first_token_s", "finish_s", "ttft_s", "tpot_s", "e2e_s", "queueing_s",
@@ -63,10 +64,12 @@ ROW_FIELDS = (("start_s", "d"), ("duration_s", "d"), ("batch_size", "q"), ("num_
               ("overhead_s", "d"), ("swap_s", "d"), ("num_running", "q"), ("num_waiting", "q"),
               ("num_preempted", "q"), ("used_tokens", "q"), ("allocated_tokens", "q"), ("capacity_tokens", "q"),
               ("free_tokens", "q"), ("largest_free_hole_tokens", "q"), ("cached_tokens", "q"),
+              ("evictable_tokens", "q"),
               ("preemptions_total", "q"))
 # What a summary-only step row keeps (the columns StepSums.add reads), in order.
 SUM_FIELDS = ("duration_s", "flops", "bytes", "num_running", "num_waiting", "used_tokens", "allocated_tokens",
-              "capacity_tokens", "free_tokens", "largest_free_hole_tokens", "cached_tokens")
+              "capacity_tokens", "free_tokens", "largest_free_hole_tokens", "cached_tokens",
+              "evictable_tokens")
 BOUND_CODE = {b: i for i, b in enumerate(BOUNDS)}
 RUN_BATCH = 256                     # steps or runs queued before they become rows (summary-only: are summed)
 ITL_COMPACT = 1 << 20                # gaps kept before equal ones are merged (or binned, summary-only)
@@ -323,7 +326,7 @@ def expand_runs(runs: list[RunRecord], full: bool = True) -> tuple[dict[str, np.
             "used_tokens": rep(r.used_tokens) + (within + 1) * live_rep,
             "allocated_tokens": rep([u.allocated_tokens for u in usage]) + grown, "capacity_tokens": cap,
             "free_tokens": free, "largest_free_hole_tokens": largest,
-            "cached_tokens": rep([u.cached_tokens for u in usage])}   # a run caches and evicts nothing
+            **_run_cache(usage, rep, grown)}
     if full:
         zeros = np.zeros(total, np.int64)
         rows.update({"start_s": begin, "batch_size": rep(r.num_decode), "num_prefill_tokens": zeros,
@@ -342,6 +345,15 @@ def expand_runs(runs: list[RunRecord], full: bool = True) -> tuple[dict[str, np.
     return rows, gaps, counts
 
 
+def _run_cache(usage, rep, grown: np.ndarray) -> dict[str, np.ndarray]:
+    """Prefix-cache tokens at each step of runs: a run caches nothing, and its growth takes never-cached free
+    blocks first, then evicts cached free ones (as the step-by-step path does, step by step)."""
+    cached, evictable = rep([u.cached_tokens for u in usage]), rep([u.evictable_tokens for u in usage])
+    uncached_free = rep([u.free_tokens - u.evictable_tokens for u in usage])
+    evicted = np.maximum(grown - uncached_free, 0)
+    return {"cached_tokens": cached - evicted, "evictable_tokens": evictable - evicted}
+
+
 def steps_frame(rows: dict[str, np.ndarray]) -> pd.DataFrame:
     """The steps frame from rows in step order (bound codes become text)."""
     n = len(rows["start_s"])
@@ -357,7 +369,8 @@ def kv_frame(rows) -> pd.DataFrame:
                          "allocated_tokens": rows["allocated_tokens"], "capacity_tokens": rows["capacity_tokens"],
                          "free_tokens": rows["free_tokens"],
                          "largest_free_hole_tokens": rows["largest_free_hole_tokens"],
-                         "cached_tokens": rows["cached_tokens"], **kv_ratios(rows), "num_running": rows["num_running"], "num_waiting": rows["num_waiting"],
+                         "cached_tokens": rows["cached_tokens"], "evictable_tokens": rows["evictable_tokens"],
+                         **kv_ratios(rows), "num_running": rows["num_running"], "num_waiting": rows["num_waiting"],
                          "preemptions_total": rows["preemptions_total"]}, copy=False)
 
 

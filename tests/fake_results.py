@@ -14,7 +14,8 @@ STEP_COLUMNS = ["step", "start_s", "duration_s", "batch_size", "num_prefill_toke
                 "context_tokens", "flops", "bytes", "bound", "gemm_s", "attention_s", "elementwise_s",
                 "communication_s", "overhead_s", "num_running", "num_waiting", "num_preempted"]
 KV_COLUMNS = ["time_s", "used_tokens", "allocated_tokens", "capacity_tokens", "free_tokens",
-              "largest_free_hole_tokens", "cached_tokens", "utilization", "internal_fragmentation",
+              "largest_free_hole_tokens", "cached_tokens", "evictable_tokens", "utilization",
+              "internal_fragmentation",
               "external_fragmentation",
               "num_running", "num_waiting", "preemptions_total"]
 
@@ -77,7 +78,8 @@ def fake_kv(steps: pd.DataFrame, capacity_tokens: int = 50_000) -> pd.DataFrame:
     return pd.DataFrame({
         "time_s": steps["start_s"].to_numpy(), "used_tokens": used, "allocated_tokens": allocated,
         "capacity_tokens": np.full(n, capacity_tokens), "free_tokens": free,
-        "largest_free_hole_tokens": free // 2, "cached_tokens": np.zeros(n, int), "utilization": used / capacity_tokens,
+        "largest_free_hole_tokens": free // 2, "cached_tokens": np.zeros(n, int),
+        "evictable_tokens": np.zeros(n, int), "utilization": used / capacity_tokens,
         "internal_fragmentation": (allocated - used) / capacity_tokens,
         "external_fragmentation": np.where(free > 0, 0.5, 0.0),
         "num_running": steps["num_running"].to_numpy(), "num_waiting": steps["num_waiting"].to_numpy(),

@@ -266,3 +266,20 @@ def test_sweep_and_compare_take_an_executor(tmp_path):
     result = runner.invoke(app, ["sweep", "--num-requests", "20", "--rate", "1,2", "--slo-ttft", "1",
                                  "--executor", "nope", "--out", str(tmp_path / "s")])
     assert result.exit_code == 2 and result.output.startswith("error: unknown executor 'nope'")
+
+
+def test_cluster_check_simulates_the_top_deployments_whole():
+    spec = PlanSpec(target_rate=12.0, top=1, cluster_router="round-robin")
+    outcome = run_plan(SMALL, {"gpu": ("h100-sxm", "l40s")}, spec, jobs=1)
+    best = outcome.best().iloc[0]
+    cand = next(c for c in outcome.candidates if c.label == best["config"])
+    whole = simulate(cand.config.replace(replicas=cand.replicas, router="round-robin", rate=12.0,
+                                         num_requests=150 * cand.replicas)).summary()
+    assert best["cluster_slo_attainment"] == whole["slo_attainment"]
+    assert best["cluster_meets_slo"] == (whole["slo_attainment"] >= 0.9)
+    assert outcome.counts["cluster_simulations"] == 1
+    assert outcome.frame()["cluster_meets_slo"].notna().sum() == 1      # only the top row is checked
+    with pytest.raises(AxisError, match="^--cluster-check: unknown router 'nearest'; choose one of: "):
+        PlanSpec(target_rate=1.0, cluster_router="nearest")
+    with pytest.raises(AxisError, match="^plan chooses the replica count itself"):
+        run_plan(SMALL.replace(replicas=2), {}, PlanSpec(target_rate=1.0), jobs=1)

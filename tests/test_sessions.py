@@ -76,3 +76,15 @@ def test_each_turn_hits_the_whole_previous_turn_in_whole_blocks(fast_path):
         assert df.cached_tokens[s.request_id] == expected
         if prev is not None:
             assert df.arrival_s[s.request_id] == pytest.approx(df.finish_s[prev.request_id] + s.think_s)
+
+
+def test_scenario_options_reach_the_workload():
+    from simulator.api import simulate
+    from simulator.config import SimConfig
+    cfg = SimConfig(sessions="multi-turn:turns=3,think=1", system_prompts="2:256", prompt_len="uniform:20:200",
+                    output_len="uniform:5:60", num_requests=30, rate=2.0, prefix_caching=True)
+    res = simulate(cfg)
+    df = res.requests
+    assert len(df) == 30 and (df.status == "finished").all()
+    assert (df.cached_tokens > 0).mean() > 0.5          # later turns hit their history, first ones the system prompt
+    assert res.summary()["prefix_cache_hit_rate"] > 0.3

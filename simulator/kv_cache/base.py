@@ -20,6 +20,7 @@ class KVUsage(NamedTuple):
     free_tokens: int
     largest_free_hole_tokens: int   # the largest contiguous free run (equals free_tokens when any slot serves)
     cached_tokens: int = 0          # slots of blocks in the prefix cache (held or free); 0 without prefix caching
+    evictable_tokens: int = 0       # of those, free ones (nobody holds them): taken, oldest first, when memory runs out
 
 
 class KVCacheManager(ABC):

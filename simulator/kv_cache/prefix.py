@@ -19,7 +19,9 @@ pieces' (id, offset, length) triples; tokens past the pieces are the request's o
 Simplifications, none of which changes a hit: a request's own blocks (no other request can hit them) are hashed
 only when it is preempted, the one time they can hit again; blocks holding response tokens are cached when
 their request is freed rather than as they fill (only a later request re-sends a response, and it arrives
-after the response finished), which keeps runs of decode steps free of cache changes. Deviations: vLLM keeps
+after the response finished), so runs of decode steps cache nothing. A run may grow into cached free blocks:
+`reserve` counts them, and the oldest are evicted before the next change to the cache (`_settle_evictions`),
+the same blocks the step-by-step path evicts one step at a time; queries meanwhile treat them as evicted. Deviations: vLLM keeps
 one LRU queue of all free blocks, cached or not, while servesim hands out never-cached free blocks first, so a
 cached block is evicted only when no other block is free; a block whose hash is already cached elsewhere is not
 cached a second time (vLLM keeps both).
@@ -27,6 +29,7 @@ cached a second time (vLLM keeps both).
 from __future__ import annotations
 
 from collections import OrderedDict
+from itertools import islice
 
 from simulator.kv_cache.paged import PagedKVCache
 from simulator.request import Request
@@ -105,17 +108,43 @@ class PrefixCachingPagedKV(PagedKVCache):
         limit = (req.num_tokens - 1) // self.block_size
         hashes = self._request_hashes(req, limit if req.num_preemptions else 0)
         cached, n = self.cached, 0
+        gone = self._pending_evictions()
         for h in hashes[:limit]:
-            if h not in cached:
+            if h not in cached or cached[h] in gone:
                 break
             n += 1
         return n * self.block_size
 
-    # ---- allocation ----
+    # ---- evictions a run of decode steps has reserved but not yet made ----
     def free_growth_blocks(self) -> int:
-        # Runs of decode steps grow into never-cached free blocks only, so a run evicts nothing (the step-by-step
-        # path evicts, in order, when those are gone).
-        return len(self.free_blocks) - self.reserved_blocks
+        return len(self.free_blocks) + len(self.lru) - self.reserved_blocks
+
+    def reserve(self, num_blocks: int) -> None:
+        assert num_blocks <= self.free_growth_blocks(), "reserve beyond the free pool"
+        self.reserved_blocks += num_blocks
+        assert self.reserved_blocks >= 0
+
+    def _num_pending_evictions(self) -> int:
+        return max(0, self.reserved_blocks - len(self.free_blocks))
+
+    def _pending_evictions(self) -> set[int]:
+        """The cached free blocks that reserved growth will evict (the oldest), as block ids."""
+        n = self._num_pending_evictions()
+        return set(islice(self.lru, n)) if n else set()
+
+    def _settle_evictions(self) -> None:
+        """Evict the cached blocks that reserved growth took, before anything else changes the cache."""
+        for _ in range(self._num_pending_evictions()):
+            self._evict()
+
+    def _evict(self) -> None:
+        block, _ = self.lru.popitem(last=False)
+        del self.cached[self.block_hash.pop(block)]
+        del self.refs[block]
+        self.free_blocks.append(block)
+        self.num_evictions += 1
+
+    # ---- allocation ----
 
     def can_allocate(self, req: Request, num_tokens: int, *, admission: bool = False, cached_tokens: int = 0) -> bool:
         hit = self._hit_blocks(req, cached_tokens)
@@ -133,6 +162,7 @@ class PrefixCachingPagedKV(PagedKVCache):
         return [self.cached[h] for h in hashes[:k]]
 
     def allocate(self, req: Request, num_tokens: int, *, cached_tokens: int = 0) -> None:
+        self._settle_evictions()
         hit = self._hit_blocks(req, cached_tokens)
         if hit:
             for block in hit:
@@ -159,15 +189,12 @@ class PrefixCachingPagedKV(PagedKVCache):
     def _take(self, req: Request, need: int) -> None:
         short = need - (len(self.free_blocks) - self.reserved_blocks)
         for _ in range(max(0, short)):               # evict cached blocks, least recently freed first
-            block, _ = self.lru.popitem(last=False)
-            del self.cached[self.block_hash.pop(block)]
-            del self.refs[block]
-            self.free_blocks.append(block)
-            self.num_evictions += 1
+            self._evict()
         super()._take(req, need)
 
     def settle(self, req: Request, num_tokens: int, *, keep: bool = True) -> None:
         # Always take the blocks: a finishing request's full blocks are cached when it is freed next.
+        self._settle_evictions()
         super().settle(req, num_tokens, keep=True)
 
     def _register(self, req: Request, num_blocks: int) -> None:
@@ -189,6 +216,7 @@ class PrefixCachingPagedKV(PagedKVCache):
         self._registered[rid] = max(start, num_blocks)
 
     def free(self, req: Request) -> None:
+        self._settle_evictions()
         rid = req.request_id
         if rid in self.block_tables:
             finished = req.is_finished
@@ -218,8 +246,10 @@ class PrefixCachingPagedKV(PagedKVCache):
 
     def usage(self):
         usage = super().usage()
-        lru_tokens = len(self.lru) * self.block_size
+        b, pending = self.block_size, self._num_pending_evictions()
+        lru_tokens = len(self.lru) * b
         return usage._replace(allocated_tokens=usage.allocated_tokens - lru_tokens,
                               free_tokens=usage.free_tokens + lru_tokens,
                               largest_free_hole_tokens=usage.free_tokens + lru_tokens,
-                              cached_tokens=len(self.cached) * self.block_size)
+                              cached_tokens=(len(self.cached) - pending) * b,
+                              evictable_tokens=(len(self.lru) - pending) * b)

@@ -19,8 +19,9 @@ TABLE_COLUMNS = (("replicas", "replicas", "{:.0f}"), ("gpus", "GPUs", "{:.0f}"),
                  ("usd_per_gpu_hour", "$/GPU-h", "{:.2f}"), ("cost_per_hour", "$/h", "{:,.2f}"),
                  ("cost_per_million_output_tokens", "$/M out tok", "{:.2f}"),
                  ("rate_per_replica", "req/s per replica", "{:.3g}"), ("ttft_p99_s", "TTFT p99 ms", "{:.0f}"),
-                 ("tpot_p99_s", "TPOT p99 ms", "{:.1f}"), ("e2e_p99_s", "E2E p99 s", "{:.1f}"))
-SCALE = {"ttft_p99_s": 1e3, "tpot_p99_s": 1e3}
+                 ("tpot_p99_s", "TPOT p99 ms", "{:.1f}"), ("e2e_p99_s", "E2E p99 s", "{:.1f}"),
+                 ("cluster_slo_attainment", "cluster SLO %", "{:.1f}"))
+SCALE = {"ttft_p99_s": 1e3, "tpot_p99_s": 1e3, "cluster_slo_attainment": 100.0}
 
 
 def _cell(row, key: str, fmt: str) -> str:
@@ -49,7 +50,9 @@ def headline(outcome) -> list[str]:
             f"rate ({c['ruled_out_by_bounds']} found by bounds without simulating), {c['does not fit']} do not fit, "
             f"{c['invalid']} invalid, {c['skipped']} skipped by the cost bound",
             f"{c['simulations']} simulations run ({c['stopped_early']} stopped early once their verdict was "
-            f"certain), {c['reused']} reused from a run with a larger max-num-seqs that never filled"]
+            f"certain), {c['reused']} reused from a run with a larger max-num-seqs that never filled"
+            + (f"; {c['cluster_simulations']} whole deployments simulated behind a {spec.cluster_router} router "
+               "(column 'cluster SLO %')" if spec.cluster_router else "")]
 
 
 def _prices(outcome) -> dict[str, tuple[float, str]]:

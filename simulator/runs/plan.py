@@ -54,6 +54,7 @@ class PlanSpec:
     max_replicas: int = 512
     prices: Mapping[str, float] = field(default_factory=dict)   # GPU name -> USD per GPU-hour overrides
     exhaustive: bool = False                 # no bounds, no skipping, no early stops, no reuse
+    cluster_router: str | None = None        # check the top rows as n replicas behind this router (one simulation)
 
     def __post_init__(self) -> None:
         if not (isinstance(self.target_rate, (int, float)) and self.target_rate > 0):
@@ -62,6 +63,10 @@ class PlanSpec:
             raise AxisError(f"--attainment must be in (0, 1], got {self.attainment}")
         if self.top < 1:
             raise AxisError(f"--top must be at least 1, got {self.top}")
+        from simulator.cluster import ROUTERS
+        if self.cluster_router is not None and self.cluster_router not in ROUTERS:
+            raise AxisError(f"--cluster-check: unknown router '{self.cluster_router}'; choose one of: "
+                            f"{', '.join(ROUTERS)}")
 
 
 # ---- one probe: does one replica meet the SLOs at this rate? ----------------------------------------------------
@@ -153,6 +158,7 @@ class Candidate:
     bound: Bound | None = None
     search: ReplicaSearch | None = None
     probes: dict[int, Probe] = field(default_factory=dict)     # replica count -> its probe
+    cluster: Probe | None = None     # the deployment simulated whole: n replicas behind a router
     simulations: int = 0
     reused: int = 0
     stopped_early: int = 0
@@ -302,6 +308,9 @@ class PlanOutcome:
                 "capacity_bound": c.bound.max_rate_per_s if c.bound else math.nan,
                 **{k: metrics.get(k, math.nan) for k in ("ttft_p99_s", "tpot_p99_s", "e2e_p99_s",
                                                          "slo_attainment")},
+                "cluster_meets_slo": c.cluster.meets if c.cluster else None,
+                "cluster_slo_attainment": c.cluster.metrics.get("slo_attainment") if c.cluster else math.nan,
+                "cluster_ttft_p99_s": c.cluster.metrics.get("ttft_p99_s") if c.cluster else math.nan,
                 "simulations": c.simulations, "reused": c.reused, "stopped_early": c.stopped_early}
 
 
@@ -323,12 +332,16 @@ def run_plan(base: SimConfig, axes: Mapping[str, Sequence[Any]], spec: PlanSpec,
     from simulator.runs.executors import make_executor
     if base.slo_ttft_s is None and base.slo_tpot_s is None:
         raise AxisError("plan needs an SLO: give --slo-ttft and/or --slo-tpot (seconds)")
+    if base.replicas != 1 or base.pools or "replicas" in axes:
+        raise AxisError("plan chooses the replica count itself: drop --replicas/--pools (see --cluster-check)")
     pool = make_executor(executor, jobs=jobs, board=board, address=address)   # a bad name fails before work
     stats = workload_stats(base)
     cands = candidates(base, axes, spec, stats)
     with pool as runner:
         width = WAVE_PER_WORKER * _workers(runner)
         counts = _search(cands, spec, runner, width)
+        if spec.cluster_router:
+            counts["cluster_simulations"] = check_clusters(cands, spec, runner)
     return PlanOutcome(spec, base, dict(axes), cands, stats, counts)
 
 
@@ -360,6 +373,21 @@ def _search(cands: list[Candidate], spec: PlanSpec, runner, width: int) -> dict[
                 if cand.status == "ok":
                     done.append(cand.cost_per_hour())
     return _counts(cands)
+
+
+def check_clusters(cands: list[Candidate], spec: PlanSpec, runner) -> int:
+    """Simulate each of the `top` cheapest deployments whole: its n replicas behind the router, offered the
+    target rate, with n times the workload's requests (so each replica sees as many as in the search)."""
+    ok = sorted((c for c in cands if c.status == "ok"), key=lambda c: (c.cost_per_hour(), c.label))[:spec.top]
+    configs = [c.config.replace(replicas=c.replicas, router=spec.cluster_router, rate=spec.target_rate,
+                                num_requests=c.config.request_cap * c.replicas) for c in ok]
+    task = partial(probe, attainment=spec.attainment, early_stop=False)
+    results = runner.run([f"{c.label} cluster x{c.replicas}" for c in ok], configs, task=task) if ok else []
+    for cand, found in zip(ok, results):
+        cand.cluster = found
+        cand.reason += (f"; as {cand.replicas} replicas behind a {spec.cluster_router} router: "
+                        f"{found.metrics['slo_attainment']:.1%} of requests meet the SLOs")
+    return len(results)
 
 
 def _run_probes(todo, spec: PlanSpec, runner, cache: ProbeCache | None, task) -> None:
@@ -452,7 +480,9 @@ def with_default_axes(base: SimConfig, axes: Mapping[str, Sequence[Any]], given:
         out["chunked_prefill"] = DEFAULT_CHUNKED
     if "gpu" not in given and "gpu_file" not in given:
         out["gpu"] = _gpus_that_fit(base, max(out.get("tp", (base.tp,))) * base.pp)
-    return out
+    from simulator.runs.options import OPTIONS_BY_FIELD
+    order = list(OPTIONS_BY_FIELD)                      # labels read in the options' order: gpu first
+    return {name: out[name] for name in sorted(out, key=lambda n: order.index(n) if n in order else len(order))}
 
 
 def _gpus_that_fit(base: SimConfig, gpus_per_replica: int) -> tuple[str, ...]:
