@@ -25,9 +25,11 @@ def resolve_hardware(cfg: SimConfig) -> tuple[ModelSpec, GPUSpec]:
     return resolve_model(None if cfg.model_config else cfg.model, cfg.model_config), gpu
 
 
-def build_parts(cfg: SimConfig) -> EngineParts:
-    """Resolve a config into the policy, KV manager and cost model the engine drives."""
-    model, gpu = resolve_hardware(cfg)
+def build_parts(cfg: SimConfig, model: ModelSpec | None = None) -> EngineParts:
+    """Resolve a config into the policy, KV manager and cost model the engine drives (`model`: instead of the
+    config's, e.g. one data-parallel rank's share of an MoE model's experts)."""
+    resolved, gpu = resolve_hardware(cfg)
+    model = model or resolved
     engine = get_engine(cfg.engine)
     if cfg.max_model_len is None:
         cfg = cfg.replace(max_model_len=min(model.max_model_len, DEFAULT_MAX_MODEL_LEN))

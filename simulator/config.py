@@ -108,6 +108,8 @@ class SimConfig:
     pools: str | None = None               # a TOML/YAML file of replica groups (instead of `replicas`)
     prefill_replicas: int = 0              # prefill/decode disaggregation: this many prefill replicas...
     decode_replicas: int = 0               # ...and this many decode replicas (both, or neither)
+    dp: int = 1                            # data-parallel ranks (cluster/dp_ep.py with expert_parallel)
+    expert_parallel: bool = False          # MoE: experts sharded over the dp ranks, which step in lockstep
     kv_link: str = "ib-ndr"                # the link prompts' KV crosses from prefill to decode (per GPU)
     kv_transfer: str = "whole"             # 'whole' after the prefill, or 'layerwise' as layers finish
     # speed
@@ -156,11 +158,15 @@ class SimConfig:
                               f"got {pd[0]} and {pd[1]}")
         if max(pd) and (self.replicas != 1 or self.pools is not None):
             raise ConfigError("give prefill-replicas and decode-replicas, or replicas, or pools; not several")
+        if self.dp > 1 and (self.replicas != 1 or self.pools is not None or max(pd)):
+            raise ConfigError("give dp, or replicas, or pools, or prefill/decode replicas; not several")
+        if self.expert_parallel and self.dp < 2:
+            raise ConfigError("expert-parallel shards experts over data-parallel ranks: give --dp 2 or more")
 
     @property
     def is_cluster(self) -> bool:
         """Several replicas (or a pools file): simulated by simulator.cluster."""
-        return self.replicas > 1 or self.pools is not None or self.prefill_replicas > 0
+        return self.replicas > 1 or self.pools is not None or self.prefill_replicas > 0 or self.dp > 1
 
     @property
     def prefix_cache(self) -> bool:
@@ -229,7 +235,7 @@ FIELD_RANGES: dict[str, tuple[float, float] | tuple[float, float, str]] = {
     "batch_size": (1, 10**7), "max_batch_size": (1, 10**7), "max_wait_s": (0, 1e9), "block_size": (1, 10**6),
     "gpu_memory_utilization": (0, 1, OPEN), "num_gpu_blocks": (1, 10**15), "kv_capacity_tokens": (1, 10**16),
     "swap_space_gb": (0, 1e9), "slo_ttft_s": (0, 1e9, OPEN), "slo_tpot_s": (0, 1e9, OPEN),
-    "max_request_rows": (1, 10**10), "max_concurrency": (1, 10**7), "replicas": (1, 10_000),
+    "max_request_rows": (1, 10**10), "max_concurrency": (1, 10**7), "replicas": (1, 10_000), "dp": (1, 10_000),
     "router_delay_s": (0, 1e6), "burstiness": (0, 1e6, OPEN),
     "slo_e2e_s": (0, 1e9, OPEN),
 }

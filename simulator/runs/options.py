@@ -228,6 +228,10 @@ SCENARIO_OPTIONS: tuple[ScenarioOption, ...] = (
                      "instead of --replicas.", CL),
     _o("prefill_replicas", int, "Prefill/decode disaggregation: prefill replicas (with --decode-replicas).", CL),
     _o("decode_replicas", int, "Prefill/decode disaggregation: decode replicas (with --prefill-replicas).", CL),
+    _o("dp", int, "Data-parallel ranks, each a full engine with its own requests and KV, on its own tp GPUs; "
+                  "without --expert-parallel: that many independent replicas. [default: 1]", CL),
+    _o("expert_parallel", bool, "MoE models with --dp N: experts sharded over the N ranks, which step in lockstep "
+                                "(token all-to-alls on the GPU link): on or off. [default: off]", CL),
     _o("kv_link", str, "Link the prompt KV crosses from prefill to decode, per GPU: nvlink3/4/5, pcie4-p2p, ..., "
                        "ib-ndr, ib-hdr, roce-400g/200g/100g, or rdma:<Gb/s>. [default: ib-ndr]", CL),
     _o("kv_transfer", str, "KV transfer: whole (after the prefill) or layerwise (as layers finish). "
