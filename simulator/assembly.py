@@ -25,9 +25,11 @@ def resolve_hardware(cfg: SimConfig) -> tuple[ModelSpec, GPUSpec]:
     return resolve_model(None if cfg.model_config else cfg.model, cfg.model_config), gpu
 
 
-def build_parts(cfg: SimConfig) -> EngineParts:
-    """Resolve a config into the policy, KV manager and cost model the engine drives."""
-    model, gpu = resolve_hardware(cfg)
+def build_parts(cfg: SimConfig, model: ModelSpec | None = None) -> EngineParts:
+    """Resolve a config into the policy, KV manager and cost model the engine drives (`model`: instead of the
+    config's, e.g. one data-parallel rank's share of an MoE model's experts)."""
+    resolved, gpu = resolve_hardware(cfg)
+    model = model or resolved
     engine = get_engine(cfg.engine)
     if cfg.max_model_len is None:
         cfg = cfg.replace(max_model_len=min(model.max_model_len, DEFAULT_MAX_MODEL_LEN))
@@ -57,8 +59,9 @@ def build_parts(cfg: SimConfig) -> EngineParts:
     policy = make_policy(cfg.batching, kv, params)
     meta = {"model": asdict(model), "gpu": asdict(gpu), "memory": asdict(plan),
             "kv_capacity_tokens": plan.capacity_tokens, "max_num_batched_tokens": cfg.token_budget,
-            "peak_flops_per_s": gpu.matrix_flops_per_s(cfg.dtype) * cfg.flops_scale * cfg.tp * cfg.pp,
-            "peak_bytes_per_s": gpu.hbm_bytes_per_s * cfg.bandwidth_scale * cfg.tp * cfg.pp}
+            # one GPU's peaks: a step's FLOPs and bytes are one tensor-parallel shard's (simulator.cost)
+            "peak_flops_per_s": gpu.matrix_flops_per_s(cfg.dtype) * cfg.flops_scale,
+            "peak_bytes_per_s": gpu.hbm_bytes_per_s * cfg.bandwidth_scale}
     return EngineParts(policy=policy, cost_model=cost_model, max_model_len=cfg.max_model_len,
                        config=cfg.to_dict(), meta=meta, slo=(cfg.slo_ttft_s, cfg.slo_tpot_s, cfg.slo_e2e_s),
                        options=EngineOptions(fast_path=cfg.fast_path, summary_only=cfg.summary_only,

@@ -1,7 +1,7 @@
 """The layout's rules, read from the source: no import cycle, and no module importing a layer above its own.
 
 Layers, bottom up: hardware/ and workloads/; the simulation core (simulator/*.py, cost/, batching/, kv_cache/);
-simulator/assembly.py, simulator/api.py and cluster/sim.py (one replica or many); present/ (tables, plots, reports); runs/ (many scenarios: sweep, capacity, parallel,
+simulator/assembly.py, simulator/api.py, cluster/sim.py and cluster/dp_ep.py (one replica or many); present/ (tables, plots, reports); runs/ (many scenarios: sweep, capacity, parallel,
 outputs); experiments/ and validate/; cli.py and the `simulator` package facade. Imports inside functions count.
 """
 from __future__ import annotations
@@ -48,7 +48,7 @@ def import_graph() -> dict[str, set[str]]:
 def layer(module: str) -> int:
     if module in ("cli", "simulator"):
         return 6
-    if module in ("simulator.cluster", "simulator.cluster.sim"):
+    if module in ("simulator.cluster", "simulator.cluster.sim", "simulator.cluster.dp_ep"):
         return 2                                  # replicas built like simulate() builds one (routers, pools: core)
     for rank, prefixes in ((5, ("simulator.experiments", "simulator.validate")), (4, ("simulator.runs",)),
                            (3, ("simulator.present",)),

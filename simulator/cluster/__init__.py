@@ -11,6 +11,11 @@ def simulate_cluster(cfg, specs):
     from simulator.cluster.pools import ReplicaGroup
     from simulator.cluster.result import merge_runs
     from simulator.cluster.sim import check_open_loop, run_replicas, simulate_disaggregated
+    if cfg.dp > 1:
+        if cfg.expert_parallel:
+            from simulator.cluster.dp_ep import simulate_dp_ep
+            return simulate_dp_ep(cfg, specs)
+        return merge_runs(cfg.to_dict(), run_replicas(cfg.replace(replicas=cfg.dp, dp=1), specs))
     if cfg.prefill_replicas:
         check_open_loop(cfg, specs)
         base = cfg.replace(prefill_replicas=0, decode_replicas=0)
