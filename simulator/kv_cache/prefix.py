@@ -235,7 +235,7 @@ class PrefixCachingPagedKV(PagedKVCache):
         """Give back a request's blocks, tail first (vLLM frees in reverse so that prefixes outlive tails)."""
         if self.refs.keys().isdisjoint(table):       # nothing cached (no shared content): one C-level extend
             table.reverse()
-            self.free_blocks.extend(table)
+            self.free_blocks.give_back(table)
             return
         for block in reversed(table):
             refs = self.refs.get(block)
