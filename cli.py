@@ -1,23 +1,162 @@
 """servesim command line: thin commands that parse options into a SimConfig, call the simulator, write files."""
 from __future__ import annotations
 
-import contextlib
-import functools
-import inspect
-import json
+import os
+import signal
 import sys
-import typing
-from enum import Enum
-from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
 
-import typer
 
-from simulator.runs.options import SCENARIO_OPTIONS, ScenarioOption, parse_bool
+def _interrupted_at_start_up(signum, frame) -> None:   # Ctrl-C while the libraries import: nothing to clean up
+    sys.stderr.write("error: interrupted\n")
+    os._exit(130)
 
+
+# As the `servesim` command (not when imported), and unless SIGINT is ignored (nohup, a background job)
+_AS_COMMAND = os.path.basename(sys.argv[0]) in ("servesim", "cli.py") and \
+    signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
+if _AS_COMMAND:
+    signal.signal(signal.SIGINT, _interrupted_at_start_up)
+
+import contextlib  # noqa: E402  (every import after the start-up Ctrl-C handler)
+import functools  # noqa: E402
+import inspect  # noqa: E402
+import json  # noqa: E402
+import re  # noqa: E402
+import typing  # noqa: E402
+from enum import Enum  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Annotated, Any, Callable, Optional  # noqa: E402
+
+import typer  # noqa: E402  (after the start-up Ctrl-C handler)
+import typer.core  # noqa: E402
+
+try:                         # the click typer runs on: newer typers vendor it as typer._click
+    from typer._click import exceptions as click
+except ImportError:
+    from click import exceptions as click
+
+from simulator.runs.options import (COMMA_VALUED, OPTIONS_BY_FLAG, SCENARIO_OPTIONS, ScenarioOption, parse_bool,  # noqa: E402
+                                    split_items)
+
+INTERRUPTED = 130
+if _AS_COMMAND:              # imports done: Ctrl-C raises KeyboardInterrupt again, handled by OneLineErrors
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+class Interrupted(Exception):
+    """Ctrl-C inside a command (KeyboardInterrupt would be turned into click's two-line 'Aborted!')."""
+
+
+class OneLineErrors(typer.core.TyperGroup):
+    """Every failure is one line on stderr: usage errors (unknown flag, bad value), Ctrl-C (exit 130), out of
+    memory, and, as a last resort, an unexpected exception (set SERVESIM_TRACEBACK=1 to see its traceback).
+    Bare on/off flags (`--chunked-prefill`) mean on."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        args = bare_flags(list(sys.argv[1:] if args is None else args))
+        try:
+            code = super().main(args=args, prog_name=prog_name or "servesim", complete_var=complete_var,
+                                standalone_mode=False, **extra)
+        except click.NoArgsIsHelpError as exc:
+            exc.show()
+            code = 0
+        except click.UsageError as exc:
+            code = _print_error(usage_message(exc), 2)
+        except click.ClickException as exc:
+            code = _print_error(exc.format_message(), exc.exit_code)
+        except (typer.Abort, Interrupted, KeyboardInterrupt):
+            code = _print_error("interrupted", INTERRUPTED)
+        except MemoryError:
+            code = _print_error("out of memory: lower --num-requests, or use --summary-only on", 1)
+        except BrokenPipeError:                       # `servesim ... | head`
+            code = 0
+        except Exception as exc:  # noqa: BLE001: the last resort, never a traceback for the user
+            if os.environ.get("SERVESIM_TRACEBACK"):
+                raise
+            code = _print_error(f"internal error ({type(exc).__name__}: {exc}); please report it with the "
+                                "command (SERVESIM_TRACEBACK=1 shows the traceback)", 1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            raise Interrupted() from None
+
+
+SPACED_LISTS = ("--goodput",)     # vLLM's spelling takes several words: --goodput ttft:500 tpot:50
+
+
+def bare_flags(args: list[str]) -> list[str]:
+    """`--chunked-prefill` alone (last, or before another option) -> `--chunked-prefill on`; the words after an
+    option of SPACED_LISTS (`--goodput ttft:500 tpot:50`) -> one value."""
+    out: list[str] = []
+    for i, arg in enumerate(args):
+        if len(out) >= 2 and out[-2] in SPACED_LISTS and re.fullmatch(r"\w+:\S+", arg):
+            out[-1] += " " + arg
+            continue
+        out.append(arg)
+        opt = OPTIONS_BY_FLAG.get(arg)
+        if opt is not None and opt.is_flag and (i + 1 == len(args) or args[i + 1].startswith("-")):
+            out.append("on")
+    return out
+
+
+def usage_message(exc: click.UsageError) -> str:
+    """click's usage errors in servesim's words: `--rate: expected a number, got 'abc'`."""
+    if isinstance(exc, click.NoSuchOption):
+        hint = f" (did you mean {exc.possibilities[0]}?)" if exc.possibilities else ""
+        return f"unknown option {exc.option_name}{hint}; see --help"
+    if isinstance(exc, click.BadParameter) and exc.param is not None and exc.param.opts:
+        message = re.sub(r"^Value error, ", "", str(exc.message))
+        return f"{max(exc.param.opts, key=len)}: {message}"
+    return exc.format_message()
+
+
+def _print_error(message: str, code: int) -> int:
+    typer.echo(f"error: {one_line(message)}", err=True)
+    return code
+
+
+LONG_WORD = re.compile(r"\S{121,}")
+
+
+def one_line(message: str) -> str:
+    """A message as one line of bounded length: whitespace collapsed, huge words (a 50 MB value) cut, and an
+    unknown name followed by its valid choices gets the closest one suggested."""
+    text = LONG_WORD.sub(lambda m: f"{m.group(0)[:60]}...({len(m.group(0)):,} characters)", " ".join(str(message).split()))
+    return suggest(text[:2000])
+
+
+CHOICES = re.compile(r"unknown [^']*'(?P<value>[^']+)'.*?(?:one of|valid \w+|bundled \w+|choices)[: ]+(?P<list>[^;()]+)")
+
+
+def suggest(message: str) -> str:
+    """'unknown batching policy 'continous'; choose one of: static, dynamic, continuous' + (did you mean ...)."""
+    import difflib
+    match = CHOICES.search(message)
+    if not match or "did you mean" in message:
+        return message
+    choices = [c.strip(" .'") for c in match.group("list").split(",")]
+    close = difflib.get_close_matches(match.group("value"), choices, n=1)
+    return f"{message} (did you mean '{close[0]}'?)" if close else message
+
+
+def _flags_show_as_flags() -> None:
+    """typer's rich help prints `<bool>` after a flag (`--quiet <bool>`); a flag takes no value: show none."""
+    original = getattr(typer.core.TyperOption, "display_type_rich", None)
+    if original is None:
+        return
+
+    def display_type_rich(self, ctx):
+        return None if self.is_flag else original(self, ctx)
+    typer.core.TyperOption.display_type_rich = display_type_rich
+
+
+_flags_show_as_flags()
 app = typer.Typer(help="servesim: simulate LLM inference serving on a roofline GPU model, answer what-if "
                        "questions in seconds.", no_args_is_help=True, add_completion=False,
-                  pretty_exceptions_enable=False)
+                  pretty_exceptions_enable=False, cls=OneLineErrors)
 
 
 class OutputFormat(str, Enum):
@@ -30,12 +169,13 @@ ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="Read option
                                                    "command-line options override it.", rich_help_panel="Scenario")]
 OutOpt = Annotated[Path, typer.Option("--out", help="Results folder.")]
 FormatOpt = Annotated[OutputFormat, typer.Option("--format", help="stdout format: table, csv or json.")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no table (for scripts).")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no table (a csv or json "
+                                        "--format is still printed, for scripts).")]
 
 
 def fail(message: str) -> None:
     """Print one line to stderr and exit non-zero."""
-    typer.echo(f"error: {message}", err=True)
+    _print_error(message, 2)
     raise typer.Exit(2)
 
 
@@ -46,15 +186,19 @@ def cli_errors():
         yield
     except typer.Exit:
         raise
-    except (ValueError, KeyError, FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+    except (ValueError, KeyError, TypeError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-        fail(" ".join(str(message).split()))
+        fail(str(message))
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        fail(f"{where}{exc.strerror or exc}")
 
 
 def scenario_command(*, lists: bool = False) -> Callable:
-    """Add every SCENARIO_OPTIONS flag to a command; the command receives them as `scenario: dict` (given ones).
+    """Add every SCENARIO_OPTIONS flag to a command; the command receives them as `scenario: dict` (given ones,
+    as the text typed: servesim parses them itself, so every bad value gets the same one-line error).
 
-    With `lists`, every option is a string that may hold a comma list (for compare and sweep).
+    With `lists`, every option may hold a comma list (for compare and sweep).
     """
     def decorate(func: Callable) -> Callable:
         sig = inspect.signature(func)
@@ -74,54 +218,90 @@ def scenario_command(*, lists: bool = False) -> Callable:
     return decorate
 
 
+METAVARS = {int: "INTEGER", float: "NUMBER", bool: "on|off", str: "TEXT"}
+
+
 def _option_parameter(opt: ScenarioOption, lists: bool) -> inspect.Parameter:
-    kind = str if lists or opt.kind is bool or opt.parser is not None else opt.kind
     help_text = opt.help_text + (" Comma list to vary it." if lists else "")
-    option = typer.Option(None, opt.flag, help=help_text, rich_help_panel=opt.panel, show_default=False)
-    return inspect.Parameter(opt.field, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=Optional[kind])
+    if opt.is_flag and not lists:
+        help_text += " Alone, the flag means on."
+    metavar = ("TIME" if opt.parser is not None else METAVARS[opt.kind]) + ("[,...]" if lists else "")
+    option = typer.Option(None, opt.flag, help=help_text, rich_help_panel=opt.panel, show_default=False,
+                          metavar=metavar)
+    return inspect.Parameter(opt.field, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=Optional[str])
 
 
 def load_config_file(path: Path) -> dict[str, Any]:
-    """Read a TOML or YAML options file with safe loaders only."""
-    if not path.is_file():
-        raise FileNotFoundError(f"config file {path} not found")
-    text = path.read_text()
-    try:
-        if path.suffix.lower() == ".toml":
-            try:
-                import tomllib
-            except ModuleNotFoundError:  # Python 3.10
-                import tomli as tomllib
-            data = tomllib.loads(text)
-        else:
-            import yaml
-            data = yaml.safe_load(text)
-    except Exception as exc:  # parse errors of either library
-        raise ValueError(f"{path}: cannot parse: {' '.join(str(exc).split())}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a table of options, got {type(data).__name__}")
+    """Read a TOML or YAML options file (bounded size, safe loaders, no YAML aliases)."""
+    from workloads.files import read_mapping
+    data = read_mapping(path, "config file")
     data.pop("resolved", None)            # a saved config.json carries the resolved hardware; not a knob
     return data
 
 
-def build_config(scenario: dict[str, Any], config_file: Path | None):
-    """SimConfig from an options file (if any) overridden by the command line, with one-line errors."""
-    from simulator.config import SimConfig
-    return SimConfig.from_mapping(scenario_values(scenario, config_file))
+def build_config(scenario: dict[str, Any], config_file: Path | None,
+                 extra: Callable[[dict[str, Any]], dict[str, Any]] | None = None):
+    """SimConfig from an options file (if any) overridden by the command line (and by `extra(values)`'s
+    fields), with one-line errors that name the flag (or the file and key) of a bad value."""
+    from simulator.config import ConfigError, SimConfig
+    where: dict[str, str] = {}
+    values = scenario_values(scenario, config_file, where)
+    if extra is not None:
+        values.update(extra(values))
+    try:
+        return SimConfig.from_mapping(values)
+    except ConfigError as exc:
+        field = getattr(exc, "field", None)
+        if field in where and str(exc).startswith(field):
+            raise ConfigError(f"{where[field]}:{str(exc)[len(field):]}", field) from None
+        raise
 
 
-def scenario_values(scenario: dict[str, Any], config_file: Path | None) -> dict[str, Any]:
-    """The options given in a file (if any) and on the command line (which wins), parsed: {field: value}."""
-    from simulator.runs.options import OPTIONS_BY_FIELD
-    values = load_config_file(config_file) if config_file else {}
-    values = {str(k).replace("-", "_"): v for k, v in values.items()}
+def scenario_values(scenario: dict[str, Any], config_file: Path | None, where: dict[str, str] | None = None,
+                    *, one_value: bool = True) -> dict[str, Any]:
+    """The options given in a file (if any) and on the command line (which wins), parsed: {field: value}.
+    `where` receives each field's origin (flag, or file and key) for error messages."""
+    from simulator.config import ConfigError
+    from simulator.runs.options import OPTIONS_BY_FIELD, coerce
+    where = {} if where is None else where
+    values: dict[str, Any] = {}
+    if config_file:
+        for key, value in load_config_file(config_file).items():
+            field = config_key_field(key)
+            if field in values:
+                raise ConfigError(f"{config_file}: '{key}' is given twice (as {where[field].split(': ')[-1]!r} "
+                                  f"and as {key!r})")
+            where[field] = f"{config_file}: {key}"
+            try:
+                values[field] = coerce(field, value)
+            except ValueError as exc:
+                raise ConfigError(f"{where[field]}: {exc}") from None
     for field, raw in scenario.items():
         opt = OPTIONS_BY_FIELD[field]
+        where[field] = opt.flag
+        if one_value and isinstance(raw, str) and field not in COMMA_VALUED and len(split_items(raw)) > 1:
+            raise ConfigError(f"{opt.flag}: one value per run, got '{raw}'; to compare several, use "
+                              f"`servesim compare {opt.flag} {raw}`")
         try:
             values[field] = opt.parse(raw) if isinstance(raw, str) else raw
         except ValueError as exc:
-            raise ValueError(f"{opt.flag}: {exc}") from None
+            raise ConfigError(f"{opt.flag}: {exc}") from None
+    check_rate_with_trace(values, where)
     return values
+
+
+def config_key_field(key: str) -> str:
+    """A config file's key as the SimConfig field: the flag's name (`slo-ttft`, `slo_ttft`) or the field's."""
+    opt = OPTIONS_BY_FLAG.get("--" + str(key).replace("_", "-"))
+    return opt.field if opt is not None else str(key).replace("-", "_")
+
+
+def check_rate_with_trace(values: dict[str, Any], where: dict[str, str]) -> None:
+    """A trace's arrival times are replayed: a rate would be ignored, so it is an error, pointing at
+    --rate-scale (which does scale a trace)."""
+    if values.get("trace") is not None and "rate" in values:
+        raise ValueError(f"{where['rate']}: a trace replays its own arrival times; to replay it faster or slower "
+                         "use --rate-scale (e.g. --rate-scale 2 for twice the rate)")
 
 
 class RunFormat(str, Enum):
@@ -151,19 +331,21 @@ def run(*, scenario: dict, config: ConfigOpt = None, out: OutOpt = Path("servesi
         format: Annotated[RunFormat, typer.Option("--format", help="stdout format: table, csv, json (servesim's "
                                                   "summary) or vllm (vllm_result.json: the keys and units of "
                                                   "`vllm bench serve --save-result`).")] = RunFormat.table,
-        quiet: QuietOpt = False) -> None:
+        quiet: QuietOpt = False,
+        no_report: Annotated[bool, typer.Option("--no-report", help="Do not write report.html.")] = False) -> None:
     """Simulate one scenario; print its summary and write requests/steps/kv CSVs, summary.json,
-    vllm_result.json, config.json (and replicas.csv, one row per replica, for a cluster: --replicas or --pools)."""
+    vllm_result.json, config.json and report.html (and replicas.csv, one row per replica, for a cluster:
+    --replicas or --pools)."""
+    from simulator.runs.outputs import check_out
     with cli_errors():
-        values = scenario_values(scenario, config)
-        values.update(vllm_metric_options(values, goodput, metric_percentiles, percentile_metrics))
-        from simulator.config import SimConfig
-        cfg = SimConfig.from_mapping(values)
+        cfg = build_config(scenario, config, extra=lambda values: vllm_metric_options(
+            values, goodput, metric_percentiles, percentile_metrics))
+        check_out(out)
         result = _simulate_with_progress(cfg, quiet)
-        write_results(result, out)
+        write_results(result, out, report=not no_report)
     if format == RunFormat.vllm:
         typer.echo(json.dumps(json.loads((out / "vllm_result.json").read_text()), indent=2))
-    elif not quiet:
+    elif format != RunFormat.table or not quiet:
         print_summary(result.summary(), OutputFormat(format.value), title=f"servesim run -> {out}/")
 
 
@@ -201,11 +383,13 @@ def _simulate_with_progress(cfg, quiet: bool):
         return simulate(cfg, progress=progress)
 
 
-def write_results(result, out: Path) -> Path:
+def write_results(result, out: Path, *, report: bool = True) -> Path:
     """Save into a temporary sibling folder, then move the files in: no partial output on failure."""
-    from simulator.runs.outputs import staged
+    from simulator.runs.outputs import staged, write_run_report
     with staged(out) as tmp:
         result.save(tmp)
+        if report:
+            write_run_report(tmp, out, result)
     return out
 
 
@@ -219,7 +403,8 @@ SUMMARY_ROWS = (
     ("TPOT mean / p50 / p99", lambda s: _ms(s, "tpot")),
     ("ITL mean / p50 / p99", lambda s: _ms(s, "itl")),
     ("E2E latency mean / p50 / p99", lambda s: _ms(s, "e2e")),
-    ("goodput (SLO attainment)", lambda s: f"{s['goodput']:.2f} req/s ({100 * s['slo_attainment']:.1f}%)"),
+    ("goodput (SLO attainment)", lambda s: "n/a (no SLO given: --slo-ttft, --slo-tpot)" if s["goodput"] is None
+     or s["goodput"] != s["goodput"] else f"{s['goodput']:.2f} req/s ({100 * s['slo_attainment']:.1f}%)"),
     ("KV utilization (mean / max)", lambda s: f"{100 * s['kv_utilization_mean']:.1f}% / "
                                                f"{100 * s['kv_utilization_max']:.1f}%"),
     ("KV internal / external fragmentation", lambda s: f"{100 * s['internal_fragmentation_mean']:.1f}% / "
@@ -227,7 +412,7 @@ SUMMARY_ROWS = (
     ("max concurrent requests", lambda s: f"{s['max_concurrent_requests']}"),
     ("preemptions (recompute / swap)", lambda s: f"{s['preemptions']} ({s['preemptions_recompute']} / "
                                                  f"{s['preemptions_swap']})"),
-    ("MFU / MBU", lambda s: f"{100 * s['mfu']:.1f}% / {100 * s['mbu']:.1f}%"),
+    ("MFU / MBU (per GPU)", lambda s: f"{100 * s['mfu']:.1f}% / {100 * s['mbu']:.1f}%"),
 )
 CLUSTER_ROWS = (
     ("replicas", lambda s: f"{s['replicas']}"),
@@ -250,9 +435,11 @@ def print_summary(summary: dict, fmt: OutputFormat, title: str) -> None:
         flat = {k: v for k, v in summary.items() if not isinstance(v, dict)}
         typer.echo(pd.DataFrame([flat]).to_csv(index=False), nl=False)
         return
-    from rich.console import Console
     from rich.table import Table
+    from simulator.saturation import verdict
     table = Table(title=title, show_header=False)
+    load = verdict(summary)
+    table.add_row("load", f"[bold red]{load}[/]" if summary.get("saturated") else load)
     for label, fmt_row in SUMMARY_ROWS + (CLUSTER_ROWS if "replicas" in summary else ()):
         table.add_row(label, fmt_row(summary))
     if summary.get("spec_verify_steps"):
@@ -260,7 +447,8 @@ def print_summary(summary: dict, fmt: OutputFormat, title: str) -> None:
                       f"{summary['spec_mean_accepted_tokens']:.2f} ({100 * summary['spec_acceptance_rate']:.1f}%)")
     for reason, count in summary["rejected_reasons"].items():
         table.add_row("rejected: " + reason, str(count))
-    Console().print(table)
+    from simulator.present.tables import _console
+    _console().print(table)
 
 
 @app.command()
@@ -324,7 +512,10 @@ def _axes_and_base(scenario: dict, config_file: Path | None):
     """Comma lists and ranges -> {field: values}; the single values (and --config) make the base config."""
     from simulator.runs.sweep import parse_axes
     axes = parse_axes(scenario)
-    return axes, build_config({f: v[0] for f, v in axes.items() if len(v) == 1}, config_file)
+    base = build_config({f: v[0] for f, v in axes.items() if len(v) == 1}, config_file)
+    if (base.trace is not None or "trace" in axes) and "rate" in axes:
+        check_rate_with_trace({"trace": True, "rate": True}, {"rate": "--rate"})
+    return axes, base
 
 
 @contextlib.contextmanager
@@ -448,8 +639,12 @@ def report(paths: Annotated[list[Path], typer.Argument(help="Results folders: on
     from simulator.present import report as html_report
     from simulator.present import tables
     with cli_errors():
-        inputs = outputs.load_inputs(paths)
         target = out or (paths[0] / "report.html" if len(paths) == 1 else Path("report.html"))
+        if target.is_dir():
+            target = target / "report.html"
+        outputs.check_out(target.parent)
+        inputs = outputs.load_inputs(paths)
+        target.parent.mkdir(parents=True, exist_ok=True)
         html_report.write_report(target, inputs)
     if not quiet:
         tables.emit(tables.summary_rows(inputs.runs), format.value, lambda: tables.comparison_table(
@@ -643,7 +838,8 @@ def explain(
         tokens = prompt if phase == "prefill" else context
         table = explain_step(cost_model, phase, batch, tokens, prompt, cached)
         shape = step_shape(phase, batch, tokens, prompt, cached)
-        figure = roofline_figure(cost_model, cost_model.operators(shape)) if html else None
+        step = f"{phase}, batch {batch}, {tokens} {'prompt' if phase == 'prefill' else 'context'} tokens each"
+        figure = roofline_figure(cost_model, cost_model.operators(shape), step) if html else None
         if html:
             figure.write_html(str(html), include_plotlyjs=True)
     typer.echo(format_explain_table(table, cost_model))

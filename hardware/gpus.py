@@ -11,14 +11,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
 
 from hardware.links import Link, get_link
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10: the same parser, packaged as tomli
-    import tomli as tomllib
 
 
 @dataclass(frozen=True)
@@ -325,23 +319,11 @@ def _quantity(field_name: str, value: object, where: str) -> float:
 
 def _read_mapping(path: Path) -> dict:
     """Parse a TOML or YAML file (by extension) into a dict; errors name the file."""
+    from workloads.files import read_mapping
     suffix = path.suffix.lower()
     if suffix not in (".toml", ".yaml", ".yml"):
         raise GPUFileError(f"{path}: unsupported GPU file type '{suffix}'; use .toml, .yaml or .yml")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise GPUFileError(f"{path}: GPU file not found") from None
-    except OSError as exc:
-        raise GPUFileError(f"{path}: cannot read GPU file ({exc.strerror})") from None
-    try:
-        data = tomllib.loads(text) if suffix == ".toml" else yaml.safe_load(text)
-    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
-        detail = " ".join(str(exc).split())
-        raise GPUFileError(f"{path}: cannot parse {suffix[1:].upper()}: {detail}") from None
-    if not isinstance(data, dict):
-        raise GPUFileError(f"{path}: expected a table of GPUSpec fields (key = value), got {type(data).__name__}")
-    return data
+    return read_mapping(path, "GPU file", error=GPUFileError)
 
 
 def _check_value(field: dataclasses.Field, value: object, where: str) -> object:
@@ -355,11 +337,40 @@ def _check_value(field: dataclasses.Field, value: object, where: str) -> object:
     if not math.isfinite(number) or number < 0 or (required and number == 0):
         rule = "positive" if required else "zero or positive"
         raise GPUFileError(f"{where}: '{field.name}' must be {rule}, got {value!r}")
+    if number != 0 or required or field.default != 0:       # 0 means "none" only where it is the default
+        low, high = physical_range(field.name)
+        if not low <= number <= high:
+            raise GPUFileError(f"{where}: '{field.name}' = {value!r} is outside the range a GPU can have, "
+                               f"[{low:g}, {high:g}]{_unit_note(field.name)}")
     if field.type in ("int", int):
         if number != int(number):
             raise GPUFileError(f"{where}: '{field.name}' must be a whole number, got {value!r}")
         return int(number)
     return number
+
+
+# What a GPU's numbers may be, by the unit of the field (SI), wide enough for any chip past or planned, narrow
+# enough that every step time stays finite and positive (no 1e-300 B/s, no 1e30 bytes of memory).
+_RANGE_BY_KIND = {"bytes": (1e6, 1e15), "bytes_per_s": (1e6, 1e16), "flops_per_s": (1e9, 1e19),
+                  "ops_per_s": (1e9, 1e19), "s": (0.0, 1.0), "hz": (1e6, 1e11)}
+_RANGE_BY_NAME = {"num_sms": (1, 10_000), "roofline_overlap": (1.0, 1e3), "varlen_query_tile": (1, 4096),
+                  "usd_per_gpu_hour": (0.0, 1e4)}
+_FRACTION = (1e-3, 1.0)          # *_efficiency and shares: a fraction of a peak
+
+
+def physical_range(field_name: str) -> tuple[float, float]:
+    """The (low, high) a GPUSpec number may take (zero stays allowed for optional fields: 'no such rate')."""
+    if field_name in _RANGE_BY_NAME:
+        return _RANGE_BY_NAME[field_name]
+    if field_name.endswith("_efficiency") or field_name == "mixed_reread":
+        return _FRACTION
+    kind = _field_kind(field_name)
+    return _RANGE_BY_KIND[kind] if kind else (1e-6, 1e6)
+
+
+def _unit_note(field_name: str) -> str:
+    kind = _field_kind(field_name)
+    return f" ({kind.replace('_per_', '/')})" if kind else ""
 
 
 def load_gpu_file(path: str | Path) -> GPUSpec:

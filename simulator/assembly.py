@@ -59,8 +59,9 @@ def build_parts(cfg: SimConfig, model: ModelSpec | None = None) -> EngineParts:
     policy = make_policy(cfg.batching, kv, params)
     meta = {"model": asdict(model), "gpu": asdict(gpu), "memory": asdict(plan),
             "kv_capacity_tokens": plan.capacity_tokens, "max_num_batched_tokens": cfg.token_budget,
-            "peak_flops_per_s": gpu.matrix_flops_per_s(cfg.dtype) * cfg.flops_scale * cfg.tp * cfg.pp,
-            "peak_bytes_per_s": gpu.hbm_bytes_per_s * cfg.bandwidth_scale * cfg.tp * cfg.pp}
+            # one GPU's peaks: a step's FLOPs and bytes are one tensor-parallel shard's (simulator.cost)
+            "peak_flops_per_s": gpu.matrix_flops_per_s(cfg.dtype) * cfg.flops_scale,
+            "peak_bytes_per_s": gpu.hbm_bytes_per_s * cfg.bandwidth_scale}
     return EngineParts(policy=policy, cost_model=cost_model, max_model_len=cfg.max_model_len,
                        config=cfg.to_dict(), meta=meta, slo=(cfg.slo_ttft_s, cfg.slo_tpot_s, cfg.slo_e2e_s),
                        options=EngineOptions(fast_path=cfg.fast_path, summary_only=cfg.summary_only,

@@ -22,7 +22,6 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 import pandas as pd
-import yaml
 from scipy.optimize import least_squares
 
 from hardware.gpus import GPUSpec
@@ -111,11 +110,8 @@ def read_profile(folder: Path, model: str | None = None) -> Profile:
 def _read_meta(path: Path) -> dict:
     if not path.exists():
         return {}
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise CalibrationError(f"{path}: cannot parse YAML: {' '.join(str(exc).split())}") from None
-    return data if isinstance(data, dict) else {}
+    from workloads.files import read_mapping
+    return read_mapping(path, "profile meta file", error=CalibrationError)
 
 
 def _read_csv(path: Path) -> pd.DataFrame:

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import math
+import numbers
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
@@ -11,11 +14,20 @@ from simulator.speculative import DRAFT_METHODS, Speculation, parse_acceptance_p
 
 
 class ConfigError(ValueError):
-    """A bad knob: the message is one line naming the problem and the valid choices."""
+    """A bad knob: the message is one line naming the problem and the valid choices; `field` names the knob."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class ConfigTypeError(ConfigError, TypeError):
+    """A knob of the wrong type (a string where a number belongs): both a ValueError and a TypeError."""
 
 
 DEFAULT_NUM_REQUESTS = 2000
 DEFAULT_MAX_MODEL_LEN = 8192
+MAX_REQUESTS = 10_000_000      # one run's requests at most (memory grows with them; see README "How fast")
 
 
 @dataclass(frozen=True)
@@ -87,7 +99,7 @@ class SimConfig:
     metric_percentiles: str = "99"         # vllm_result.json: percentiles, as vLLM's --metric-percentiles
     percentile_metrics: str = "ttft,tpot,itl,e2el"   # ... of these metrics (vLLM's --percentile-metrics)
     summary_only: bool = False             # keep histograms and running sums, not per-step and per-token rows
-    max_request_rows: int = 1_000_000      # per-request rows kept in memory; more stream to Parquet
+    max_request_rows: int | None = 1_000_000   # per-request rows kept in memory, more stream to Parquet (None: all)
     request_rows_path: str | None = None   # where they stream (None: a temporary file, named in the results)
     # cluster (simulator/cluster): replicas behind a router
     replicas: int = 1
@@ -104,18 +116,16 @@ class SimConfig:
     fast_path: bool = True                 # advance runs of identical decode steps at once (identical results)
 
     def __post_init__(self) -> None:
-        _check_positive(self, ("rate", "tp", "pp", "replicas", "dp", "max_num_seqs", "batch_size", "max_batch_size",
-                               "block_size", "rate_scale", "bandwidth_scale", "flops_scale"))
-        _check_optional_positive(self, ("max_model_len", "num_requests", "duration_s", "max_num_batched_tokens", "num_gpu_blocks",
-                                        "kv_capacity_tokens", "slo_ttft_s", "slo_tpot_s", "slo_e2e_s", "max_request_rows",
-                                        "burstiness", "max_concurrency"))
+        for f in fields(self):
+            object.__setattr__(self, f.name, check_field(f.name, getattr(self, f.name)))
+        if self.trace is None and self.num_requests is None and self.duration_s is not None \
+                and self.rate * self.duration_s > MAX_REQUESTS:
+            raise ConfigError(f"duration_s {self.duration_s:g} at rate {self.rate:g} makes about "
+                              f"{self.rate * self.duration_s:.3g} requests, more than {MAX_REQUESTS:,}; lower it or "
+                              "set num_requests", "duration_s")
         if self.prefix_caching and self.batching != "continuous":
             raise ConfigError(f"prefix caching needs continuous batching (the {self.batching} policy runs whole "
                               "batches and takes no cache hits); use --batching continuous or --prefix-caching off")
-        if not 0 < self.gpu_memory_utilization <= 1:
-            raise ConfigError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
-        if self.max_wait_s < 0 or self.swap_space_gb < 0:
-            raise ConfigError("max_wait_s and swap_space_gb must not be negative")
         self._check_cluster()
         if self.attention is not None:
             _check_choice("attention", self.attention, ("flash", "naive", "varlen"))
@@ -207,8 +217,92 @@ class SimConfig:
         clean = {str(k).replace("-", "_"): v for k, v in data.items()}
         unknown = sorted(set(clean) - known)
         if unknown:
-            raise ConfigError(f"unknown config key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(known))}")
+            hint = difflib.get_close_matches(unknown[0], sorted(known), n=1)
+            raise ConfigError(f"unknown config key(s) {', '.join(map(short, unknown))}"
+                              f"{f' (did you mean {hint[0]!r}?)' if hint else ''}; valid keys: {', '.join(sorted(known))}")
         return cls(**clean)
+
+
+# The kind and allowed range of every field, written once: SimConfig checks them on construction (so the API,
+# config files and the command line share them). Bounds keep every count and time inside what the simulator
+# can represent and finish; (low, high) are inclusive unless the low bound is marked open.
+OPEN = "open"
+FIELD_RANGES: dict[str, tuple[float, float] | tuple[float, float, str]] = {
+    "tp": (1, 1024), "pp": (1, 1024), "bandwidth_scale": (0, 1e6, OPEN), "flops_scale": (0, 1e6, OPEN),
+    "rate": (0, math.inf, OPEN), "num_requests": (1, MAX_REQUESTS), "duration_s": (0, 1e9, OPEN),
+    "rate_scale": (0, 1e9, OPEN), "seed": (0, 2**63 - 1),
+    "max_model_len": (1, 10**9), "max_num_seqs": (1, 10**7), "max_num_batched_tokens": (1, 10**9),
+    "batch_size": (1, 10**7), "max_batch_size": (1, 10**7), "max_wait_s": (0, 1e9), "block_size": (1, 10**6),
+    "gpu_memory_utilization": (0, 1, OPEN), "num_gpu_blocks": (1, 10**15), "kv_capacity_tokens": (1, 10**16),
+    "swap_space_gb": (0, 1e9), "slo_ttft_s": (0, 1e9, OPEN), "slo_tpot_s": (0, 1e9, OPEN),
+    "max_request_rows": (1, 10**10), "max_concurrency": (1, 10**7), "replicas": (1, 10_000), "dp": (1, 10_000),
+    "router_delay_s": (0, 1e6), "burstiness": (0, 1e6, OPEN),
+    "slo_e2e_s": (0, 1e9, OPEN),
+}
+FIELD_KINDS: dict[str, tuple[type, bool]] = {}        # field -> (int/float/str/bool, None allowed), filled below
+
+
+def short(value: Any, limit: int = 60) -> str:
+    """repr of a value for an error line, cut to `limit` characters (a huge value never floods the terminal)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit - 20]}...({len(text):,} characters)"
+
+
+def check_field(name: str, value: Any) -> Any:
+    """`value` as field `name` holds it (numpy scalars made plain); a ConfigTypeError for a wrong type, a
+    ConfigError for a value out of FIELD_RANGES. Strings are never read as numbers or booleans here: the
+    command line and config files parse them first (simulator.runs.options)."""
+    kind, optional = FIELD_KINDS[name]
+    if value is None:
+        if optional:
+            return None
+        raise ConfigTypeError(f"{name} must be {_KIND_NAMES[kind]}, got None", name)
+    if kind is bool:
+        if not isinstance(value, (bool, _np_bool())):
+            raise ConfigTypeError(f"{name} must be True or False, got {short(value)}", name)
+        return bool(value)
+    if kind is str:
+        if not isinstance(value, str):
+            raise ConfigTypeError(f"{name} must be a string, got {short(value)}", name)
+        return value
+    ok = isinstance(value, numbers.Integral if kind is int else numbers.Real) and not isinstance(value, bool)
+    if not ok:
+        raise ConfigTypeError(f"{name} must be {_KIND_NAMES[kind]}, got {short(value)}", name)
+    value = kind(value)
+    _check_range(name, value)
+    return value
+
+
+_KIND_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "True or False"}
+
+
+def _np_bool() -> type:
+    import numpy as np
+    return np.bool_
+
+
+def _check_range(name: str, value: float) -> None:
+    if name not in FIELD_RANGES:
+        return
+    low, high, *open_low = FIELD_RANGES[name]
+    if math.isnan(value):
+        raise ConfigError(f"{name} must be a number, got {value}", name)
+    if value < low or (open_low and value == low):
+        bound = "positive" if open_low and low == 0 else f"at least {_num(low)}"
+        raise ConfigError(f"{name} must be {bound}, got {short(value)}", name)
+    if value > high:
+        raise ConfigError(f"{name} must be at most {_num(high)}, got {short(value)}", name)
+
+
+def _num(value: float) -> str:
+    return f"{int(value):,}" if float(value).is_integer() and abs(value) < 1e13 else f"{value:g}"
+
+
+def _fill_kinds() -> None:
+    for f in fields(SimConfig):
+        parts = [p.strip() for p in str(f.type).split("|")]
+        kind = {"int": int, "float": float, "str": str, "bool": bool}[parts[0]]
+        FIELD_KINDS[f.name] = (kind, "None" in parts or kind is str)   # a name left None: its resolver says so
 
 
 def _check_speculation(cfg: SimConfig) -> None:
@@ -245,21 +339,12 @@ def _check_speculation(cfg: SimConfig) -> None:
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got '{value}'")
+        hint = difflib.get_close_matches(value, choices, n=1)
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {short(value)}"
+                          f"{f' (did you mean {hint[0]!r}?)' if hint else ''}", name)
 
 
-def _check_positive(cfg: SimConfig, names: tuple[str, ...]) -> None:
-    for name in names:
-        value = getattr(cfg, name)
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-            raise ConfigError(f"{name.replace('_', '-')} must be positive, got {value}")
-
-
-def _check_optional_positive(cfg: SimConfig, names: tuple[str, ...]) -> None:
-    for name in names:
-        value = getattr(cfg, name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
-            raise ConfigError(f"{name.replace('_', '-')} must be positive, got {value}")
+_fill_kinds()
 
 
 def _check_vllm_workload(cfg: SimConfig) -> None:

@@ -28,6 +28,7 @@ import pandas as pd
 from simulator.kv_cache.base import KVUsage
 from simulator.percentiles import weighted_percentile  # noqa: F401  (also imported from here)
 from simulator.step import BOUNDS, FAMILIES, RunCosts, StepCost
+from simulator.saturation import ArrivalFit, load_summary
 
 STEP_COLUMNS = ("step", "start_s", "duration_s", "batch_size", "num_prefill_tokens", "num_decode_tokens",
                 "context_tokens", "flops", "bytes", "bound", "gemm_s", "attention_s", "elementwise_s",
@@ -51,7 +52,7 @@ SPEC_KEYS = ("spec_verify_steps", "spec_mean_accepted_tokens", "spec_acceptance_
 _LAT = lambda name: tuple(f"{name}_{k}_s" for k in ("mean", "p50", "p90", "p99", "max"))   # noqa: E731
 SUMMARY_KEYS = ("num_requests", "completed", "rejected", "duration_s", "request_throughput",
                 "output_token_throughput", "total_token_throughput", *_LAT("ttft"), *_LAT("tpot"), *_LAT("itl"),
-                *_LAT("e2e"), "goodput", "slo_attainment", "kv_utilization_mean", "internal_fragmentation_mean",
+                *_LAT("e2e"), "goodput", "slo_attainment", "offered_rate", "ttft_growth", "saturated", "kv_utilization_mean", "internal_fragmentation_mean",
                 "external_fragmentation_mean", "kv_utilization_max", "max_concurrent_requests", "preemptions",
                 "preemptions_recompute", "preemptions_swap", "preemption_rate_per_s", "prefix_cache_hit_rate",
                 "cached_prompt_tokens", "prefix_cache_evictions", "mfu", "mbu", "busy_s", "num_steps", *SPEC_KEYS,
@@ -530,24 +531,64 @@ class SimResult:
             shutil.copyfile(streamed, out / "requests.parquet")
         (out / "summary.json").write_text(json.dumps(_jsonable(self.summary()), indent=2) + "\n")
         (out / "vllm_result.json").write_text(json.dumps(_jsonable(self.vllm_result())) + "\n")
-        (out / "config.json").write_text(json.dumps(_jsonable({**self.config, "resolved": self.meta}), indent=2)
+        resolved = {k: v for k, v in self.meta.items() if k not in VOLATILE_META}
+        (out / "config.json").write_text(json.dumps(_jsonable({**self.config, "resolved": resolved}), indent=2)
                                          + "\n")
         return out
 
     @classmethod
     def load(cls, path: str | Path) -> "SimResult":
-        """Read a folder written by `save` (or by `servesim run`)."""
+        """Read a folder written by `save` (or by `servesim run`); a truncated or edited file is a one-line
+        ValueError naming it (row counts are checked against summary.json)."""
         src = Path(path)
         if not (src / "config.json").is_file():
             raise FileNotFoundError(f"{src} is not a servesim results folder (no config.json)")
-        config = json.loads((src / "config.json").read_text())
+        config = _load_json(src / "config.json")
         meta = config.pop("resolved", {})
-        frames = {n: pd.read_csv(src / f"{n}.csv", keep_default_na=False, na_values=[""])
-                  for n in ("requests", "steps", "kv")}
+        frames = {n: _load_csv(src / f"{n}.csv") for n in ("requests", "steps", "kv")}
+        summary = _load_json(src / "summary.json") if (src / "summary.json").is_file() else {}
+        _check_rows(src / "requests.csv", frames["requests"], None if "request_sums" in meta else
+                    summary.get("num_requests"), "requests")
+        _check_rows(src / "steps.csv", frames["steps"], None if "step_sums" in meta else summary.get("num_steps"),
+                    "steps")
+        if "reject_reason" not in frames["requests"]:
+            raise ValueError(f"{src / 'requests.csv'}: no reject_reason column; not a servesim requests table")
         frames["requests"]["reject_reason"] = frames["requests"]["reject_reason"].astype(str)
         itl_path = src / "itl.csv"
-        itl = pd.read_csv(itl_path) if itl_path.is_file() else pd.DataFrame(columns=["itl_s", "count"])
+        itl = _load_csv(itl_path) if itl_path.is_file() else pd.DataFrame(columns=["itl_s", "count"])
         return cls(config=config, meta=meta, itl=itl, **frames)
+
+
+def _load_json(path: Path) -> dict[str, Any]:
+    from workloads.files import read_text
+    try:
+        data = json.loads(read_text(path, "results file", max_bytes=1_000_000_000))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno}): truncated or edited") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _load_csv(path: Path) -> pd.DataFrame:
+    from workloads.files import check_file
+    check_file(path, "results file", max_bytes=100_000_000_000)
+    with path.open("rb") as handle:
+        handle.seek(0, 2)
+        if handle.tell():
+            handle.seek(-1, 2)
+            if handle.read(1) != b"\n":                     # every row servesim writes ends its line
+                raise ValueError(f"{path}: the last line is cut short: the file is truncated")
+    try:
+        return pd.read_csv(path, keep_default_na=False, na_values=[""])
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not a servesim CSV table ({' '.join(str(exc).split())[:200]})") from None
+
+
+def _check_rows(path: Path, frame: pd.DataFrame, expected: Any, what: str) -> None:
+    if isinstance(expected, int) and len(frame) != expected:
+        raise ValueError(f"{path}: {len(frame)} {what} rows where summary.json counts {expected}: the file is "
+                         "truncated or edited")
 
 
 def summarize(res: SimResult) -> dict[str, Any]:
@@ -571,12 +612,30 @@ def summarize(res: SimResult) -> dict[str, Any]:
     out["preemption_rate_per_s"] = per_s(out["preemptions"])
     out["prefix_cache_evictions"] = int(res.meta.get("prefix_cache_evictions", 0))
     peak_flops, peak_bw = res.meta.get("peak_flops_per_s", 0), res.meta.get("peak_bytes_per_s", 0)
-    out["mfu"] = float(sums["flops"] / (busy * peak_flops)) if busy and peak_flops else 0.0
-    out["mbu"] = float(sums["bytes"] / (busy * peak_bw)) if busy and peak_bw else 0.0
+    # Per GPU: a step's FLOPs and bytes are one tensor-parallel shard's, over every layer; each of the pp
+    # pipeline stages holds 1/pp of the layers, and idles while the others run (no micro-batch overlap).
+    pp = int(res.config.get("pp") or 1)
+    out["mfu"] = float(sums["flops"] / (busy * peak_flops * pp)) if busy and peak_flops else 0.0
+    out["mbu"] = float(sums["bytes"] / (busy * peak_bw * pp)) if busy and peak_bw else 0.0
     out["busy_s"] = busy
     out["num_steps"] = sums["num_steps"]
     out.update({key: value for key, value in (res.meta.get("speculative") or {}).items() if key in SPEC_KEYS})
+    fit = res.meta["request_sums"]["arrival_fit"] if "request_sums" in res.meta else _arrival_fit(req)
+    out.update(load_summary(fit, out["request_throughput"]))
+    if not any(res.config.get(k) is not None for k in SLO_FIELDS):     # no SLO: goodput is not defined
+        out["goodput"] = out["slo_attainment"] = None
     return {key: out[key] for key in SUMMARY_KEYS if key in out}       # spec-decode keys only when it was on
+
+
+SLO_FIELDS = ("slo_ttft_s", "slo_tpot_s", "slo_e2e_s")
+VOLATILE_META = ("wall_s",)      # how long the run took: not a result, so identical runs write identical files
+
+
+def _arrival_fit(req: pd.DataFrame) -> ArrivalFit:
+    fit = ArrivalFit()
+    done = (req.status == "finished").to_numpy()
+    fit.add(req.arrival_s.to_numpy(), np.where(done, req.ttft_s.to_numpy(dtype=np.float64), np.nan))
+    return fit
 
 
 def _request_summary(req: pd.DataFrame) -> dict[str, Any]:

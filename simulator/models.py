@@ -273,13 +273,11 @@ _FOUR_NORM_TYPES = {"gemma2", "gemma3", "gemma3_text"}
 
 
 def _read_config(path: Path) -> dict:
+    from workloads.files import read_text
+    text = read_text(path, "model config", error=ModelConfigError)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ModelConfigError(f"{path}: config file not found") from None
-    except OSError as exc:
-        raise ModelConfigError(f"{path}: cannot read config file ({exc.strerror})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        data = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
         raise ModelConfigError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(data, dict):
         raise ModelConfigError(f"{path}: expected a JSON object, got {type(data).__name__}")
@@ -297,9 +295,14 @@ def _int_reader(cfg: dict, path: Path):
                 raise ModelConfigError(f"{path}: missing key '{key}'")
             return default
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ModelConfigError(f"{path}: '{key}' must be a non-negative integer, got {value!r}")
+            raise ModelConfigError(f"{path}: '{key}' must be a non-negative integer, got {repr(value)[:60]}")
+        if value > MAX_CONFIG_INT:
+            raise ModelConfigError(f"{path}: '{key}' = {value:.3g} is beyond any model (at most {MAX_CONFIG_INT:.0e})")
         return value
     return get
+
+
+MAX_CONFIG_INT = 10**9     # widths, layers, heads, vocabularies and contexts of any model stay far below
 
 
 def _moe_fields(get, inter: int) -> dict:

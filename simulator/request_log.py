@@ -19,6 +19,7 @@ import pandas as pd
 
 from simulator.metrics import RAW_REQUEST_COLUMNS, itl_bin, itl_bin_centers, requests_frame, weighted_percentile
 from simulator.request import Request, RequestStatus
+from simulator.saturation import ArrivalFit
 
 ROW_GROUP = 1 << 16                  # rows per Parquet row group
 
@@ -134,6 +135,7 @@ class RequestSums:
         self.first_arrival_s, self.last_finish_s = math.inf, -math.inf
         self.rejected_reasons: Counter[str] = Counter()
         self.latency = {name: _Latency() for name in ("ttft", "tpot", "e2e")}
+        self.arrival_fit = ArrivalFit()
 
     def add(self, rows: pd.DataFrame) -> None:
         done = rows[rows.status == "finished"]
@@ -152,9 +154,14 @@ class RequestSums:
         self.rejected_reasons.update(rows.reject_reason[rows.status == "rejected"])
         for name, latency in self.latency.items():
             latency.add(done[f"{name}_s"].dropna().to_numpy())
+        finished = (rows.status == "finished").to_numpy()
+        self.arrival_fit.add(rows.arrival_s.to_numpy(), np.where(finished, rows.ttft_s.to_numpy(dtype=np.float64),
+                                                                 np.nan))
 
     def as_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {k: v for k, v in vars(self).items() if k not in ("latency", "rejected_reasons")}
+        out: dict[str, Any] = {k: v for k, v in vars(self).items()
+                               if k not in ("latency", "rejected_reasons", "arrival_fit")}
+        out["arrival_fit"] = self.arrival_fit.as_dict()
         out["rejected_reasons"] = dict(self.rejected_reasons)
         for name, latency in self.latency.items():
             out.update(latency.stats(name))

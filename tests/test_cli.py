@@ -42,10 +42,10 @@ def test_run_writes_every_file(tmp_path):
 def test_options_reach_the_config(tmp_path):
     with patch("simulator.api.simulate") as sim:
         sim.side_effect = RuntimeError("stop")
-        with pytest.raises(RuntimeError):
-            runner.invoke(cli.app, ["run", "--gpu", "a100-80gb", "--batching", "static", "--batch-size", "16",
-                                    "--chunked-prefill", "on", "--cuda-graphs", "off", "--slo-ttft", "0.5",
-                                    "--out", str(tmp_path / "x")], catch_exceptions=False)
+        result = runner.invoke(cli.app, ["run", "--gpu", "a100-80gb", "--batching", "static", "--batch-size", "16",
+                                         "--chunked-prefill", "--cuda-graphs", "off", "--slo-ttft", "0.5",
+                                         "--out", str(tmp_path / "x")])
+    assert result.exit_code == 1 and result.stderr.startswith("error: internal error (RuntimeError: stop)")
     cfg = sim.call_args.args[0]
     assert cfg == SimConfig(gpu="a100-80gb", batching="static", batch_size=16, chunked_prefill=True,
                             cuda_graphs=False, slo_ttft_s=0.5)
@@ -68,13 +68,13 @@ def test_config_file_and_override(tmp_path):
 @pytest.mark.parametrize("args, expected", [
     (["--gpu", "h100-sxn"], "unknown GPU 'h100-sxn' (did you mean 'h100-sxm'?)"),
     (["--model", "llama-3.1-8"], "unknown model 'llama-3.1-8'"),
-    (["--rate", "-1"], "rate must be positive, got -1.0"),
-    (["--rate", "0"], "rate must be positive, got 0.0"),
+    (["--rate", "-1"], "--rate: must be positive, got -1.0"),
+    (["--rate", "0"], "--rate: must be positive, got 0.0"),
     (["--batching", "greedy"], "unknown batching policy 'greedy'; choose one of: static, dynamic, continuous"),
     (["--kv", "radix"], "unknown KV cache manager 'radix'; choose one of: contiguous, paged"),
     (["--cuda-graphs", "maybe"], "--cuda-graphs: expected on or off, got 'maybe'"),
     (["--model", "llama-3.1-8b", "--gpu-memory-utilization", "0.1"], "GB (8"),
-    (["--gpu-memory-utilization", "1.5"], "gpu_memory_utilization must be in (0, 1], got 1.5"),
+    (["--gpu-memory-utilization", "1.5"], "--gpu-memory-utilization: must be at most 1, got 1.5"),
     (["--prompt-len", "uniform:9"], "uniform"),
 ])
 def test_bad_input_is_one_line(tmp_path, args, expected):

@@ -203,7 +203,7 @@ def test_pools_make_heterogeneous_replicas():
     ({"groups": [{"count": 2, "rate": 3}]}, "group 1: unknown key(s) rate; valid keys: name, count,"),
     ({"groups": [{"count": 0}]}, "group 1: count must be a positive integer, got 0"),
     ({"groups": []}, "expected a non-empty list 'groups' of replica groups"),
-    ({"groups": [{"count": 1, "tp": 0}]}, "group 1 (group1): tp must be positive, got 0"),
+    ({"groups": [{"count": 1, "tp": 0}]}, "group 1 (group1): tp must be at least 1, got 0"),
 ])
 def test_bad_pools_fail_with_one_line(data, message):
     with pytest.raises(ConfigError) as err:
@@ -216,7 +216,7 @@ def test_cluster_config_errors():
         SimConfig(router="fastest")
     with pytest.raises(ConfigError, match="give replicas or pools, not both"):
         SimConfig(replicas=2, pools="pools.toml")
-    with pytest.raises(ConfigError, match="replicas must be positive"):
+    with pytest.raises(ConfigError, match="replicas must be at least 1"):
         SimConfig(replicas=0)
 
 

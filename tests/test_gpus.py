@@ -210,7 +210,7 @@ def test_unreadable_files(tmp_path):
         load_gpu_file(tmp_path / "missing.toml")
     assert "cannot parse TOML: " in _error(tmp_path, "hbm_bytes = = 3\n")
     assert "cannot parse YAML: " in _error(tmp_path, "hbm_bytes: [1, 2\n", "bad.yaml")
-    assert "expected a table of GPUSpec fields" in _error(tmp_path, "- 1\n- 2\n", "list.yaml")
+    assert "expected a table of keys (key = value), got list" in _error(tmp_path, "- 1\n- 2\n", "list.yaml")
     assert "unsupported GPU file type '.json'; use .toml, .yaml or .yml" in _error(tmp_path, "{}", "card.json")
     assert "base: unknown GPU 'h1000'" in _error(tmp_path, 'base = "h1000"\n')
 

@@ -246,7 +246,7 @@ def test_bad_configs_give_one_line_errors_naming_file_and_key(tmp_path, config, 
 
 
 def test_unreadable_configs(tmp_path):
-    with pytest.raises(ModelConfigError, match="nope.json: config file not found"):
+    with pytest.raises(ModelConfigError, match="nope.json: model config not found"):
         from_hf_config(tmp_path / "nope.json")
     bad = tmp_path / "broken.json"
     bad.write_text('{"hidden_size": 4096,', encoding="utf-8")

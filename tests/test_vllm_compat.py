@@ -250,7 +250,7 @@ def test_bench_result_as_trace_and_as_dataset(tmp_path):
 def test_hostile_vllm_form_inputs_are_one_line(tmp_path):
     out = tmp_path / "r"
     assert one_line(invoke("run", *TINY, "--burstiness", "nan", "--out", out)) == \
-        "error: burstiness must be positive, got nan"
+        "error: --burstiness: must be a number, got nan"
     assert one_line(invoke("run", *TINY, "--goodput", "ttft:nan", "--out", out)) == \
         "error: --goodput: 'ttft:nan': an SLO is a non-negative number of milliseconds"
     summary = tmp_path / "summary_only.json"                       # saved without --save-detailed

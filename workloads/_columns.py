@@ -70,6 +70,9 @@ class CsvColumns:
         ok = text.str.fullmatch(_INT_RE).to_numpy(dtype=bool)
         if not ok.all():
             self._fail_value(column, int(np.argmin(ok)), "is not an integer")
+        fits = (text.str.lstrip("+-").str.lstrip("0").str.len() <= 10).to_numpy(dtype=bool)    # int64-safe
+        if not fits.all():
+            self._fail_value(column, int(np.argmin(fits)), "is too large (at most 1,000,000,000)")
         values = text.astype(np.int64).to_numpy()
         if (values < 1).any():
             row = int(np.argmax(values < 1))
@@ -100,7 +103,7 @@ class CsvColumns:
 
 def _read_str_frame(path: Path, error: type[ValueError]) -> pd.DataFrame:
     try:
-        return pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False)
+        return pd.read_csv(path, encoding="utf-8-sig", dtype=str, keep_default_na=False, skip_blank_lines=False)
     except pd.errors.EmptyDataError:
         raise error(f"{path.name}: file is empty (expected a CSV header line)") from None
     except pd.errors.ParserError as exc:

@@ -59,6 +59,7 @@ class ConstantArrivals:
 # Registry: kind name -> class. Only gamma takes a parameter (cv).
 ARRIVALS: dict[str, type] = {"poisson": PoissonArrivals, "gamma": GammaArrivals, "constant": ConstantArrivals}
 ARRIVAL_KINDS: tuple[str, ...] = tuple(ARRIVALS)
+MIN_CV, MAX_CV = 1e-3, 1e3     # gamma shape 1/cv^2 within [1e-6, 1e6]: finite gaps at any rate
 ARRIVAL_FORMS = "poisson, gamma:cv=<float> (or gamma:<float>), constant"
 
 
@@ -81,8 +82,8 @@ def parse_arrival_spec(text: str) -> ArrivalProcess:
         cv = float(value)
     except ValueError:
         raise _bad_gamma(text, "cv must be a number") from None
-    if not (math.isfinite(cv) and cv > 0):
-        raise _bad_gamma(text, "cv must be > 0")
+    if not (math.isfinite(cv) and MIN_CV <= cv <= MAX_CV):
+        raise _bad_gamma(text, f"cv must be in [{MIN_CV:g}, {MAX_CV:g}]")
     return GammaArrivals(cv)
 
 

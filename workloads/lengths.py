@@ -43,6 +43,8 @@ _ROLE_COLUMNS: dict[str, tuple[str, ...]] = {
     "prompt": ("prompt_tokens", PROMPT_COLUMN),
     "output": ("output_tokens", OUTPUT_COLUMN),
 }
+MAX_TOKENS = 10**9         # one request's prompt or output tokens at most (any context fits; int64-safe sums)
+MAX_SIGMA = 10.0
 LENGTH_FORMS = (
     "N (fixed, e.g. 512), uniform:LO:HI, lognormal:mean=M,sigma=S (or median=M,sigma=S), "
     + " | ".join(LENGTH_DATASETS)
@@ -63,8 +65,8 @@ class FixedLength:
     tokens: int
 
     def __post_init__(self) -> None:
-        if self.tokens < 1:
-            raise SpecError(f"fixed length must be >= 1, got {self.tokens}")
+        if not 1 <= self.tokens <= MAX_TOKENS:
+            raise SpecError(f"fixed length must be in 1..{MAX_TOKENS:,} tokens, got {self.tokens}")
 
     def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
         return np.full(n, self.tokens, dtype=np.int64)
@@ -78,8 +80,9 @@ class UniformLength:
     hi_tokens: int
 
     def __post_init__(self) -> None:
-        if not 1 <= self.lo_tokens <= self.hi_tokens:
-            raise SpecError(f"uniform needs 1 <= LO <= HI, got LO={self.lo_tokens} HI={self.hi_tokens}")
+        if not 1 <= self.lo_tokens <= self.hi_tokens <= MAX_TOKENS:
+            raise SpecError(f"uniform needs 1 <= LO <= HI <= {MAX_TOKENS:,}, got LO={self.lo_tokens} "
+                            f"HI={self.hi_tokens}")
 
     def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
         return rng.integers(self.lo_tokens, self.hi_tokens + 1, size=n, dtype=np.int64)
@@ -98,10 +101,10 @@ class LognormalLength:
     sigma: float
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.median_tokens) and self.median_tokens > 0):
-            raise SpecError(f"lognormal median must be > 0, got {self.median_tokens}")
-        if not (math.isfinite(self.sigma) and self.sigma >= 0):
-            raise SpecError(f"lognormal sigma must be >= 0, got {self.sigma}")
+        if not (math.isfinite(self.median_tokens) and 0 < self.median_tokens <= MAX_TOKENS):
+            raise SpecError(f"lognormal median must be in (0, {MAX_TOKENS:,}] tokens, got {self.median_tokens:g}")
+        if not (math.isfinite(self.sigma) and 0 <= self.sigma <= MAX_SIGMA):
+            raise SpecError(f"lognormal sigma must be in [0, {MAX_SIGMA:g}], got {self.sigma:g}")
 
     @classmethod
     def from_mean(cls, mean_tokens: float, sigma: float) -> LognormalLength:
@@ -112,7 +115,7 @@ class LognormalLength:
 
     def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
         draws = rng.lognormal(math.log(self.median_tokens), self.sigma, size=n)
-        return np.maximum(np.rint(draws), 1).astype(np.int64)
+        return np.clip(np.rint(draws), 1, MAX_TOKENS).astype(np.int64)
 
 
 @dataclass(frozen=True, eq=False)
@@ -181,8 +184,9 @@ def parse_length_spec(text: str, role: Role = "prompt") -> LengthDist:
     if kind == "empirical":
         return _parse_empirical(spec, arg, role)
     if spec.lstrip("+-").isdigit():
-        if int(spec) < 1:
-            raise SpecError(f"bad length spec {text!r}: a fixed length must be >= 1; accepted forms: {LENGTH_FORMS}")
+        if not 1 <= int(spec) <= MAX_TOKENS:
+            raise SpecError(f"bad length spec {text!r}: a fixed length must be in 1..{MAX_TOKENS:,} tokens; "
+                            f"accepted forms: {LENGTH_FORMS}")
         return FixedLength(int(spec))
     raise SpecError(f"unknown length spec {text!r}; accepted forms: {LENGTH_FORMS}")
 

@@ -1,11 +1,23 @@
 """The canonical request a workload hands to the simulator."""
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 # One piece of a request's token content: (content id, tokens). Token i of a piece is the same token in every
 # request whose piece has that content id, so equal leading pieces mean a shared prefix.
 ContentPiece = tuple[int, int]
+
+
+MAX_ARRIVAL_S = 1e9        # about 32 years of simulated time: later arrivals are a unit mistake
+MAX_TOKENS = 10**9         # one request's prompt or output tokens
+
+
+def _check_integer(spec: "RequestSpec", name: str) -> None:
+    """A TypeError unless field `name` is an integer (numpy integers too; never a bool or a float like 2.5)."""
+    value = getattr(spec, name)
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"request {spec.request_id!r}: {name} must be an integer, got {value!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,14 +43,21 @@ class RequestSpec:
     think_s: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.arrival_s < 0:
-            raise ValueError(f"request {self.request_id}: negative arrival time {self.arrival_s}")
-        if self.prompt_tokens < 1:
-            raise ValueError(f"request {self.request_id}: prompt_tokens must be >= 1, got {self.prompt_tokens}")
-        if self.output_tokens < 1:
-            raise ValueError(f"request {self.request_id}: output_tokens must be >= 1, got {self.output_tokens}")
-        if self.think_s < 0:
-            raise ValueError(f"request {self.request_id}: negative think time {self.think_s}")
+        for name in ("request_id", "prompt_tokens", "output_tokens", "after"):
+            if type(getattr(self, name)) is not int:           # the fast path: workloads give plain ints
+                _check_integer(self, name)
+        if not 0 <= self.arrival_s <= MAX_ARRIVAL_S:             # also refuses NaN
+            raise ValueError(f"request {self.request_id}: arrival_s must be in [0, {MAX_ARRIVAL_S:g}] s, "
+                             f"got {self.arrival_s!r}")
+        if not 1 <= self.prompt_tokens <= MAX_TOKENS:
+            raise ValueError(f"request {self.request_id}: prompt_tokens must be in 1..{MAX_TOKENS:,}, "
+                             f"got {self.prompt_tokens}")
+        if not 1 <= self.output_tokens <= MAX_TOKENS:
+            raise ValueError(f"request {self.request_id}: output_tokens must be in 1..{MAX_TOKENS:,}, "
+                             f"got {self.output_tokens}")
+        if not 0 <= self.think_s <= MAX_ARRIVAL_S:
+            raise ValueError(f"request {self.request_id}: think_s must be in [0, {MAX_ARRIVAL_S:g}] s, "
+                             f"got {self.think_s!r}")
 
     @property
     def content_tokens(self) -> int:

@@ -218,7 +218,10 @@ def read_trace(
         keep = min(keep, int(np.searchsorted(arrival_s, max_duration_s, side="right")))
     order = order[:keep]
     content = None if rows.content is None else [rows.content[i] for i in order.tolist()]
-    return build_specs(arrival_s[:keep], rows.prompt_tokens[order], rows.output_tokens[order], content)
+    try:
+        return build_specs(arrival_s[:keep], rows.prompt_tokens[order], rows.output_tokens[order], content)
+    except (ValueError, TypeError) as exc:         # a request out of range (an arrival 1e308 s after the first)
+        raise TraceError(f"{path.name}: {exc}") from None
 
 
 def _check_options(rate_scale: float, max_requests: int | None, max_duration_s: float | None) -> None:
@@ -264,7 +267,7 @@ def _json_array(path: Path, text: str) -> Iterator[tuple[str, dict]]:
 
 def _read_text(path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
         raise TraceError(f"{path.name}: not a UTF-8 text file") from None
 

@@ -79,21 +79,6 @@ def parse_groups(data: dict, base: SimConfig, source: str = "pools") -> list[Rep
 
 
 def read_table_file(path: Path) -> dict[str, Any]:
-    """A TOML (.toml) or YAML file as a dict, with safe loaders."""
-    if not path.is_file():
-        raise FileNotFoundError(f"pools file {path} not found")
-    text = path.read_text()
-    try:
-        if path.suffix.lower() == ".toml":
-            try:
-                import tomllib
-            except ModuleNotFoundError:  # Python 3.10
-                import tomli as tomllib
-            return tomllib.loads(text)
-        import yaml
-        data = yaml.safe_load(text)
-    except Exception as exc:  # parse errors of either library
-        raise ConfigError(f"{path}: cannot parse: {' '.join(str(exc).split())}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a table with a list 'groups', got {type(data).__name__}")
-    return data
+    """A TOML (.toml) or YAML file as a dict (workloads.files: a bounded regular file, safe loaders)."""
+    from workloads.files import read_mapping
+    return read_mapping(path, "pools file", error=ConfigError)

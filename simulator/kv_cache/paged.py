@@ -13,6 +13,45 @@ from simulator.kv_cache.base import KVCacheManager, KVUsage
 from simulator.request import Request
 
 
+class BlockPool:
+    """The free block ids: a stack that pops block 0 first, then 1, 2, ...; freed ids go back on top.
+
+    Ids never handed out are one counter, not a list, so memory grows with the blocks in use, never with the
+    capacity (a small model on a big GPU has billions of blocks). Pop order equals that of a full list stack.
+    """
+
+    def __init__(self, num_blocks: int) -> None:
+        self.num_blocks = num_blocks
+        self.returned: list[int] = []      # freed ids, popped last-in first-out
+        self.next_fresh = 0                # ids >= this were never handed out
+
+    def __len__(self) -> int:
+        return len(self.returned) + self.num_blocks - self.next_fresh
+
+    def __iter__(self):
+        yield from self.returned
+        yield from range(self.next_fresh, self.num_blocks)
+
+    def take(self, need: int) -> list[int]:
+        """`need` ids in pop order."""
+        from_returned = min(need, len(self.returned))
+        taken = self.returned[len(self.returned) - from_returned:]
+        del self.returned[len(self.returned) - from_returned:]
+        taken.reverse()
+        fresh = need - from_returned
+        taken.extend(range(self.next_fresh, self.next_fresh + fresh))
+        self.next_fresh += fresh
+        return taken
+
+    def give_back(self, ids: list[int]) -> None:
+        """Push ids; the last one pops first."""
+        self.returned.extend(ids)
+
+    def append(self, block: int) -> None:
+        """Push one id (it pops next)."""
+        self.returned.append(block)
+
+
 class PagedKVCache(KVCacheManager):
     def __init__(self, capacity_tokens: int, **kwargs) -> None:
         super().__init__(capacity_tokens, **kwargs)
@@ -21,7 +60,7 @@ class PagedKVCache(KVCacheManager):
             raise ValueError(f"KV capacity {capacity_tokens} tokens holds no block of {self.block_size} tokens")
         # vLLM v0 BlockSpaceManager keeps watermark * num_blocks free when admitting (default 0.01).
         self.watermark_blocks = int(self.watermark * self.num_blocks)
-        self.free_blocks: list[int] = list(range(self.num_blocks - 1, -1, -1))   # a stack: pop() gives block 0 first
+        self.free_blocks = BlockPool(self.num_blocks)
         self.block_tables: dict[int, list[int]] = {}
         self.reserved_blocks = 0          # taken by run growth, not yet in a block table
         self.growth_block_tokens = self.block_size
@@ -47,10 +86,7 @@ class PagedKVCache(KVCacheManager):
     def _take(self, req: Request, need: int) -> None:
         table = self.block_tables.setdefault(req.request_id, [])
         if need:                                   # pop `need` ids off the stack, in pop order
-            taken = self.free_blocks[-need:]
-            del self.free_blocks[-need:]
-            taken.reverse()
-            table.extend(taken)
+            table.extend(self.free_blocks.take(need))
 
     def reserve(self, num_blocks: int) -> None:
         assert num_blocks <= len(self.free_blocks) - self.reserved_blocks, "reserve beyond the free pool"
@@ -68,7 +104,7 @@ class PagedKVCache(KVCacheManager):
         table = self.block_tables.pop(req.request_id, None)
         if table:
             table.reverse()
-            self.free_blocks.extend(table)
+            self.free_blocks.give_back(table)
 
     def allocated_tokens(self, req: Request) -> int:
         return len(self.block_tables.get(req.request_id, ())) * self.block_size

@@ -233,6 +233,10 @@ class PrefixCachingPagedKV(PagedKVCache):
 
     def _release(self, table: list[int]) -> None:
         """Give back a request's blocks, tail first (vLLM frees in reverse so that prefixes outlive tails)."""
+        if self.refs.keys().isdisjoint(table):       # nothing cached (no shared content): one C-level extend
+            table.reverse()
+            self.free_blocks.give_back(table)
+            return
         for block in reversed(table):
             refs = self.refs.get(block)
             if refs is None:

@@ -98,7 +98,35 @@ def format_explain_table(df: pd.DataFrame, cost_model: CostModel | None = None) 
     return "\n".join(lines)
 
 
-def roofline_figure(cost_model: CostModel, operators: list[Op]) -> go.Figure:
+LABEL_SPOTS = ("top center", "bottom center", "middle right", "middle left", "top right", "bottom right",
+               "top left", "bottom left")
+PLOT_PX = (900.0, 450.0)          # the plot area a label is measured against (a default plotly figure)
+
+
+def label_positions(points: list[tuple[float, float, str, float]], x_range: tuple[float, float],
+                    y_range: tuple[float, float]) -> dict[str, str | None]:
+    """A text position for each (x, y, name, marker px) point on log-log axes such that no two labels overlap;
+    None for a point whose label fits nowhere (it keeps its hover text). Larger markers are placed first."""
+    sx = PLOT_PX[0] / math.log10(x_range[1] / x_range[0])
+    sy = PLOT_PX[1] / math.log10(y_range[1] / y_range[0])
+    boxes: list[tuple[float, float, float, float]] = []
+    out: dict[str, str | None] = {}
+    for x, y, name, marker in sorted(points, key=lambda p: -p[3]):
+        cx, cy, w, h, r = math.log10(x) * sx, math.log10(y) * sy, 7.0 * len(name), 14.0, marker / 2
+        out[name] = None
+        for spot in LABEL_SPOTS:
+            vertical, horizontal = spot.split()
+            left = {"center": cx - w / 2, "right": cx + r, "left": cx - r - w}[horizontal]
+            bottom = {"top": cy + r, "bottom": cy - r - h, "middle": cy - h / 2}[vertical]
+            box = (left, bottom, left + w, bottom + h)
+            if not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in boxes):
+                boxes.append(box)
+                out[name] = spot
+                break
+    return out
+
+
+def roofline_figure(cost_model: CostModel, operators: list[Op], step: str = "") -> go.Figure:
     """Log-log roofline: arithmetic intensity (FLOP/byte) vs achieved FLOP/s of each operator, under the GPU's
     compute roof (datasheet matrix peak) and bandwidth roof (datasheet bytes/s x intensity); dashed lines are
     the achievable roofs after the calibration fractions. Operators with no FLOPs (copies) have no place on a
@@ -117,20 +145,31 @@ def roofline_figure(cost_model: CostModel, operators: list[Op]) -> go.Figure:
         fig.add_trace(go.Scatter(x=xs, y=[min(flops, bw * x) for x in xs], mode="lines", name=name,
                                  line={"color": "black", "dash": dash}))
     total = sum(o.seconds for o in operators) or 1.0
+    size = {o.name: 8 + 40 * math.sqrt(o.seconds / total) for o in placed}
+    spots = label_positions([(o.intensity, o.flops / o.seconds, o.name, size[o.name]) for o in placed],
+                            x_range=(lo, hi), y_range=(min([o.flops / o.seconds for o in placed] + [1.0]) / 3,
+                                                       g.peak_flops_per_s * 3))
     for family in FAMILY_COLORS:
         group = [o for o in placed if o.family == family]
         if not group:
             continue
         fig.add_trace(go.Scatter(
             x=[o.intensity for o in group], y=[o.flops / o.seconds for o in group], mode="markers+text",
-            name=family, text=[o.name for o in group], textposition="top center",
-            marker={"color": FAMILY_COLORS[family], "size": [8 + 40 * math.sqrt(o.seconds / total) for o in group]},
-            customdata=[[o.bound, o.seconds * 1e3, 100 * o.seconds / total] for o in group],
-            hovertemplate="%{text}<br>%{x:.3g} FLOP/B, %{y:.3g} FLOP/s<br>%{customdata[0]}-bound, "
+            name=family, text=[o.name if spots[o.name] else "" for o in group],
+            textposition=[spots[o.name] or "top center" for o in group],
+            marker={"color": FAMILY_COLORS[family], "size": [size[o.name] for o in group]},
+            customdata=[[o.bound, o.seconds * 1e3, 100 * o.seconds / total, o.name] for o in group],
+            hovertemplate="%{customdata[3]}<br>%{x:.3g} FLOP/B, %{y:.3g} FLOP/s<br>%{customdata[0]}-bound, "
                           "%{customdata[1]:.3f} ms (%{customdata[2]:.1f}%)<extra></extra>"))
-    title = f"Roofline: {g.model.name} on {gpu.name} (marker area ~ time)"
-    if skipped:
-        title += f"<br><sup>not placed (no FLOPs): {', '.join(skipped)}</sup>"
+    scales = [f"{what} x{value:g}" for what, value in (("bandwidth", g.bandwidth_scale), ("FLOP/s", g.flops_scale))
+              if value != 1]
+    title = (f"Roofline: {g.model.name} on {gpu.name}{', ' + step if step else ''}"
+             f"{' (what-if: ' + ', '.join(scales) + ')' if scales else ''}; marker area ~ time")
+    unlabeled = [o.name for o in placed if not spots[o.name]]
+    notes = ([f"not placed (no FLOPs): {', '.join(skipped)}"] if skipped else []) + \
+        ([f"unlabeled where labels would overlap (hover them): {', '.join(unlabeled)}"] if unlabeled else [])
+    if notes:
+        title += "<br><sup>" + "; ".join(notes) + "</sup>"
     fig.update_layout(title=title, xaxis={"type": "log", "title": "arithmetic intensity (FLOP/byte)"},
                       yaxis={"type": "log", "title": "achieved FLOP/s"}, template="plotly_white")
     return fig

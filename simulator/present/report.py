@@ -67,9 +67,12 @@ SUMMARY_COLUMNS: tuple[SummaryColumn, ...] = (
 
 def summary_frame(summaries: Sequence[tuple[str, dict[str, Any]]]) -> pd.DataFrame:
     """One row per scenario (index = label), one column per SUMMARY_COLUMNS entry, in display units."""
-    rows = {label: {c.header: _number(s.get(c.key)) * c.scale for c in SUMMARY_COLUMNS}
-            for label, s in summaries}
-    return pd.DataFrame.from_dict(rows, orient="index", columns=[c.header for c in SUMMARY_COLUMNS])
+    rows = {label: {**{c.header: _number(s.get(c.key)) * c.scale for c in SUMMARY_COLUMNS},
+                    SATURATED: bool(s.get("saturated"))} for label, s in summaries}
+    return pd.DataFrame.from_dict(rows, orient="index", columns=[c.header for c in SUMMARY_COLUMNS] + [SATURATED])
+
+
+SATURATED = "saturated"     # summary_frame's column marking scenarios whose offered load exceeds what they serve
 
 
 def _number(value: Any) -> float:
@@ -86,8 +89,9 @@ def best_labels(frame: pd.DataFrame) -> dict[str, set[str]]:
     A column where every scenario shows the same value has no best and is left out.
     """
     best: dict[str, set[str]] = {}
+    sustained = ~frame[SATURATED].astype(bool) if SATURATED in frame else pd.Series(True, index=frame.index)
     for col in SUMMARY_COLUMNS:
-        values = frame[col.header].dropna()
+        values = frame.loc[sustained, col.header].dropna()     # a saturated scenario is never best
         if not col.better or values.empty:
             continue
         shown = values.map(lambda v, c=col: format_value(c, v))
@@ -115,7 +119,9 @@ def summary_table_html(frame: pd.DataFrame) -> str:
         cells = "".join(
             f"<td{' class=best' if label in best.get(c.header, ()) else ''}>{format_value(c, row[c.header])}</td>"
             for c in SUMMARY_COLUMNS)
-        body.append(f"<tr><th>{html.escape(str(label))}</th>{cells}</tr>")
+        mark = " <span class=saturated title='offered load exceeds what it serves'>SATURATED</span>" \
+            if row.get(SATURATED) else ""
+        body.append(f"<tr><th>{html.escape(str(label))}{mark}</th>{cells}</tr>")
     return (f"<table class=summary><thead><tr><th>scenario</th>{head}</tr></thead>"
             f"<tbody>{''.join(body)}</tbody></table>")
 
@@ -178,12 +184,45 @@ def report_figures(inputs: ReportInputs) -> list[tuple[str, go.Figure]]:
         table = getattr(r, "replicas", None)
         if table is not None and len(table) and "replica" in r.requests:
             figs.append((f"replicas-{i}", replicas_figure(label, r.requests, table)))
-    if inputs.roofline is not None:
+    if inputs.roofline is not None and len(steps[inputs.roofline.label]):
         rl = inputs.roofline
         figs.append(("roofline", plots.roofline_figure(
             steps[rl.label], peak_flops_per_s=rl.peak_flops_per_s, peak_bytes_per_s=rl.peak_bytes_per_s,
             label=rl.label, color=colors[rl.label])))
+    for div_id, fig in figs:
+        for why, row in empty_reasons(div_id, inputs, steps, requests):
+            say_why(fig, why, row)
     return figs
+
+
+STEP_CHARTS = ("kv-memory", "fragmentation", "queue", "preemptions", "step-timeline")
+
+
+def empty_reasons(div_id: str, inputs: ReportInputs, steps: dict, requests: dict) -> list[tuple[str, int | None]]:
+    """Why a chart (or one of its panels, by row) has nothing to show; [] when it has."""
+    if div_id in STEP_CHARTS:
+        bare = [label for label, frame in steps.items() if not len(frame)]
+        if bare:
+            who = "this result" if len(bare) == len(steps) else "summary-only results (" + ", ".join(bare) + ")"
+            return [(f"Not drawn for {who}: this chart needs per-step rows, which --summary-only on does not "
+                     "keep; re-run without it to see them", None)]
+    if div_id == "preemptions" and all(r.summary().get("preemptions", 0) == 0 for _, r in inputs.runs):
+        return [("No preemptions in any scenario: KV memory never ran out, so the count stays at 0", None)]
+    if div_id == "fragmentation":
+        if all((getattr(r, "config", None) or {}).get("kv", "paged") == "paged" for _, r in inputs.runs):
+            return [("Paged KV cache: no external fragmentation (any free block serves any request), so this "
+                     "panel stays at 0", 2)]
+    if div_id in ("latency-cdf", "ttft-vs-prompt") and not any(len(f) for f in requests.values()):
+        return [("No per-request rows in memory (they streamed to requests.parquet past --max-request-rows)",
+                 None)]
+    return []
+
+
+def say_why(fig: go.Figure, text: str, row: int | None = None) -> None:
+    """Write `text` across a chart (or across subplot `row`) that has nothing to show."""
+    axis = "" if row in (None, 1) else str(row)
+    fig.add_annotation(text=text, xref=f"x{axis} domain", yref=f"y{axis} domain", x=0.5, y=0.5, showarrow=False,
+                       font={"size": 13, "color": "#555"}, bgcolor="rgba(255,255,255,0.85)")
 
 
 def _first_replica(frame: pd.DataFrame) -> pd.DataFrame:
@@ -198,7 +237,7 @@ h1{font-size:22px;margin:0 0 6px} p.notes{color:#555;margin:2px 0}
 table.summary{border-collapse:collapse;font-size:13px;margin:14px 0 22px}
 table.summary th,table.summary td{border:1px solid #ddd;padding:4px 8px;text-align:right;white-space:nowrap}
 table.summary thead th{background:#f4f4f6} table.summary tbody th{text-align:left}
-td.best{background:#d9f2dd;font-weight:600}
+td.best{background:#d9f2dd;font-weight:600} .saturated{color:#b00020;font-weight:600;font-size:.8em}
 section.chart{margin:0 0 18px;border-top:1px solid #eee;padding-top:6px}
 """
 
@@ -250,7 +289,10 @@ def write_report(path: str | os.PathLike, inputs: ReportInputs) -> Path:
     """Render and write the report atomically (a temporary file renamed into place: no partial file)."""
     path = Path(path)
     text = render_report(inputs)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path

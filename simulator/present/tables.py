@@ -13,12 +13,14 @@ from typing import Any
 
 import pandas as pd
 
-from simulator.present.report import SUMMARY_COLUMNS, best_labels, format_value, summary_frame
+from simulator.present.report import SATURATED, SUMMARY_COLUMNS, best_labels, format_value, summary_frame
 
 TERMINAL_COLUMNS = ("done", "req/s", "out tok/s", "goodput req/s", "SLO met %", "TTFT p50 ms", "TTFT p99 ms",
                     "TPOT p50 ms", "TPOT p99 ms", "E2E p99 s", "KV used %", "preempt", "MFU %")
 BEST_STYLE = "bold green"
-BEST_CAPTION = "* best value per column (bold green)"
+TABLE_WIDTH = 120             # stdout that is not a terminal (a file, a pipe): tables wrap to this width
+BEST_CAPTION = "* best value per column (bold green); SATURATED: offered load above what it serves (latency grows " \
+               "with run length), never best"
 
 
 def best(text: str) -> str:
@@ -30,23 +32,34 @@ def _console():
     """stdout console; when stdout is not a terminal, wide enough that tables are not squeezed."""
     from rich.console import Console
     console = Console()
-    return console if console.is_terminal else Console(width=250)
+    return console if console.is_terminal else Console(width=TABLE_WIDTH)
 
 
 def comparison_table(runs: Sequence[tuple[str, Any]], option_values: Sequence[dict[str, str]], title: str):
-    """A rich Table: one row per scenario, varied options first, best value of each metric highlighted."""
+    """A rich Table: one row per scenario, varied options first, best value of each metric highlighted.
+
+    It fits TABLE_WIDTH columns (cells wrap): a metric with one value in every row moves to the caption, and a
+    metric nobody measured (goodput without an SLO) is left out."""
+    from rich import box
     from rich.table import Table
     frame = summary_frame([(label, r.summary()) for label, r in runs])
     top = best_labels(frame)
     options = list(option_values[0]) if option_values else []
-    columns = [c for c in SUMMARY_COLUMNS if c.header in TERMINAL_COLUMNS]
-    table = Table(title=title, caption=BEST_CAPTION)
+    shown = {c.header: [format_value(c, v) for v in frame[c.header]] for c in SUMMARY_COLUMNS}
+    measured = [c for c in SUMMARY_COLUMNS if c.header in TERMINAL_COLUMNS and frame[c.header].notna().any()]
+    same = [c for c in measured if len(runs) > 1 and len(set(shown[c.header])) == 1]
+    columns = [c for c in measured if c not in same]
+    caption = BEST_CAPTION + "".join(f"; {c.header} {shown[c.header][0]} in every row" for c in same)
+    table = Table(title=title, caption=caption, box=box.SIMPLE_HEAD, pad_edge=False,
+                  min_width=min(len(title) + 4, TABLE_WIDTH))
     for name in options or ["scenario"]:
-        table.add_column(name.replace("_", "-"))
+        table.add_column(name.replace("_", "-"), overflow="fold")
+    table.add_column("load", overflow="fold", min_width=9)
     for c in columns:
-        table.add_column(c.header, justify="right")
+        table.add_column(c.header, justify="right", overflow="fold")
     for (label, _), values in zip(runs, option_values or [{} for _ in runs]):
         cells = [values[o] for o in options] or [label]
+        cells.append("[bold red]SATURATED[/]" if frame.loc[label, SATURATED] else "ok")
         for c in columns:
             text = format_value(c, frame.loc[label, c.header])
             cells.append(best(text) if label in top.get(c.header, ()) else text)

@@ -5,11 +5,13 @@ lives here and commands are generated from it (no option block re-declared per c
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from hardware.links import LINKS
 from simulator.batching import BATCHING_POLICIES
+from simulator.config import short
 from simulator.cluster.router import ROUTERS
 from simulator.engines import DEFAULT_ENGINE, ENGINES
 from simulator.kv_cache import KV_CACHE_MANAGERS
@@ -22,16 +24,39 @@ def parse_bool(text: str) -> bool:
         return True
     if value in ("off", "false", "no", "0"):
         return False
-    raise ValueError(f"expected on or off, got '{text}'")
+    raise ValueError(f"expected on or off, got {short(text)}")
 
 
 def _number(kind: type) -> Callable[[str], Any]:
+    """A parser of `kind` from text; integers may be written 1e6 or 1_000_000 when whole."""
     def parse(text: str) -> Any:
+        what = "an integer" if kind is int else "a number"
         try:
-            return kind(text)
+            value = float(text)
         except (TypeError, ValueError):
-            raise ValueError(f"expected {'an integer' if kind is int else 'a number'}, got '{text}'") from None
+            raise ValueError(f"expected {what}, got {short(text)}") from None
+        if kind is float:
+            return value
+        if not value.is_integer():
+            raise ValueError(f"expected {what}, got {short(text)}")
+        try:
+            return int(text)               # exact for long integers
+        except ValueError:
+            return int(value)
     return parse
+
+
+def split_items(text: str) -> list[str]:
+    """Split a comma list, keeping `key=value` pieces with the value before (lognormal:mean=600,sigma=0.8 is one
+    item); empty pieces stay (as '') for the caller to refuse."""
+    items: list[str] = []
+    for piece in str(text).split(","):
+        piece = piece.strip()
+        if items and ":" in items[-1] and re.match(r"^[A-Za-z_]\w*=", piece):
+            items[-1] += "," + piece
+        else:
+            items.append(piece)
+    return items
 
 
 SECONDS_PER_UNIT = {"ms": 1e-3, "s": 1.0, "us": 1e-6}
@@ -84,6 +109,11 @@ class ScenarioOption:
     def help_text(self) -> str:
         """Help with its '[default: x]' escaped, so rich markup shows it instead of eating it."""
         return self.help.replace("[default:", "\\[default:")
+
+    @property
+    def is_flag(self) -> bool:
+        """An on/off option: given bare on the command line it means on."""
+        return self.kind is bool
 
     def parse(self, text: str) -> Any:
         if self.parser is not None:
@@ -210,3 +240,19 @@ SCENARIO_OPTIONS: tuple[ScenarioOption, ...] = (
                           "[default: on]", SV),
 )
 OPTIONS_BY_FIELD = {o.field: o for o in SCENARIO_OPTIONS}
+OPTIONS_BY_FLAG = {o.flag: o for o in SCENARIO_OPTIONS}
+# Options whose single value is itself a comma list (not several scenarios).
+COMMA_VALUED = frozenset({"acceptance_profile", "metric_percentiles", "percentile_metrics"})
+
+
+def coerce(field: str, value: Any) -> Any:
+    """A config-file value as the field takes it: text is read as the command line reads it ("on", "5"), and a
+    whole float (16.0) is an integer; every other value goes to SimConfig's strict type check unchanged."""
+    opt = OPTIONS_BY_FIELD.get(field)
+    if opt is None:
+        return value
+    if isinstance(value, str) and opt.kind is not str:
+        return opt.parse(value)
+    if opt.kind is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value

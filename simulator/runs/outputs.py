@@ -31,16 +31,45 @@ def folder_name(index: int, label: str) -> str:
     return f"{index:02d}-{slug or 'scenario'}"
 
 
+# Every name a results folder's writers produce (SimResult.save, the commands, report.html): a new result
+# written into an old results folder replaces all of them, so no stale scenario or table survives.
+PRODUCTS = ("requests.csv", "steps.csv", "kv.csv", "itl.csv", "summary.json", "config.json", "requests.parquet",
+            "vllm_result.json", "report.html", "comparison.csv", "sweep.csv", "capacity.csv", "load.csv", MANIFEST)
+SCENARIO_FOLDER = re.compile(r"^\d{2,}-")
+
+
+class OutError(ValueError):
+    """An --out that cannot take results (a file, under a file, not writable): found before any work."""
+
+
+def check_out(out: Path, flag: str = "--out") -> Path:
+    """Refuse an output folder that could not be written, before anything runs; return its nearest existing
+    ancestor (where the temporary folder goes)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise OutError(f"{flag} {out}: is a file, not a folder")
+    ancestor = out if out.exists() else out.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise OutError(f"{flag} {out}: {ancestor} is a file, not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise OutError(f"{flag} {out}: cannot write into {ancestor}")
+    return ancestor
+
+
 @contextlib.contextmanager
 def staged(out: Path) -> Iterator[Path]:
-    """Yield a fresh temporary sibling of `out` to write into; on success move its entries into `out`
-    (replacing same-named ones), on failure delete it: no partial output either way."""
+    """Yield a fresh temporary folder next to `out` to write into; on success move its entries into `out`
+    (after clearing the products of an earlier result there), on failure or Ctrl-C delete it: no partial
+    output, and no folder created, either way."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    ancestor = check_out(out)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name or 'out'}-", dir=ancestor))
     try:
         yield tmp
-        out.mkdir(exist_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
+        clear_products(out)
         for item in tmp.iterdir():
             target = out / item.name
             if target.is_dir() and not target.is_symlink():
@@ -48,6 +77,23 @@ def staged(out: Path) -> Iterator[Path]:
             os.replace(item, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def clear_products(folder: Path) -> None:
+    """Delete what servesim wrote into `folder` before (files of PRODUCTS, scenario folders); keep the rest."""
+    if not any((folder / name).is_file() for name in ("config.json", MANIFEST, "summary.json")):
+        return                                   # not a results folder: leave the user's files alone
+    for item in folder.iterdir():
+        if item.name in PRODUCTS and item.is_file():
+            item.unlink()
+        elif SCENARIO_FOLDER.match(item.name) and item.is_dir() and (item / "config.json").is_file():
+            shutil.rmtree(item)
+
+
+def write_run_report(tmp: Path, out: Path, result) -> None:
+    """report.html of one run (its label: the folder's name)."""
+    runs = [(out.name or str(out), result)]
+    write_report(tmp / "report.html", ReportInputs(runs, None, roofline_of(runs), title=f"servesim run: {out}"))
 
 
 def roofline_of(runs: Sequence[tuple[str, Any]]) -> Roofline | None:

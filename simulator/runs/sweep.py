@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Any
 import pandas as pd
 
 from simulator.config import SimConfig
-from simulator.runs.options import OPTIONS_BY_FIELD, ScenarioOption
+from simulator.runs.options import OPTIONS_BY_FIELD, ScenarioOption, split_items
 
 LOAD_AXES = ("rate", "batch_size", "prompt_len", "output_len", "max_num_seqs")
 AXIS_TITLES = {"rate": "offered load (requests/s)", "batch_size": "static batch size (requests)",
@@ -39,16 +38,10 @@ class AxisError(ValueError):
 
 
 def split_list(flag: str, text: str) -> list[str]:
-    """Split a comma list, keeping `key=value` pieces with the value before (lognormal:mean=600,sigma=0.8)."""
-    items: list[str] = []
-    for piece in str(text).split(","):
-        piece = piece.strip()
-        if items and ":" in items[-1] and re.match(r"^[A-Za-z_]\w*=", piece):
-            items[-1] += "," + piece
-        elif not piece:
-            raise AxisError(f"{flag}: empty value in '{text}'; write a comma list like a,b,c")
-        else:
-            items.append(piece)
+    """Split a comma list (options.split_items); an empty item is an error."""
+    items = split_items(text)
+    if "" in items:
+        raise AxisError(f"{flag}: empty value in '{text}'; write a comma list like a,b,c")
     return items
 
 
@@ -178,7 +171,7 @@ def validate(base: SimConfig, axes: Mapping[str, Sequence[Any]], scenarios: Sequ
 # ---- running a comparison ------------------------------------------------------------------------------------
 RUN_METRICS = ("completed", "rejected", "request_throughput", "output_token_throughput", "goodput",
                "slo_attainment", "ttft_p50_s", "ttft_p99_s", "tpot_p50_s", "tpot_p99_s", "e2e_p99_s",
-               "kv_utilization_mean", "preemptions", "mfu", "mbu")
+               "kv_utilization_mean", "preemptions", "mfu", "mbu", "offered_rate", "saturated")
 
 
 @dataclass

@@ -261,9 +261,15 @@ def load_bench_result(path: Path) -> RealRun:
 
 
 # ---- small readers ----
+def _text(path: Path) -> str:
+    """A run file's text: a bounded regular UTF-8 file (workloads.files), errors as RunFileError."""
+    from workloads.files import MAX_TRACE_BYTES, read_text
+    return read_text(path, "run file", max_bytes=MAX_TRACE_BYTES, error=RunFileError)
+
+
 def _read_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8-sig"))
+        return json.loads(_text(path))
     except json.JSONDecodeError as exc:
         raise RunFileError(f"{path} line {exc.lineno}: not valid JSON ({exc.msg})") from None
     except UnicodeDecodeError:
@@ -274,7 +280,7 @@ def _read_json(path: Path) -> Any:
 
 def _json_lines(path: Path):
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        text = _text(path)
     except UnicodeDecodeError:
         raise RunFileError(f"{path}: not a UTF-8 text file") from None
     except OSError as exc:
