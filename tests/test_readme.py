@@ -84,6 +84,7 @@ def fixtures(folder: Path) -> None:
     (folder / "my-gpu.toml").write_text(toml_block('name = "my-accelerator"'))
     (folder / "pools.toml").write_text(toml_block("[[groups]]"))
     shutil.copy(data / "workloads_azure.csv", folder / "AzureLLMInferenceTrace_conv.csv")
+    shutil.copy(data / "workloads_mooncake.jsonl", folder / "conversation_trace.jsonl")
     shutil.copy(data / "hf_configs" / "llama-3.1-8b.json", folder / "config.json")
     (folder / "path" / "to").mkdir(parents=True)
     shutil.copy(data / "hf_configs" / "qwen2.5-0.5b.json", folder / "path" / "to" / "config.json")
