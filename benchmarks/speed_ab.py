@@ -26,16 +26,12 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
+import speed                    # benchmarks/speed.py beside this script: its scenarios
+
 HERE = Path(__file__).resolve().parents[1]
-LOAD = 0.8
-SCENARIOS: dict[str, dict] = {          # as in benchmarks/speed.py (S1-S5: one replica)
-    "S1": {"num_requests": 10_000},
-    "S2": {"num_requests": 100_000},
-    "S3": {"num_requests": 1_000_000, "summary_only": True},
-    "S4a": {"num_requests": 10_000, "batching": "static", "kv": "contiguous"},
-    "S4b": {"num_requests": 10_000, "batching": "dynamic"},
-    "S5": {"num_requests": 10_000, "chunked_prefill": True, "preemption": "swap", "surge": 1.5},
-}
+LOAD = speed.LOAD
+SCENARIOS: dict[str, dict] = {name: knobs for name, knobs in speed.SCENARIOS.items()   # one replica each
+                              if name in ("S1", "S2", "S3", "S4a", "S4b", "S5")}
 
 
 def _config(name: str, rate: float, extra: dict, capacity: bool = False):
