@@ -30,10 +30,11 @@ from simulator.batching.lazy import DecodeRun
 from simulator.cluster.disagg import (InstanceShape, decode_parts, decode_specs, get_kv_link,
                                       schedule_transfers)
 from simulator.cluster.pools import ReplicaGroup, replica_groups
+from simulator.cluster.parallel import run_all, worker_count
 from simulator.cluster.result import merge_disaggregated
 from simulator.cluster.router import ReplicaView, Router, make_router
 from simulator.config import ConfigError, SimConfig
-from simulator.engine import Engine, EngineParts, paused_gc
+from simulator.engine import Engine, EngineParts, ProgressFn, paused_gc
 from simulator.metrics import SimResult
 from simulator.request import Request
 from workloads.spec import RequestSpec
@@ -115,12 +116,14 @@ class Replica:
 
 @dataclass
 class ReplicaRun:
-    """A finished replica: where it sat and what it produced."""
+    """A finished replica: where it sat and what it produced (`summary`: its row of replicas.csv, when already
+    taken)."""
 
     index: int
     group: str
     config: SimConfig | None
     result: SimResult
+    summary: dict | None = None
 
 
 def replica_config(cfg: SimConfig) -> SimConfig:
@@ -138,12 +141,13 @@ def build_replicas(groups: list[ReplicaGroup], first_index: int = 0) -> list[Rep
     return replicas
 
 
-def run_replicas(cfg: SimConfig, specs: list[RequestSpec]) -> list[ReplicaRun]:
+def run_replicas(cfg: SimConfig, specs: list[RequestSpec], progress: ProgressFn | None = None) -> list[ReplicaRun]:
     """Simulate the cluster `cfg` describes on `specs`; one ReplicaRun per replica, in index order."""
     check_open_loop(cfg, specs)
     replicas = build_replicas(replica_groups(cfg))
     router = make_router(cfg.router, len(replicas), cfg.seed, cfg.block_size)
-    return run_cluster(replicas, router, specs, cfg.router_delay_s)
+    workers = worker_count(cfg.workers, len(replicas), len(specs))
+    return run_cluster(replicas, router, specs, cfg.router_delay_s, workers, progress)
 
 
 def check_open_loop(cfg: SimConfig, specs: list[RequestSpec]) -> None:
@@ -152,25 +156,38 @@ def check_open_loop(cfg: SimConfig, specs: list[RequestSpec]) -> None:
                           "(conversations) are not supported with replicas yet")
 
 
-def run_cluster(replicas: list[Replica], router: Router, specs: list[RequestSpec],
-                delay_s: float = 0.0) -> list[ReplicaRun]:
-    """Route `specs` over `replicas` and simulate them; one ReplicaRun per replica, in index order."""
+def run_cluster(replicas: list[Replica], router: Router, specs: list[RequestSpec], delay_s: float = 0.0,
+                workers: int = 1, progress: ProgressFn | None = None) -> list[ReplicaRun]:
+    """Route `specs` over `replicas` and simulate them; one ReplicaRun per replica, in index order. Replicas of
+    a router that reads no replica state run in `workers` processes (parallel.py)."""
     ordered = sorted(specs, key=lambda s: (s.arrival_s, s.request_id))
     if router.needs_load:
         return _side_by_side(replicas, router, ordered, delay_s)
-    return _one_by_one(replicas, router, ordered)
+    return _one_by_one(replicas, router, ordered, workers, progress)
 
 
-def _one_by_one(replicas: list[Replica], router: Router, specs: list[RequestSpec]) -> list[ReplicaRun]:
-    """Route everything up front, then run each replica alone (and drop its engine before the next)."""
+def _one_by_one(replicas: list[Replica], router: Router, specs: list[RequestSpec], workers: int,
+                progress: ProgressFn | None) -> list[ReplicaRun]:
+    """Route everything up front, then run each replica alone (and drop its engine before the next), in
+    `workers` processes at once."""
     shares: list[list[RequestSpec]] = [[] for _ in replicas]
     for spec in specs:
         shares[router.route(spec, None)].append(spec)       # the router's index: position in `replicas`
-    runs = []
-    for replica, share in zip(replicas, shares):
-        runs.append(ReplicaRun(replica.index, replica.group, replica.config, Engine(replica.parts, share).run()))
+    answered = [0, 0.0]                                      # requests done, latest simulated time
+
+    def run_one(i: int) -> ReplicaRun:
+        replica = replicas[i]
+        run = ReplicaRun(replica.index, replica.group, replica.config, Engine(replica.parts, shares[i]).run())
         replica.parts = None
-    return runs
+        run.summary = run.result.summary()                   # in the worker: the parent only merges
+        return run
+
+    def done(i: int, run: ReplicaRun) -> None:
+        answered[0] += len(shares[i])
+        answered[1] = max(answered[1], run.summary["duration_s"])
+        if progress is not None:
+            progress(answered[1], answered[0], len(specs))
+    return run_all(run_one, [len(share) for share in shares], workers, done)
 
 
 def _side_by_side(replicas: list[Replica], router: Router, specs: list[RequestSpec],
@@ -209,12 +226,15 @@ def simulate_disaggregated(cfg, specs: list[RequestSpec], prefill_groups, decode
     shapes = {r.index: instance_shape(r) for r in prefill}
     router = make_router(cfg.router, len(prefill), cfg.seed, cfg.block_size)
     first = [replace(s, output_tokens=1) for s in specs]
-    prefill_runs = run_cluster(prefill, router, first, cfg.router_delay_s)
+    prefill_runs = run_cluster(prefill, router, first, cfg.router_delay_s,
+                               worker_count(cfg.workers, len(prefill), len(first)))
     done = pd.concat([r.result.requests.assign(replica=r.index) for r in prefill_runs], ignore_index=True)
     transfers = schedule_transfers(done[done.status == "finished"], link, shapes, cfg.kv_transfer == "layerwise")
     by_id = {s.request_id: s for s in specs}
     router = make_router(cfg.router, len(decode), cfg.seed + 1, cfg.block_size)
-    decode_runs = run_cluster(decode, router, decode_specs(by_id, transfers), cfg.router_delay_s)
+    moved = decode_specs(by_id, transfers)
+    decode_runs = run_cluster(decode, router, moved, cfg.router_delay_s, worker_count(cfg.workers, len(decode),
+                                                                                       len(moved)))
     return merge_disaggregated(cfg, prefill_runs, decode_runs, transfers, link)
 
 
