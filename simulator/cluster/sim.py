@@ -24,11 +24,10 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
-import pandas as pd
 
 from simulator.batching.lazy import DecodeRun
-from simulator.cluster.disagg import (InstanceShape, decode_parts, decode_specs, get_kv_link,
-                                      schedule_transfers)
+from simulator.cluster.disagg import (HeldUntilSent, InstanceShape, Transfer, TransferLink, decode_parts,
+                                      decode_specs, get_kv_link)
 from simulator.cluster.pools import ReplicaGroup, replica_groups
 from simulator.cluster.parallel import run_all, worker_count
 from simulator.cluster.result import merge_disaggregated
@@ -108,10 +107,21 @@ class Replica:
     config: SimConfig | None = None
     board: LoadBoard = field(default_factory=LoadBoard)
     engine: Engine | None = None
+    held: HeldUntilSent | None = None       # a prefill replica: its prompts' KV transfers, holding their blocks
 
     @property
     def capacity_tokens(self) -> int:
         return int(self.parts.meta["kv_capacity_tokens"])
+
+    def make_engine(self, specs: list[RequestSpec], observer: LoadBoard | None = None) -> Engine:
+        engine = Engine(self.parts, specs, observer=observer)
+        engine.releases = self.held
+        return engine
+
+    def finished(self, result: SimResult) -> ReplicaRun:
+        """This replica's ReplicaRun, from its engine's result."""
+        return ReplicaRun(self.index, self.group, self.config, result,
+                          transfers=None if self.held is None else self.held.transfers)
 
 
 @dataclass
@@ -124,6 +134,7 @@ class ReplicaRun:
     config: SimConfig | None
     result: SimResult
     summary: dict | None = None
+    transfers: list[Transfer] | None = None      # a prefill replica's KV transfers, in the order they were sent
 
 
 def replica_config(cfg: SimConfig) -> SimConfig:
@@ -177,7 +188,7 @@ def _one_by_one(replicas: list[Replica], router: Router, specs: list[RequestSpec
 
     def run_one(i: int) -> ReplicaRun:
         replica = replicas[i]
-        run = ReplicaRun(replica.index, replica.group, replica.config, Engine(replica.parts, shares[i]).run())
+        run = replica.finished(replica.make_engine(shares[i]).run())
         replica.parts = None
         run.summary = run.result.summary()                   # in the worker: the parent only merges
         return run
@@ -194,7 +205,7 @@ def _side_by_side(replicas: list[Replica], router: Router, specs: list[RequestSp
                   delay_s: float) -> list[ReplicaRun]:
     """Advance all replicas arrival by arrival, routing each request on what the router can see then."""
     for replica in replicas:
-        replica.engine = Engine(replica.parts, [], observer=replica.board)
+        replica.engine = replica.make_engine([], observer=replica.board)
         replica.engine.open = True
         replica.engine.start()
     with paused_gc():
@@ -208,7 +219,7 @@ def _side_by_side(replicas: list[Replica], router: Router, specs: list[RequestSp
             chosen.board.sent += 1
             chosen.engine.feed(spec)
         results = [replica.engine.close() for replica in replicas]
-    return [ReplicaRun(r.index, r.group, r.config, result) for r, result in zip(replicas, results)]
+    return [r.finished(result) for r, result in zip(replicas, results)]
 
 
 def view_of(replica: Replica, position: int, now_s: float, report_s: float) -> ReplicaView:
@@ -223,13 +234,14 @@ def simulate_disaggregated(cfg, specs: list[RequestSpec], prefill_groups, decode
     for replica in decode:
         replica.parts = decode_parts(replica.parts)
     link = get_kv_link(cfg.kv_link)
-    shapes = {r.index: instance_shape(r) for r in prefill}
+    for r in prefill:
+        r.held = HeldUntilSent(TransferLink(r.index, link, instance_shape(r), cfg.kv_transfer == "layerwise"),
+                               r.parts.policy.kv)
     router = make_router(cfg.router, len(prefill), cfg.seed, cfg.block_size)
     first = [replace(s, output_tokens=1) for s in specs]
     prefill_runs = run_cluster(prefill, router, first, cfg.router_delay_s,
                                worker_count(cfg.workers, len(prefill), len(first)))
-    done = pd.concat([r.result.requests.assign(replica=r.index) for r in prefill_runs], ignore_index=True)
-    transfers = schedule_transfers(done[done.status == "finished"], link, shapes, cfg.kv_transfer == "layerwise")
+    transfers = sorted((t for r in prefill_runs for t in r.transfers), key=lambda t: (t.end_s, t.request_id))
     by_id = {s.request_id: s for s in specs}
     router = make_router(cfg.router, len(decode), cfg.seed + 1, cfg.block_size)
     moved = decode_specs(by_id, transfers)
