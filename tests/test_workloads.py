@@ -531,7 +531,7 @@ def test_one_json_reader_serves_every_file_kind(tmp_path):
     assert next(json_records(array, "test file", arrays=True, label="r.json")) == ("r.json record 1", {"a": 1})
     with pytest.raises(ValueError, match=r"^r.json record 2: expected a JSON object, got int$"):
         list(json_records(array, "test file", arrays=True, label="r.json"))
-    with pytest.raises(Mine, match=r"r.json line 1: not valid JSON"):   # without `arrays`, a list is one bad line
+    with pytest.raises(Mine, match=r"^r.json line 1: expected a JSON object, got list$"):   # not without `arrays`
         list(json_records(array, "test file", error=Mine, label="r.json"))
     assert read_json(array, "test file", want=list) == [{"a": 1}, 2]
     with pytest.raises(Mine, match=r"r.json: expected a JSON object, got list$"):
