@@ -28,7 +28,7 @@ from typing import NamedTuple
 from simulator.batching.lazy import DecodeRun
 from simulator.cluster.disagg import (HeldUntilSent, InstanceShape, Transfer, TransferLink, decode_parts,
                                       decode_specs, get_kv_link)
-from simulator.cluster.pools import ReplicaGroup, replica_groups
+from simulator.cluster.pools import ReplicaGroup
 from simulator.cluster.parallel import run_all, worker_count
 from simulator.cluster.result import merge_disaggregated
 from simulator.cluster.router import ReplicaView, Router, make_router
@@ -152,10 +152,12 @@ def build_replicas(groups: list[ReplicaGroup], first_index: int = 0) -> list[Rep
     return replicas
 
 
-def run_replicas(cfg: SimConfig, specs: list[RequestSpec], progress: ProgressFn | None = None) -> list[ReplicaRun]:
-    """Simulate the cluster `cfg` describes on `specs`; one ReplicaRun per replica, in index order."""
+def run_replicas(cfg: SimConfig, specs: list[RequestSpec], groups: list[ReplicaGroup],
+                 progress: ProgressFn | None = None) -> list[ReplicaRun]:
+    """Simulate replicas of `groups` behind `cfg`'s router on `specs`; one ReplicaRun per replica, in index
+    order."""
     check_open_loop(cfg, specs)
-    replicas = build_replicas(replica_groups(cfg))
+    replicas = build_replicas(groups)
     router = make_router(cfg.router, len(replicas), cfg.seed, cfg.block_size)
     workers = worker_count(cfg.workers, len(replicas), len(specs))
     return run_cluster(replicas, router, specs, cfg.router_delay_s, workers, progress)
@@ -234,9 +236,10 @@ def simulate_disaggregated(cfg, specs: list[RequestSpec], prefill_groups, decode
     for replica in decode:
         replica.parts = decode_parts(replica.parts)
     link = get_kv_link(cfg.kv_link)
+    receivers = min(r.config.tp * r.config.pp for r in decode)
     for r in prefill:
-        r.held = HeldUntilSent(TransferLink(r.index, link, instance_shape(r), cfg.kv_transfer == "layerwise"),
-                               r.parts.policy.kv)
+        r.held = HeldUntilSent(TransferLink(r.index, link, instance_shape(r, receivers),
+                                            cfg.kv_transfer == "layerwise"), r.parts.policy.kv)
     router = make_router(cfg.router, len(prefill), cfg.seed, cfg.block_size)
     first = [replace(s, output_tokens=1) for s in specs]
     prefill_runs = run_cluster(prefill, router, first, cfg.router_delay_s,
@@ -250,8 +253,11 @@ def simulate_disaggregated(cfg, specs: list[RequestSpec], prefill_groups, decode
     return merge_disaggregated(cfg, prefill_runs, decode_runs, transfers, link)
 
 
-def instance_shape(replica: Replica) -> InstanceShape:
+def instance_shape(replica: Replica, receivers: int) -> InstanceShape:
+    """How a prefill replica's prompts cross the link: each of its GPUs sends its KV shard over its own NIC, or,
+    where the smallest decode instance has fewer GPUs (`receivers`), that many NICs receive it all."""
     meta = replica.parts.meta
-    cfg = replica.config
-    return InstanceShape(float(meta["memory"]["kv_bytes_per_token"]), cfg.tp * cfg.pp,
-                         int(meta["model"]["num_layers"]))
+    gpus = replica.config.tp * replica.config.pp
+    lanes = min(gpus, receivers)
+    per_gpu = float(meta["memory"]["kv_bytes_per_token"])
+    return InstanceShape(per_gpu if lanes == gpus else per_gpu * gpus / lanes, lanes, int(meta["model"]["num_layers"]))
