@@ -5,9 +5,10 @@ from __future__ import annotations
 from simulator.cluster.router import ROUTERS, make_router
 
 
-def simulate_cluster(cfg, specs):
+def simulate_cluster(cfg, specs, progress=None):
     """Simulate the cluster `cfg` describes (replicas, router, pools, prefill/decode pools) on `specs`; return a
-    ClusterResult."""
+    ClusterResult. `progress(simulated s, requests done, total)` is called as replicas finish, where replicas run
+    one by one or in worker processes (a state-free router)."""
     from simulator.cluster.pools import ReplicaGroup
     from simulator.cluster.result import merge_runs
     from simulator.cluster.sim import check_open_loop, run_replicas, simulate_disaggregated
@@ -15,13 +16,13 @@ def simulate_cluster(cfg, specs):
         if cfg.expert_parallel:
             from simulator.cluster.dp_ep import simulate_dp_ep
             return simulate_dp_ep(cfg, specs)
-        return merge_runs(cfg.to_dict(), run_replicas(cfg.replace(replicas=cfg.dp, dp=1), specs))
+        return merge_runs(cfg.to_dict(), run_replicas(cfg.replace(replicas=cfg.dp, dp=1), specs, progress))
     if cfg.prefill_replicas:
         check_open_loop(cfg, specs)
         base = cfg.replace(prefill_replicas=0, decode_replicas=0)
         return simulate_disaggregated(cfg, specs, [ReplicaGroup("prefill", cfg.prefill_replicas, base)],
                                       [ReplicaGroup("decode", cfg.decode_replicas, base.replace(prefix_caching=False))])
-    return merge_runs(cfg.to_dict(), run_replicas(cfg, specs))
+    return merge_runs(cfg.to_dict(), run_replicas(cfg, specs, progress))
 
 
 __all__ = ["ROUTERS", "make_router", "simulate_cluster"]

@@ -27,7 +27,7 @@ from simulator.config import ConfigError, SimConfig
 SCENARIO_ONLY = ("rate", "arrival", "num_requests", "duration_s", "prompt_len", "output_len", "trace", "trace_format",
                  "rate_scale", "seed", "slo_ttft_s", "slo_tpot_s", "summary_only", "max_request_rows",
                  "request_rows_path", "max_concurrency", "fast_path", "replicas", "router", "router_delay_s", "pools",
-                 "prefill_replicas", "decode_replicas", "kv_link", "kv_transfer")
+                 "prefill_replicas", "decode_replicas", "kv_link", "kv_transfer", "workers")
 GROUP_KEYS = ("name", "count")
 
 
