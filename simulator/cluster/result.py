@@ -192,7 +192,7 @@ def load_balance(requests: pd.DataFrame, num_replicas: int) -> tuple[dict[str, f
     duration = float(done.finish_s.max()) - start if len(done) else 0.0
     held = done.groupby("replica").e2e_s.sum().reindex(range(num_replicas), fill_value=0.0).to_numpy()
     mean_out = held / duration if duration > 0 else np.zeros(num_replicas)
-    peak = np.array([_peak(done[done.replica == i]) for i in range(num_replicas)], dtype=np.int64)
+    peak = _peaks(done, num_replicas)
     total = mean_out.sum()
     balance = {"replicas": num_replicas,
                "outstanding_max_over_mean": float(mean_out.max() / mean_out.mean()) if total > 0 else 1.0,
@@ -202,14 +202,21 @@ def load_balance(requests: pd.DataFrame, num_replicas: int) -> tuple[dict[str, f
                                   "peak_outstanding": peak})
 
 
-def _peak(rows: pd.DataFrame) -> int:
-    """Most requests in the system at once (an arrival at the instant of a finish counts after it)."""
-    if not len(rows):
-        return 0
-    times = np.concatenate([rows.arrival_s.to_numpy(), rows.finish_s.to_numpy()])
-    delta = np.concatenate([np.ones(len(rows), np.int64), -np.ones(len(rows), np.int64)])
-    order = np.lexsort((delta, times))                    # finishes (-1) before arrivals (+1) at equal times
-    return int(np.cumsum(delta[order]).max())
+def _peaks(done: pd.DataFrame, num_replicas: int) -> np.ndarray:
+    """Most requests each replica (0..num_replicas-1) held at once, from finished rows: +1 at an arrival, -1 at a
+    finish (a finish first when both happen at once), in one sort by replica and time; each replica's steps add
+    up to 0, so the running sum starts again from 0 at every replica."""
+    rep = done.replica.to_numpy()
+    reps = np.concatenate([rep, rep])
+    times = np.concatenate([done.arrival_s.to_numpy(), done.finish_s.to_numpy()])
+    delta = np.concatenate([np.ones(len(rep), np.int64), -np.ones(len(rep), np.int64)])
+    order = np.lexsort((delta, times, reps))
+    running, reps = np.cumsum(delta[order]), reps[order]
+    peaks = np.zeros(num_replicas, np.int64)
+    if len(reps):
+        starts = np.flatnonzero(np.concatenate([[True], reps[1:] != reps[:-1]]))
+        peaks[reps[starts]] = np.maximum.reduceat(running, starts)
+    return peaks
 
 
 REPLICA_SUMMARY = ("num_requests", "completed", "rejected", "request_throughput", "output_token_throughput",
