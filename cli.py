@@ -375,11 +375,12 @@ def _simulate_with_progress(cfg, quiet: bool):
     if quiet or not sys.stderr.isatty():
         return simulate(cfg)
     from rich.progress import Progress
-    with Progress(transient=True) as bar:
+    forks = cfg.is_cluster              # no refresh thread: a cluster's replicas may run in forked workers
+    with Progress(transient=True, auto_refresh=not forks) as bar:
         task = bar.add_task("simulating", total=None)
 
         def progress(now_s: float, done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total, description=f"t={now_s:8.1f}s simulated")
+            bar.update(task, completed=done, total=total, description=f"t={now_s:8.1f}s simulated", refresh=forks)
         return simulate(cfg, progress=progress)
 
 

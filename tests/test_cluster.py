@@ -197,6 +197,15 @@ def test_worker_count_rules(monkeypatch):
     assert parallel.worker_count(None, 3, 10**6) == 3                              # ...at most one per replica
     assert parallel.worker_count(None, 64, parallel.AUTO_MIN_REQUESTS - 1) == 1   # a small run stays here
     assert parallel.worker_count(4, 64, 10) == 4 and parallel.worker_count(1, 64, 10**6) == 1
+    import threading
+    release = threading.Event()
+    other = threading.Thread(target=release.wait)
+    other.start()
+    try:                                   # another thread might hold a lock at the fork: auto stays here
+        assert parallel.worker_count(None, 64, 10**6) == 1 and parallel.worker_count(4, 64, 10**6) == 4
+    finally:
+        release.set()
+        other.join()
     monkeypatch.setattr(parallel, "can_fork", lambda: False)
     assert parallel.worker_count(4, 64, 10**6) == 1
 

@@ -5,13 +5,14 @@ so the replicas are independent simulations: they may run in any order, in any p
 to the last bit (each is deterministic given its engine parts and its requests). `run_all` runs them in
 `workers` forked processes: a worker inherits the parts and the requests (nothing is pickled on the way in, so
 a million requests cost no transfer) and sends back each finished replica (its summary-only result, or its
-rows). Where the platform cannot fork, or in a process that is itself a worker of a pool, replicas run here,
-one after another.
+rows). Where the platform cannot fork, in a process that is itself a worker of a pool, or (auto) in a process
+with other threads, replicas run here, one after another.
 """
 from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
 from typing import Callable, Sequence, TypeVar
 
 T = TypeVar("T")
@@ -34,12 +35,14 @@ def can_fork() -> bool:
 
 def worker_count(setting: int | None, num_replicas: int, num_requests: int) -> int:
     """Processes to simulate `num_replicas` independent replicas in: `setting` if given (at most one per
-    replica), else (auto) every usable core when the run has at least AUTO_MIN_REQUESTS requests; 1 (this
-    process) where workers cannot be forked."""
+    replica), else (auto) every usable core when the run has at least AUTO_MIN_REQUESTS requests and this
+    process runs no other thread (a thread holding a lock at the fork, as a Ray worker's may, could hang the
+    child); 1 (this process) where workers cannot be forked."""
     if not can_fork():
         return 1
     if setting is None:
-        setting = usable_cores() if num_requests >= AUTO_MIN_REQUESTS else 1
+        alone = threading.active_count() == 1
+        setting = usable_cores() if num_requests >= AUTO_MIN_REQUESTS and alone else 1
     return max(1, min(setting, num_replicas))
 
 
