@@ -237,8 +237,8 @@ SCENARIO_OPTIONS: tuple[ScenarioOption, ...] = (
     _o("router", str, f"Router: {', '.join(ROUTERS)}. [default: round-robin]", CL),
     _o("router_delay_s", float, "Replicas' load reports reach the router this many seconds late. [default: 0]",
        CL, "--router-delay"),
-    _o("pools", str, "A TOML/YAML file of replica groups (count, GPU, model, TP, serving settings each); "
-                     "instead of --replicas.", CL),
+    _o("pools", str, "A TOML/YAML file of replica groups (count, GPU, model, TP, serving settings each; role "
+                     "prefill or decode makes a disaggregated deployment); instead of --replicas.", CL),
     _o("prefill_replicas", int, "Prefill/decode disaggregation: prefill replicas (with --decode-replicas).", CL),
     _o("decode_replicas", int, "Prefill/decode disaggregation: decode replicas (with --prefill-replicas).", CL),
     _o("dp", int, "Data-parallel ranks, each a full engine with its own requests and KV, on its own tp GPUs; "
