@@ -2,6 +2,7 @@
 file (pools.py), and the merged results with load balance (result.py)."""
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 
 from simulator.cluster.router import ROUTERS, make_router
@@ -9,8 +10,17 @@ from simulator.cluster.router import ROUTERS, make_router
 
 def simulate_cluster(cfg, specs, progress=None):
     """Simulate the cluster `cfg` describes (replicas, router, pools, prefill/decode pools) on `specs`; return a
-    ClusterResult. `progress(simulated s, requests done, total)` is called as replicas finish, where replicas run
-    one by one or in worker processes (a state-free router)."""
+    ClusterResult whose meta["wall_s"] is the whole simulation's wall time (replicas may run at once).
+    `progress(simulated s, requests done, total)` is called as replicas finish, where replicas run one by one or
+    in worker processes (a state-free router)."""
+    start = time.perf_counter()
+    result = _simulate(cfg, specs, progress)
+    result.meta["wall_s"] = time.perf_counter() - start
+    return result
+
+
+def _simulate(cfg, specs, progress=None):
+    """simulate_cluster's work: dispatch on the kind of cluster."""
     from simulator.cluster.pools import ReplicaGroup, replica_groups, split_roles
     from simulator.cluster.result import merge_runs
     from simulator.cluster.sim import check_open_loop, run_replicas, simulate_disaggregated

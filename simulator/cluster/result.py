@@ -158,7 +158,6 @@ def _merged_meta(runs: list) -> dict[str, Any]:
         peaks = [float(m.get(key, 0.0)) for m in metas]
         total = sum(busy)
         out[key] = sum(p * b for p, b in zip(peaks, busy)) / total if total else peaks[0]
-    out["wall_s"] = sum(float(m.get("wall_s", 0.0)) for m in metas)
     if any("step_sums" in m for m in metas):
         out["step_sums"] = merge_step_sums(sums)
     return out

@@ -18,6 +18,8 @@ rejection) has come back, strictly before now.
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 import heapq
 from bisect import bisect_left
 from collections import deque
@@ -147,8 +149,14 @@ def build_replicas(groups: list[ReplicaGroup], first_index: int = 0) -> list[Rep
     replicas = []
     for group in groups:
         config = replica_config(group.config)
+        shared = None
         for _ in range(group.count):
-            replicas.append(Replica(first_index + len(replicas), group.name, build_parts(config), config))
+            parts = build_parts(config)
+            if shared is None:
+                shared = parts.cost_model
+            else:               # a pure function of the step's shape: one memo serves the whole group
+                parts = replace(parts, cost_model=shared)
+            replicas.append(Replica(first_index + len(replicas), group.name, parts, config))
     return replicas
 
 
@@ -211,7 +219,20 @@ def _one_by_one(replicas: list[Replica], router: Router, specs: list[RequestSpec
         answered[1] = max(answered[1], run.summary["duration_s"])
         if progress is not None:
             progress(answered[1], answered[0], len(specs))
-    return run_all(run_one, [len(share) for share in shares], workers, done)
+    with frozen_gc():
+        return run_all(run_one, [len(share) for share in shares], workers, done)
+
+
+@contextlib.contextmanager
+def frozen_gc():
+    """Every object alive now (the workload above all) out of the cyclic collector's reach while the replicas
+    run: a collection between two replicas then scans only what the replicas made, and forked workers do not
+    copy the pages it would touch."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def route_sessions(router: Router, num_replicas: int, specs: list[RequestSpec]) -> list[list[RequestSpec]]:
