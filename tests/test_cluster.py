@@ -216,6 +216,56 @@ def test_cluster_progress_counts_every_request():
     assert [d for d, _ in calls] == sorted(d for d, _ in calls) and calls[-1][0] == 200
 
 
+# ---- conversations: a follow-up turn stays on its first turn's replica ----
+SESSIONS = SimConfig(num_requests=120, rate=3.0, sessions="multi-turn:turns=4,think=2", seed=5,
+                     prompt_len="lognormal:mean=300,sigma=0.6", output_len="uniform:4:64")
+
+
+def test_round_robin_places_conversations_and_their_turns_stay():
+    # Hand-sized: conversations A (turns 0, 2) and B (turns 1, 3, 4); round-robin places the first turns only:
+    # A -> replica 0, B -> replica 1, and every later turn follows its conversation.
+    specs = [RequestSpec(0, 0.0, 50, 3), RequestSpec(1, 0.001, 50, 3), RequestSpec(2, 0.0, 60, 2, after=0, think_s=0.5),
+             RequestSpec(3, 0.0, 60, 2, after=1, think_s=0.5), RequestSpec(4, 0.0, 70, 2, after=3, think_s=0.1)]
+    where, runs = route(specs, "round-robin")
+    assert where == [0, 1, 0, 1, 1]
+    r1 = runs[1].result.requests.set_index("request_id")
+    assert r1.arrival_s.loc[3] == pytest.approx(r1.finish_s.loc[1] + 0.5)      # the think time after turn 1
+    assert r1.arrival_s.loc[4] == pytest.approx(r1.finish_s.loc[3] + 0.1)
+
+
+@pytest.mark.parametrize("router", ["round-robin", "random"])
+def test_conversations_on_replicas(router):
+    specs = _specs(SESSIONS)
+    res = simulate(SESSIONS.replace(replicas=3, router=router), requests=specs)
+    req = res.requests.set_index("request_id")
+    assert len(req) == len(specs) and (req.status == "finished").all()
+    for s in specs:
+        if s.after >= 0:                       # the same replica as the turn it follows, after it finished
+            assert req.replica.loc[s.request_id] == req.replica.loc[s.after]
+            assert req.arrival_s.loc[s.request_id] >= req.finish_s.loc[s.after] + s.think_s - 1e-12
+    _same_results(res, simulate(SESSIONS.replace(replicas=3, router=router, workers=2), requests=specs))
+
+
+def test_one_replica_cluster_with_conversations_equals_plain_run():
+    plain = simulate(SESSIONS)
+    cluster = simulate_cluster(SESSIONS, _specs(SESSIONS))
+    pd.testing.assert_frame_equal(cluster.requests.drop(columns="replica"), plain.requests, check_exact=True)
+    pd.testing.assert_frame_equal(cluster.steps.drop(columns="replica"), plain.steps, check_exact=True)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"router": "least-outstanding"}, "follow-up turns (conversations) on replicas need a router that reads no load "
+                                      "(round-robin or random: a conversation stays on its first turn's replica); "
+                                      "router least-outstanding is not supported with them yet"),
+    ({"sessions": None, "max_concurrency": 4}, "max-concurrency (a client limit over the whole cluster) is not "
+                                               "supported with replicas yet"),
+])
+def test_cluster_session_errors(changes, message):
+    with pytest.raises(ConfigError) as err:
+        simulate(SESSIONS.replace(replicas=2, **changes))
+    assert str(err.value) == message
+
+
 # ---- invariants per replica ----
 workloads = st.lists(st.tuples(st.floats(0, 0.3, allow_nan=False), st.integers(1, 400), st.integers(1, 40)),
                      min_size=1, max_size=30)

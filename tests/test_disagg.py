@@ -130,3 +130,69 @@ def test_unknown_kv_link_lists_choices():
     with pytest.raises(ConfigError, match="unknown kv-link 'ib-xdr'; choose one of nvlink3, .*ib-ndr.*rdma:<Gb/s>"):
         simulate(SMALL.replace(kv_link="ib-xdr", num_requests=5))
     assert get_kv_link("rdma:800").bytes_per_s == 100e9
+
+
+# ---- prefill/decode pools from a pools file ----
+PD_POOLS = {"groups": [{"name": "prefill-h100", "role": "prefill", "count": 2, "gpu": "h100-sxm"},
+                       {"name": "decode-a100", "role": "decode", "count": 1, "gpu": "a100-80gb", "tp": 2}]}
+
+
+def _pools_file(tmp_path, data):
+    import yaml
+    path = tmp_path / "pools.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+def test_pools_file_roles_make_a_heterogeneous_disaggregated_deployment(tmp_path):
+    cfg = SMALL.replace(prefill_replicas=0, decode_replicas=0, pools=_pools_file(tmp_path, PD_POOLS))
+    res = simulate(cfg)
+    reps, req = res.replicas, res.requests
+    assert reps[["group", "role", "gpu", "tp"]].values.tolist() == [
+        ["prefill-h100", "prefill", "h100-sxm", 1], ["prefill-h100", "prefill", "h100-sxm", 1],
+        ["decode-a100", "decode", "a100-80gb", 2]]
+    assert (req.status == "finished").all() and res.summary()["kv_transfers"] == 120
+    assert set(req.prefill_replica) == {0, 1} and set(req.replica) == {2}
+    # one H100 sends its whole KV shard; the TP-2 decode instance has two NICs, but one sender uses one
+    per_gpu = res.meta["replica_meta"]["memory"]["kv_bytes_per_token"]
+    link = get_kv_link(SMALL.kv_link)
+    assert res.summary()["kv_transfer_bytes"] == pytest.approx(float((req.prompt_tokens * per_gpu).sum()))
+    assert (req.transfer_s >= req.prompt_tokens * per_gpu / link.bytes_per_s + link.latency_s - 1e-12).all()
+
+
+def test_pools_file_without_roles_and_cli_flags_give_the_same_deployment(tmp_path):
+    same = {"groups": [{"name": "prefill", "role": "prefill", "count": 2}, {"name": "decode", "role": "decode",
+                                                                             "count": 2}]}
+    by_file = simulate(SMALL.replace(prefill_replicas=0, decode_replicas=0, pools=_pools_file(tmp_path, same)))
+    by_flags = simulate(SMALL)
+    pd.testing.assert_frame_equal(by_file.requests, by_flags.requests, check_exact=True)
+
+
+@pytest.mark.parametrize("groups, message", [
+    ([{"role": "prefil"}], "group 1 (group1): role must be one of both, prefill, decode, got 'prefil'"),
+    ([{"role": "prefill"}, {"role": "both"}], "groups with role both cannot join prefill/decode groups"),
+    ([{"role": "prefill"}, {"role": "prefill"}], "a disaggregated deployment needs prefill and decode groups; "
+                                                 "no group has role decode"),
+    ([{"name": "p", "role": "prefill"}, {"name": "d", "role": "decode", "model": "llama-3.1-70b"}],
+     "group d sets model 'llama-3.1-70b' but group p 'llama-3.1-8b': prefill and decode groups serve the same"),
+])
+def test_bad_pool_roles_are_one_line_errors(tmp_path, groups, message):
+    path = _pools_file(tmp_path, {"groups": groups})
+    with pytest.raises(ConfigError) as err:
+        simulate(SimConfig(pools=path, num_requests=5))
+    assert message in str(err.value) and str(err.value).startswith(path) and "\n" not in str(err.value)
+
+
+def test_a_decode_instance_with_fewer_gpus_receives_over_fewer_nics(tmp_path):
+    # Prefill on TP 2 (two GPUs, each holding half the KV), decode on TP 1: one NIC receives the whole prompt's
+    # KV, so an uncontended transfer takes all of its bytes over one link plus the latency.
+    groups = {"groups": [{"name": "p", "role": "prefill", "count": 1, "tp": 2},
+                         {"name": "d", "role": "decode", "count": 1, "tp": 1}]}
+    cfg = SMALL.replace(prefill_replicas=0, decode_replicas=0, pools=_pools_file(tmp_path, groups), rate=0.5,
+                        arrival="constant", kv_link="ib-hdr")
+    res = simulate(cfg)
+    req = res.requests
+    total = req.prompt_tokens * res.meta["replica_meta"]["memory"]["kv_bytes_per_token"] * 2
+    link = get_kv_link("ib-hdr")
+    np.testing.assert_allclose(req.transfer_s, total / link.bytes_per_s + link.latency_s, rtol=1e-9)
+    assert res.summary()["kv_transfer_bytes"] == pytest.approx(float(total.sum()))

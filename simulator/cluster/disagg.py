@@ -125,10 +125,11 @@ class Transfer:
 
 
 class InstanceShape(NamedTuple):
-    """What sizes a prefill replica's transfers: KV bytes per token on each GPU, its GPUs, its layers."""
+    """What sizes a prefill replica's transfers: KV bytes per token sent over each of its lanes (a GPU's NIC),
+    the lanes that send at once, and its layers."""
 
-    bytes_per_token_gpu: float
-    gpus: int
+    bytes_per_token_lane: float
+    lanes: int
     num_layers: int
 
 
@@ -142,8 +143,8 @@ class TransferLink:
 
     def send(self, request_id: int, prompt_tokens: int, scheduled_s: float, ready_s: float) -> Transfer:
         """The transfer of a prompt whose prefill ran from `scheduled_s` to `ready_s`."""
-        per_gpu = prompt_tokens * self.shape.bytes_per_token_gpu
-        send_s = per_gpu / self.link.bytes_per_s                     # every GPU sends its shard at once
+        per_lane = prompt_tokens * self.shape.bytes_per_token_lane
+        send_s = per_lane / self.link.bytes_per_s                    # every lane sends its share at once
         if self.layerwise:       # layer l is ready (l + 1) / L of the way through the prefill
             start = max(scheduled_s + (ready_s - scheduled_s) / self.shape.num_layers, self.free_s)
             sent = max(start + send_s, ready_s + send_s / self.shape.num_layers)
@@ -152,7 +153,7 @@ class TransferLink:
             sent = start + send_s
         self.free_s = sent
         return Transfer(int(request_id), self.replica, float(ready_s), float(start), sent + self.link.latency_s,
-                        float(per_gpu * self.shape.gpus))
+                        float(per_lane * self.shape.lanes))
 
 
 class HeldUntilSent:
