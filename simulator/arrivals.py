@@ -35,6 +35,7 @@ class ArrivalQueue:
         heapq.heapify(self.heap)
         self.cap = max_concurrency
         self.in_flight = 0
+        self.gated = False                 # `cap` requests in flight: none arrives before one finishes
         self.open_s = 0.0                  # when the last slot opened after all were taken
 
     def add(self, spec: RequestSpec) -> None:
@@ -43,9 +44,10 @@ class ArrivalQueue:
             raise ValueError(f"request {spec.request_id}: a request that follows another cannot be fed on its own")
         heapq.heappush(self.heap, (spec.arrival_s, spec.request_id, spec))
 
-    @property
-    def gated(self) -> bool:
-        return self.cap is not None and self.in_flight >= self.cap
+    def _count(self, delta: int) -> None:
+        """`delta` more requests in flight."""
+        self.in_flight += delta
+        self.gated = self.cap is not None and self.in_flight >= self.cap
 
     def next_s(self) -> float:
         """When the next request arrives, if no request finishes first (INF: none can)."""
@@ -64,13 +66,13 @@ class ArrivalQueue:
         heap = self.heap
         while heap and not self.gated and max(heap[0][0], self.open_s) <= until_s:
             arrival_s, _, spec = heapq.heappop(heap)
-            self.in_flight += 1
+            self._count(1)
             yield spec, max(arrival_s, self.open_s)
 
     def finished(self, request_id: int, time_s: float) -> None:
         """Request `request_id` finished (or was rejected) at `time_s`: release its slot and its next turns."""
         if self.gated:
             self.open_s = time_s
-        self.in_flight -= 1
+        self._count(-1)
         for spec in self.children.pop(request_id, ()):
             heapq.heappush(self.heap, (max(spec.arrival_s, time_s + spec.think_s), spec.request_id, spec))

@@ -325,15 +325,21 @@ class Engine:
             cost = cost_model.step_cost(StepShape(*fields))
             if len(self._step_costs) < 1 << 16:
                 self._step_costs[fields] = cost
-        prefill, num_decode, decode_context, _, verify = fields
+        prefill, num_decode, context, _, verify = fields
+        num_prefill = 0
+        for n, c in prefill:                      # prompt chunks: their tokens, and their cached context
+            num_prefill += n
+            context += c
+        for n, c in verify:                       # verify chunks count as decode tokens
+            num_decode += n
+            context += c + n
         swap_s = cost_model.swap_seconds(batch.swap_bytes) if batch.swap_bytes else 0.0
-        used = policy.kv_used_tokens + batch.num_batched_tokens - policy.kv.shared_tokens   # shared blocks once
+        kv = policy.kv
+        used = policy.kv_used_tokens + batch.num_batched_tokens - kv.shared_tokens   # shared blocks once
         if self.observer is not None:
             self.observer.step(start, len(policy.running), policy.num_waiting, used)
-        return StepRecord(cost, cost.seconds + swap_s, swap_s, batch.batch_size, sum(n for n, _ in prefill),
-                          num_decode + sum(n for n, _ in verify),
-                          decode_context + sum(c for _, c in prefill) + sum(c + n for n, c in verify),
-                          len(policy.running), policy.num_waiting, batch.num_preempted, used, policy.kv.usage())
+        return StepRecord(cost, cost.seconds + swap_s, swap_s, batch.batch_size, num_prefill, num_decode, context,
+                          len(policy.running), policy.num_waiting, batch.num_preempted, used, kv.usage())
 
     def _commit(self, batch, rec: StepRecord, start: float, end: float) -> None:
         """Commit a step that ran from `start` to `end`, and record it."""

@@ -122,6 +122,19 @@ def test_the_decode_run_pricers_inlined_roofline_is_kernel_time_bit_for_bit():
             assert (costs.attention_s[j], costs.bound[j]) == expected
 
 
+@pytest.mark.parametrize("model, gpu, options", [("llama-3.1-8b", "h100-sxm", {}),
+                                                  ("llama-3.1-8b", "a100-80gb", {"tp": 2, "pp": 2, "cuda_graphs": False}),
+                                                  ("mixtral-8x7b", "h100-sxm", {"elementwise": "unfused"}),
+                                                  ("deepseek-v3", "h200", {"tp": 8})])
+def test_dense_totals_reduce_the_scaled_operators_bit_for_bit(model, gpu, options):
+    # step_cost reduces a step's per-layer operators with the layer count folded into the reduction, without
+    # building their scaled copies: it must give the totals of the scaled copies exactly.
+    from simulator.cost.operators import totals
+    cm = CostModel(get_model(model), get_gpu(gpu), **options)
+    for t in (1, 7, 256, 513, 8192):
+        assert cm._dense_totals(t) == totals(cm.catalogue.dense(t), cm.rates.launch_s)
+
+
 def test_decode_attention_flops_and_bytes_by_hand():
     # 2 layers, 4 query heads of 8 over 2 KV heads: per context token per layer, QK^T and PV take
     # 2 * 4 heads * (8 + 8) = 128 FLOPs and the cache holds 2 (K, V) * 2 heads * 8 * 2 bytes = 64 bytes.

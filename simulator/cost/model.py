@@ -121,17 +121,19 @@ class CostModel:
             if self.pp > 1:
                 ops.append(cat.pp_send(tp))
         rows = [op._replace(kernels=int(round(op.kernels))) for op in ops]
-        launch = self._launch_excess(shape, totals(ops, self.rates.launch_s), totals(attention, self.rates.launch_s))
+        launch = self._launch_excess(shape, totals(ops, self.rates.launch_s), attention)
         if launch:
             rows.append(Op("kernel_launch", "overhead", 0.0, 0.0, launch, "latency", 0))
         if self.step_overhead_s:
             rows.append(Op("step_overhead", "overhead", 0.0, 0.0, self.step_overhead_s, "latency", 0))
         return rows
 
-    def _launch_excess(self, shape: StepShape, everything: Totals, attention: Totals) -> float:
-        """CPU launch time the GPU waits for: none in a full graph, attention's in a piecewise one."""
+    def _launch_excess(self, shape: StepShape, everything: Totals, attention: list[Op]) -> float:
+        """CPU launch time the GPU waits for: none in a full graph, the `attention` operators' in a piecewise one."""
         mode = self.graph_mode(shape)
-        return 0.0 if mode == "full" else attention.excess_s if mode == "piecewise" else everything.excess_s
+        if mode == "piecewise":
+            return totals(attention, self.rates.launch_s).excess_s
+        return 0.0 if mode == "full" else everything.excess_s
 
     def _step_cost(self, shape: StepShape) -> StepCost:
         """operators(shape) reduced: the cached totals of the dense and head operators, plus attention's."""
@@ -141,7 +143,7 @@ class CostModel:
         base = self._dense(self.padded_tokens(shape)).plus(self._head(shape.num_sampled))
         attention = self._attention(shape)
         tot = totals(attention, self.rates.launch_s, base)
-        return self._finish(tot, self._launch_excess(shape, tot, totals(attention, self.rates.launch_s)))
+        return self._finish(tot, self._launch_excess(shape, tot, attention))
 
     def _finish(self, tot: Totals, launch_s: float) -> StepCost:
         """A step's cost from its operators' totals: GPU time plus the step overhead and the launches waited for."""
@@ -156,7 +158,9 @@ class CostModel:
         return attention_ops(self.dims, self.rates, self.attention, shape, self.varlen)
 
     def _dense_totals(self, t: int) -> Totals:
-        return totals(self.catalogue.dense(t), self.rates.launch_s)
+        """catalogue.dense(t) reduced (its per-layer operators scaled inside the reduction, bit for bit)."""
+        cat, launch_s = self.catalogue, self.rates.launch_s
+        return totals(cat.dense_per_step(t), launch_s, totals(cat.dense_per_layer(t), launch_s, k=self.dims.layers))
 
     def _head_ops(self, s: int) -> list[Op]:
         """Final norm and LM head on the sampled positions, then (vLLM) the GPU sampler over their logits."""

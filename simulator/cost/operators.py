@@ -10,6 +10,7 @@ operators to what a StepCost needs.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from operator import add
 from typing import NamedTuple
 
 from hardware.roofline import arithmetic_intensity, kernel_time
@@ -61,16 +62,17 @@ class Totals(NamedTuple):
     excess_s: float
 
     def plus(self, other: Totals) -> Totals:
-        return Totals(tuple(a + b for a, b in zip(self.family_s, other.family_s)), self.flops + other.flops,
-                      self.bytes + other.bytes, tuple(a + b for a, b in zip(self.bound_s, other.bound_s)),
+        return Totals(tuple(map(add, self.family_s, other.family_s)), self.flops + other.flops,
+                      self.bytes + other.bytes, tuple(map(add, self.bound_s, other.bound_s)),
                       self.excess_s + other.excess_s)
 
 
 ZERO = Totals((0.0,) * len(FAMILIES), 0.0, 0.0, (0.0,) * len(BOUNDS), 0.0)
 
 
-def totals(ops: list[Op], launch_s: float, start: Totals = ZERO) -> Totals:
-    """`start` plus the operators `ops`, added one by one in order.
+def totals(ops: list[Op], launch_s: float, start: Totals = ZERO, k: float = 1.0) -> Totals:
+    """`start` plus the operators `ops`, each repeated `k` times (`scale(op, k)`, float for float, without
+    building the scaled copies), added one by one in order.
 
     Eager excess: without a CUDA graph the CPU issues each kernel in launch_s, so an operator of k kernels
     takes at least k * launch_s; its excess is what that adds to its GPU time. The CPU may not run ahead
@@ -78,12 +80,15 @@ def totals(ops: list[Op], launch_s: float, start: Totals = ZERO) -> Totals:
     """
     fam, by_bound = list(start.family_s), list(start.bound_s)
     flops, num_bytes, excess = start.flops, start.bytes, start.excess_s
-    for op in ops:
-        fam[FAMILY_INDEX[op.family]] += op.seconds
-        by_bound[BOUND_INDEX[op.bound]] += op.seconds
-        flops += op.flops
-        num_bytes += op.bytes
-        excess += max(0.0, op.kernels * launch_s - op.seconds)
+    for _, family, op_flops, op_bytes, seconds, bound, kernels in ops:
+        seconds *= k
+        fam[FAMILY_INDEX[family]] += seconds
+        by_bound[BOUND_INDEX[bound]] += seconds
+        flops += op_flops * k
+        num_bytes += op_bytes * k
+        over = kernels * k * launch_s - seconds
+        if over > 0.0:                                   # max(0.0, over)
+            excess += over
     return Totals(tuple(fam), flops, num_bytes, tuple(by_bound), excess)
 
 
@@ -214,13 +219,16 @@ class Catalogue:
 
     def dense(self, t: int) -> list[Op]:
         """Every operator of a step of t tokens that does not depend on the contexts (attention and the head
-        excluded), over all layers."""
-        layers = self.d.layers
-        ops = [scale(op, layers) for op in self.before_attention(t) + self.after_attention(t)]
-        ops.append(self.embedding(t))
-        if self.pp > 1:
-            ops.append(self.pp_send(t))
-        return ops
+        excluded), over all layers: `dense_per_layer(t)` scaled by the layers, then `dense_per_step(t)`."""
+        return [scale(op, self.d.layers) for op in self.dense_per_layer(t)] + self.dense_per_step(t)
+
+    def dense_per_layer(self, t: int) -> list[Op]:
+        """One decoder layer's operators for t tokens but attention."""
+        return self.before_attention(t) + self.after_attention(t)
+
+    def dense_per_step(self, t: int) -> list[Op]:
+        """The operators run once a step: the embedding gather and the pipeline hand-offs."""
+        return [self.embedding(t), self.pp_send(t)] if self.pp > 1 else [self.embedding(t)]
 
     def _qkv(self, t: int) -> Op:
         """The fused QKV projection: all attention weights but the output projection's."""
@@ -233,11 +241,11 @@ class Catalogue:
         """Gated MLP: fused gate+up GEMM, SiLU x up, down GEMM; MoE layers read only the experts hit."""
         d, ops = self.d, []
         if d.moe_fraction < 1.0:
-            f = 1.0 - d.moe_fraction
-            ops += [scale(self._gemm("gate_up_proj", t, 2 * d.inter, d.hidden), f),
-                    scale(self._ew("silu_mul", ACT_FLOPS, t * d.inter, self.impl.act), f),
-                    scale(self._gemm("down_proj", t, d.hidden, d.inter), f)]
-        if d.moe_fraction > 0.0:
+            ops = [self._gemm("gate_up_proj", t, 2 * d.inter, d.hidden),
+                   self._ew("silu_mul", ACT_FLOPS, t * d.inter, self.impl.act),
+                   self._gemm("down_proj", t, d.hidden, d.inter)]
+        if d.moe_fraction > 0.0:                       # (a dense model's share 1.0 would scale no bit)
+            ops = [scale(op, 1.0 - d.moe_fraction) for op in ops]
             ops += [scale(op, d.moe_fraction) for op in self._moe(t)]
         return ops
 
