@@ -347,7 +347,7 @@ class Engine:
         self.num_steps += 1
         self.recorder.step(start, rec)
         if outcome.itl_gaps:
-            self.recorder.itl_gaps(outcome.itl_gaps)
+            self.recorder.itl_gaps(outcome.itl_gaps, outcome.itl_counts)
         for req in outcome.finished:
             self._done(req, end)
         if self.progress:
