@@ -69,10 +69,14 @@ class ArrivalQueue:
             self._count(1)
             yield spec, max(arrival_s, self.open_s)
 
-    def finished(self, request_id: int, time_s: float) -> None:
-        """Request `request_id` finished (or was rejected) at `time_s`: release its slot and its next turns."""
-        if self.gated:
+    def finished(self, request_id: int, time_s: float) -> bool:
+        """Request `request_id` finished (or was rejected) at `time_s`: release its slot and its next turns. True
+        if that may bring the next arrival forward (a full server's slot opened, or turns were released)."""
+        gated = self.gated
+        if gated:
             self.open_s = time_s
         self._count(-1)
-        for spec in self.children.pop(request_id, ()):
+        released = self.children.pop(request_id, ())
+        for spec in released:
             heapq.heappush(self.heap, (max(spec.arrival_s, time_s + spec.think_s), spec.request_id, spec))
+        return gated or bool(released)

@@ -224,8 +224,8 @@ class Engine:
         """`req` finished or was rejected at `time_s`: keep its row, release the requests that follow it."""
         self.log.add(req)
         self.num_done += 1
-        self.arrivals.finished(req.request_id, time_s)
-        self._next_arrival_s = self._next_s()
+        if self.arrivals.finished(req.request_id, time_s):
+            self._next_arrival_s = self._next_s()
         if self.observer is not None:
             self.observer.done(req, time_s)
 
