@@ -35,7 +35,7 @@ class ArrivalQueue:
         heapq.heapify(self.heap)
         self.cap = max_concurrency
         self.in_flight = 0
-        self.gated = False                 # `cap` requests in flight: none arrives before one finishes
+        self.gated = self.cap is not None and self.in_flight >= self.cap   # none arrives before one finishes
         self.open_s = 0.0                  # when the last slot opened after all were taken
 
     def add(self, spec: RequestSpec) -> None:
@@ -43,11 +43,6 @@ class ArrivalQueue:
         if spec.after >= 0:
             raise ValueError(f"request {spec.request_id}: a request that follows another cannot be fed on its own")
         heapq.heappush(self.heap, (spec.arrival_s, spec.request_id, spec))
-
-    def _count(self, delta: int) -> None:
-        """`delta` more requests in flight."""
-        self.in_flight += delta
-        self.gated = self.cap is not None and self.in_flight >= self.cap
 
     def next_s(self) -> float:
         """When the next request arrives, if no request finishes first (INF: none can)."""
@@ -66,7 +61,8 @@ class ArrivalQueue:
         heap = self.heap
         while heap and not self.gated and max(heap[0][0], self.open_s) <= until_s:
             arrival_s, _, spec = heapq.heappop(heap)
-            self._count(1)
+            self.in_flight += 1
+            self.gated = self.cap is not None and self.in_flight >= self.cap
             yield spec, max(arrival_s, self.open_s)
 
     def finished(self, request_id: int, time_s: float) -> bool:
@@ -75,7 +71,8 @@ class ArrivalQueue:
         gated = self.gated
         if gated:
             self.open_s = time_s
-        self._count(-1)
+        self.in_flight -= 1
+        self.gated = self.cap is not None and self.in_flight >= self.cap
         released = self.children.pop(request_id, ())
         for spec in released:
             heapq.heappush(self.heap, (max(spec.arrival_s, time_s + spec.think_s), spec.request_id, spec))

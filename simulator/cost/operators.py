@@ -10,6 +10,7 @@ operators to what a StepCost needs.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from operator import add
 from typing import NamedTuple
 
@@ -42,9 +43,14 @@ class Op(NamedTuple):
         return arithmetic_intensity(self.flops, self.bytes)
 
 
+# Op(*fields) for the pricers below, which build thousands a simulated second: tuple.__new__ skips the named
+# tuple's Python-level __new__ (building one takes less than half the time); every field must be given.
+_op = partial(tuple.__new__, Op)
+
+
 def scale(op: Op, k: float) -> Op:
     """An operator repeated k times (layers, or the share of MoE layers)."""
-    return Op(op.name, op.family, op.flops * k, op.bytes * k, op.seconds * k, op.bound, op.kernels * k)
+    return _op((op.name, op.family, op.flops * k, op.bytes * k, op.seconds * k, op.bound, op.kernels * k))
 
 
 BOUND_INDEX = {b: i for i, b in enumerate(BOUNDS)}
@@ -62,9 +68,12 @@ class Totals(NamedTuple):
     excess_s: float
 
     def plus(self, other: Totals) -> Totals:
-        return Totals(tuple(map(add, self.family_s, other.family_s)), self.flops + other.flops,
-                      self.bytes + other.bytes, tuple(map(add, self.bound_s, other.bound_s)),
-                      self.excess_s + other.excess_s)
+        return _totals((tuple(map(add, self.family_s, other.family_s)), self.flops + other.flops,
+                        self.bytes + other.bytes, tuple(map(add, self.bound_s, other.bound_s)),
+                        self.excess_s + other.excess_s))
+
+
+_totals = partial(tuple.__new__, Totals)        # as _op for Op: Totals(*fields) without its Python-level __new__
 
 
 ZERO = Totals((0.0,) * len(FAMILIES), 0.0, 0.0, (0.0,) * len(BOUNDS), 0.0)
@@ -89,7 +98,7 @@ def totals(ops: list[Op], launch_s: float, start: Totals = ZERO, k: float = 1.0)
         over = kernels * k * launch_s - seconds
         if over > 0.0:                                   # max(0.0, over)
             excess += over
-    return Totals(tuple(fam), flops, num_bytes, tuple(by_bound), excess)
+    return _totals((tuple(fam), flops, num_bytes, tuple(by_bound), excess))
 
 
 # ---------------------------------------------------------------------- kernels
@@ -106,13 +115,13 @@ def gemm(r: Rates, weight_bytes: float, name: str, m_rows: float, n: float, k: f
     w = n * k if weight_elems is None else weight_elems
     num_bytes = w * weight_bytes + (m_rows * k + m_rows * n) * ACT_BYTES
     seconds, bound = kernel_time(flops, num_bytes, r.gemm, r.gemm_bw, r.gemm_latency_s, r.overlap)
-    return Op(name, "gemm", flops, num_bytes, seconds, bound, 1)
+    return _op((name, "gemm", flops, num_bytes, seconds, bound, 1))
 
 
 def stream(r: Rates, name: str, family: str, flops: float, num_bytes: float, kernels: int = 1) -> Op:
     """A memory-streaming kernel (embedding gather, copy)."""
     seconds, bound = kernel_time(flops, num_bytes, r.vector, r.bw, r.latency_s * kernels, r.overlap)
-    return Op(name, family, flops, num_bytes, seconds, bound, kernels)
+    return _op((name, family, flops, num_bytes, seconds, bound, kernels))
 
 
 def elementwise(r: Rates, name: str, flops_per_elem: float, elems: float, ew: Ew, count: float = 1.0,
@@ -134,7 +143,7 @@ def elementwise(r: Rates, name: str, flops_per_elem: float, elems: float, ew: Ew
         unvec_s, unvec_bound = kernel_time(ew.unvec * elems * count, unvec_bytes, r.unvec, r.bw, 0.0, r.overlap)
     body = vec_s + unvec_s
     bound = "latency" if lat > body else (unvec_bound if unvec_s > vec_s else vec_bound)
-    return Op(name, "elementwise", flops, total, lat + body, bound, kernels)
+    return _op((name, "elementwise", flops, total, lat + body, bound, kernels))
 
 
 # ---------------------------------------------------------------------- per-GPU widths
@@ -182,13 +191,8 @@ class Catalogue:
 
     def __init__(self, model: ModelSpec, d: Dims, r: Rates, impl: Elementwise, tp: int, pp: int) -> None:
         self.model, self.d, self.r, self.impl, self.tp, self.pp = model, d, r, impl, tp, pp
-
-    def _gemm(self, name: str, m_rows: float, n: float, k: float, weight_elems: float | None = None) -> Op:
-        return gemm(self.r, self.d.weight_bytes, name, m_rows, n, k, weight_elems)
-
-    def _ew(self, name: str, flops_per_elem: float, elems: float, ew: Ew, count: float = 1.0,
-            pass_bytes: float = ACT_BYTES) -> Op:
-        return elementwise(self.r, name, flops_per_elem, elems, ew, count, pass_bytes)
+        self._gemm = partial(gemm, r, d.weight_bytes)      # (name, m_rows, n, k, weight_elems=None) -> Op
+        self._ew = partial(elementwise, r)                 # (name, flops_per_elem, elems, ew, count, pass_bytes)
 
     def embedding(self, t: int) -> Op:
         """The token-embedding gather: t rows of the hidden width read and written."""

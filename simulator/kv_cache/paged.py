@@ -120,10 +120,10 @@ class PagedKVCache(KVCacheManager):
         return len(self.block_tables.get(req.request_id, ())) * self.block_size
 
     def usage(self) -> KVUsage:
+        capacity = self.num_blocks * self.block_size
         free = (self.free_blocks.num_free - self.reserved_blocks) * self.block_size
-        allocated = self.num_blocks * self.block_size - free
-        return KVUsage(allocated_tokens=allocated, capacity_tokens=self.num_blocks * self.block_size,
-                       free_tokens=free, largest_free_hole_tokens=free)
+        # allocated, capacity, free, largest free hole (any block serves); positional: taken every step
+        return KVUsage(capacity - free, capacity, free, free)
 
     def max_request_tokens(self) -> int:
         return (self.num_blocks - self.watermark_blocks) * self.block_size
