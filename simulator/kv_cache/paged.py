@@ -34,19 +34,20 @@ class BlockPool:
         yield from range(self.next_fresh, self.num_blocks)
 
     def take(self, need: int) -> list[int]:
-        """`need` ids in pop order."""
+        """`need` ids in pop order: freed ids, last freed first, then fresh ones."""
         self.num_free -= need
         returned = self.returned
-        if need == 1:                      # a request growing by one block (most takes)
-            if returned:
-                return [returned.pop()]
-            self.next_fresh += 1
-            return [self.next_fresh - 1]
-        from_returned = min(need, len(returned))
-        taken = returned[len(returned) - from_returned:]
-        del returned[len(returned) - from_returned:]
-        taken.reverse()
-        fresh = need - from_returned
+        if need == 1 and returned:         # a request growing by one block (most takes)
+            return [returned.pop()]
+        if need <= len(returned):
+            cut = len(returned) - need
+            taken = returned[cut:]
+            del returned[cut:]
+            taken.reverse()
+            return taken
+        taken = returned[::-1]             # every freed id, then fresh ones
+        returned.clear()
+        fresh = need - len(taken)
         taken.extend(range(self.next_fresh, self.next_fresh + fresh))
         self.next_fresh += fresh
         return taken
