@@ -58,22 +58,23 @@ class ArrivalQueue:
     def pop_until(self, until_s: float) -> Iterator[tuple[RequestSpec, float]]:
         """(spec, arrival time) of every request that arrives by `until_s`, in arrival order; requests released
         meanwhile (by `finished`) are included."""
-        heap = self.heap
+        heap, cap = self.heap, self.cap
         while heap and not self.gated and max(heap[0][0], self.open_s) <= until_s:
             arrival_s, _, spec = heapq.heappop(heap)
             self.in_flight += 1
-            self.gated = self.cap is not None and self.in_flight >= self.cap
+            if cap is not None:
+                self.gated = self.in_flight >= cap
             yield spec, max(arrival_s, self.open_s)
 
     def finished(self, request_id: int, time_s: float) -> bool:
         """Request `request_id` finished (or was rejected) at `time_s`: release its slot and its next turns. True
         if that may bring the next arrival forward (a full server's slot opened, or turns were released)."""
-        gated = self.gated
-        if gated:
-            self.open_s = time_s
         self.in_flight -= 1
-        self.gated = self.cap is not None and self.in_flight >= self.cap
-        released = self.children.pop(request_id, ())
+        opened = self.gated
+        if opened:
+            self.open_s = time_s
+            self.gated = self.in_flight >= self.cap
+        released = self.children.pop(request_id, ()) if self.children else ()
         for spec in released:
             heapq.heappush(self.heap, (max(spec.arrival_s, time_s + spec.think_s), spec.request_id, spec))
-        return gated or bool(released)
+        return opened or bool(released)

@@ -32,7 +32,7 @@ from simulator.arrivals import ArrivalQueue
 from simulator.batching import BatchingPolicy
 from simulator.batching.lazy import DecodeRun
 from simulator.cost import CostModel
-from simulator.metrics import Recorder, SimResult, StepRecord
+from simulator.metrics import Recorder, SimResult, StepRecord, new_step_record
 from simulator.request import Request, RequestStatus
 from simulator.request_log import RequestLog
 from simulator.step import RunCosts, StepShape
@@ -338,8 +338,9 @@ class Engine:
         used = policy.kv_used_tokens + batch.num_batched_tokens - kv.shared_tokens   # shared blocks once
         if self.observer is not None:
             self.observer.step(start, len(policy.running), policy.num_waiting, used)
-        return StepRecord(cost, cost.seconds + swap_s, swap_s, batch.batch_size, num_prefill, num_decode, context,
-                          len(policy.running), policy.num_waiting, batch.num_preempted, used, kv.usage())
+        return new_step_record((cost, cost.seconds + swap_s, swap_s, batch.batch_size, num_prefill, num_decode,
+                                context, len(policy.running), policy.num_waiting, batch.num_preempted, used,
+                                kv.usage()))
 
     def _commit(self, batch, rec: StepRecord, start: float, end: float) -> None:
         """Commit a step that ran from `start` to `end`, and record it."""

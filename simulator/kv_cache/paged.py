@@ -9,8 +9,14 @@ Reserved blocks are no longer free; which ids they get does not change any resul
 """
 from __future__ import annotations
 
+from functools import partial
+
 from simulator.kv_cache.base import KVCacheManager, KVUsage
 from simulator.request import Request
+
+
+# KVUsage(*fields) without the named tuple's Python-level __new__ (every field given, in order)
+_new_usage = partial(tuple.__new__, KVUsage)
 
 
 class BlockPool:
@@ -123,8 +129,8 @@ class PagedKVCache(KVCacheManager):
     def usage(self) -> KVUsage:
         capacity = self.num_blocks * self.block_size
         free = (self.free_blocks.num_free - self.reserved_blocks) * self.block_size
-        # allocated, capacity, free, largest free hole (any block serves); positional: taken every step
-        return KVUsage(capacity - free, capacity, free, free)
+        # allocated, capacity, free, largest free hole (any block serves): all six fields, as it is taken every step
+        return _new_usage((capacity - free, capacity, free, free, 0, 0))
 
     def max_request_tokens(self) -> int:
         return (self.num_blocks - self.watermark_blocks) * self.block_size
