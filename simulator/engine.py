@@ -12,7 +12,8 @@ Fast path: arrivals are the only outside events, so between two arrivals the ser
 the clock and then holds the GPU once, until the end of the step during which the next request arrives. And
 when the policy can plan a run of identical decode steps (no request finishes before the run's last step, no
 block is missing, no arrival lands before its last step starts), the run is priced and committed at once,
-its requests advanced lazily. Step end times are the same running float sums as step by step, so every
+its requests advanced lazily; a step that also computes prompt chunks (chunked prefill) keeps those decoders lazy
+too. Step end times are the same running float sums as step by step, so every
 timestamp is identical to the last bit (tests compare both paths). The fast path's contract, between the engine,
 the policy, the KV manager and the cost model, is in simulator/batching/lazy.py.
 """
@@ -109,6 +110,18 @@ class EngineObserver(Protocol):
     def done(self, req: Request, time_s: float) -> None: ...
 
 
+class KVReleases(Protocol):
+    """Finished requests whose KV blocks a replica keeps until a later time (a prefill instance's, until their
+    transfer to a decode instance has ended): told of every finish, it names the next release, which the engine
+    treats as it treats an arrival (it may let a waiting request in), and frees the blocks due by a time."""
+
+    def finished(self, req: Request, time_s: float) -> None: ...
+
+    def next_s(self) -> float: ...
+
+    def release_until(self, time_s: float) -> None: ...
+
+
 class Engine:
     """Drives one replica. `fast_path` (default: the config's `fast_path`, else on) enables decode runs.
 
@@ -137,6 +150,7 @@ class Engine:
         self.fast_path = options.fast_path if fast_path is None else fast_path
         self._next_arrival_s = INF              # the earliest arrival not yet handed to the policy
         self.observer = observer
+        self.releases: KVReleases | None = None  # set by a cluster whose replicas hold finished requests' KV
         self.open = False                        # a router may still feed requests
         self.horizon_s = INF                     # while open: no unfed request arrives before this
         self.num_steps = 0                       # engine steps simulated, and how many of them ran in runs
@@ -183,6 +197,8 @@ class Engine:
         return self.finish()
 
     def finish(self) -> SimResult:
+        if self.releases is not None:
+            self.releases.release_until(INF)      # nothing runs any more: every held block goes back
         requests = self.log.frame()
         meta = {**self.parts.meta, "preemptions_recompute": self.policy.num_preemptions["recompute"],
                 "preemptions_swap": self.policy.num_preemptions["swap"], "engine_steps": self.num_steps,
@@ -200,6 +216,8 @@ class Engine:
         """Hand the policy every request that has arrived by `until_s` (an arrival at the very end of a step is
         seen by the next schedule), or reject it with a reason."""
         policy = self.policy
+        if self.releases is not None:
+            self.releases.release_until(until_s)
         fits = min(self.parts.max_model_len, policy.kv.max_request_tokens() + 1)   # prompt + output at most
         for spec, arrival_s in self.arrivals.pop_until(until_s):
             req = Request(spec)
@@ -217,14 +235,19 @@ class Engine:
 
     def _next_s(self) -> float:
         """The next arrival, if no request finishes first; while a router may feed more, no later than the
-        earliest arrival it has not placed yet."""
-        return min(self.arrivals.next_s(), self.horizon_s)
+        earliest arrival it has not placed yet; and no later than the next release of held KV."""
+        next_s = min(self.arrivals.next_s(), self.horizon_s)
+        return next_s if self.releases is None else min(next_s, self.releases.next_s())
 
     def _done(self, req: Request, time_s: float) -> None:
         """`req` finished or was rejected at `time_s`: keep its row, release the requests that follow it."""
         self.log.add(req)
         self.num_done += 1
-        if self.arrivals.finished(req.request_id, time_s):
+        moved = self.arrivals.finished(req.request_id, time_s)      # the next arrival may come sooner
+        if self.releases is not None:
+            self.releases.finished(req, time_s)                     # and a release of its held KV
+            moved = True
+        if moved:
             self._next_arrival_s = self._next_s()
         if self.observer is not None:
             self.observer.done(req, time_s)
