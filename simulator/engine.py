@@ -33,7 +33,7 @@ from simulator.arrivals import ArrivalQueue
 from simulator.batching import BatchingPolicy
 from simulator.batching.lazy import DecodeRun
 from simulator.cost import CostModel
-from simulator.metrics import Recorder, SimResult, StepRecord
+from simulator.metrics import Recorder, SimResult, StepRecord, new_step_record
 from simulator.request import Request, RequestStatus
 from simulator.request_log import RequestLog
 from simulator.step import RunCosts, StepShape
@@ -243,10 +243,12 @@ class Engine:
         """`req` finished or was rejected at `time_s`: keep its row, release the requests that follow it."""
         self.log.add(req)
         self.num_done += 1
+        moved = self.arrivals.finished(req.request_id, time_s)      # the next arrival may come sooner
         if self.releases is not None:
-            self.releases.finished(req, time_s)
-        self.arrivals.finished(req.request_id, time_s)
-        self._next_arrival_s = self._next_s()
+            self.releases.finished(req, time_s)                     # and a release of its held KV
+            moved = True
+        if moved:
+            self._next_arrival_s = self._next_s()
         if self.observer is not None:
             self.observer.done(req, time_s)
 
@@ -346,15 +348,22 @@ class Engine:
             cost = cost_model.step_cost(StepShape(*fields))
             if len(self._step_costs) < 1 << 16:
                 self._step_costs[fields] = cost
-        prefill, num_decode, decode_context, _, verify = fields
+        prefill, num_decode, context, _, verify = fields
+        num_prefill = 0
+        for n, c in prefill:                      # prompt chunks: their tokens, and their cached context
+            num_prefill += n
+            context += c
+        for n, c in verify:                       # verify chunks count as decode tokens
+            num_decode += n
+            context += c + n
         swap_s = cost_model.swap_seconds(batch.swap_bytes) if batch.swap_bytes else 0.0
-        used = policy.kv_used_tokens + batch.num_batched_tokens - policy.kv.shared_tokens   # shared blocks once
+        kv = policy.kv
+        used = policy.kv_used_tokens + batch.num_batched_tokens - kv.shared_tokens   # shared blocks once
         if self.observer is not None:
             self.observer.step(start, len(policy.running), policy.num_waiting, used)
-        return StepRecord(cost, cost.seconds + swap_s, swap_s, batch.batch_size, sum(n for n, _ in prefill),
-                          num_decode + sum(n for n, _ in verify),
-                          decode_context + sum(c for _, c in prefill) + sum(c + n for n, c in verify),
-                          len(policy.running), policy.num_waiting, batch.num_preempted, used, policy.kv.usage())
+        return new_step_record((cost, cost.seconds + swap_s, swap_s, batch.batch_size, num_prefill, num_decode,
+                                context, len(policy.running), policy.num_waiting, batch.num_preempted, used,
+                                kv.usage()))
 
     def _commit(self, batch, rec: StepRecord, start: float, end: float) -> None:
         """Commit a step that ran from `start` to `end`, and record it."""

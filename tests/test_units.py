@@ -225,3 +225,26 @@ def test_static_batching_waits_for_a_full_batch_and_reserves_whole_sequences():
     # of its whole context: prompt + outputs - 1 (the last sampled token is never fed back)
     batch = policy.schedule(0.2)
     assert batch.requests == [a] and batch.padding_context_tokens == [21] and kv.allocated_tokens(b) == 100
+
+
+def test_the_block_pool_pops_and_counts_as_a_list_stack_of_every_id():
+    # BlockPool keeps never-used ids as a counter and its free count as a number: random takes and give-backs
+    # must hand out the ids a plain list stack (block 0 on top) would, and count the same.
+    import random
+    from simulator.kv_cache.paged import BlockPool
+    rng = random.Random(3)
+    for _ in range(200):
+        n = rng.randint(1, 100)
+        pool, stack, held = BlockPool(n), list(range(n - 1, -1, -1)), []
+        for _ in range(100):
+            if held and rng.random() < 0.45:
+                ids = held.pop(rng.randrange(len(held)))[::-1]
+                pool.give_back(ids)
+                stack.extend(ids)
+            elif stack:
+                need = rng.randint(0, min(len(stack), 9))
+                taken = stack[len(stack) - need:][::-1]
+                del stack[len(stack) - need:]
+                assert pool.take(need) == taken
+                held.append(taken)
+            assert len(pool) == len(stack) and sorted(pool) == sorted(stack)
