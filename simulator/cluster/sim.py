@@ -149,14 +149,8 @@ def build_replicas(groups: list[ReplicaGroup], first_index: int = 0) -> list[Rep
     replicas = []
     for group in groups:
         config = replica_config(group.config)
-        shared = None
-        for _ in range(group.count):
-            parts = build_parts(config)
-            if shared is None:
-                shared = parts.cost_model
-            else:               # a pure function of the step's shape: one memo serves the whole group
-                parts = replace(parts, cost_model=shared)
-            replicas.append(Replica(first_index + len(replicas), group.name, parts, config))
+        for _ in range(group.count):     # build_parts shares one cost model among a group's replicas
+            replicas.append(Replica(first_index + len(replicas), group.name, build_parts(config), config))
     return replicas
 
 
