@@ -174,6 +174,8 @@ class Engine:
     def start(self) -> None:
         self._wall = time.perf_counter()
         self.arrivals = ArrivalQueue(self.specs, self.parts.options.max_concurrency)
+        # prompt + output tokens a request may have at most (max_request_tokens: what the KV could ever hold)
+        self._fits = min(self.parts.max_model_len, self.policy.kv.max_request_tokens() + 1)
         self._next_arrival_s = self._next_s()
         self._server = self.env.process(self._serve())
 
@@ -218,7 +220,7 @@ class Engine:
         policy = self.policy
         if self.releases is not None:
             self.releases.release_until(until_s)
-        fits = min(self.parts.max_model_len, policy.kv.max_request_tokens() + 1)   # prompt + output at most
+        fits = self._fits
         for spec, arrival_s in self.arrivals.pop_until(until_s):
             req = Request(spec)
             req.arrival_s = arrival_s
