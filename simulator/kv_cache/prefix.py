@@ -134,8 +134,9 @@ class PrefixCachingPagedKV(PagedKVCache):
 
     def _settle_evictions(self) -> None:
         """Evict the cached blocks that reserved growth took, before anything else changes the cache."""
-        for _ in range(self._num_pending_evictions()):
-            self._evict()
+        if self.lru:                                  # nothing evictable (no content cached): nothing pending
+            for _ in range(self.reserved_blocks - len(self.free_blocks)):
+                self._evict()
 
     def _evict(self) -> None:
         block, _ = self.lru.popitem(last=False)
@@ -147,10 +148,12 @@ class PrefixCachingPagedKV(PagedKVCache):
     # ---- allocation ----
 
     def can_allocate(self, req: Request, num_tokens: int, *, admission: bool = False, cached_tokens: int = 0) -> bool:
-        hit = self._hit_blocks(req, cached_tokens)
-        evictable_hits = sum(1 for b in hit if not self.refs[b])
-        need = self._blocks_needed(req, num_tokens) - len(hit)
-        free = len(self.free_blocks) + len(self.lru) - self.reserved_blocks - evictable_hits
+        need = self._blocks_needed(req, num_tokens)
+        free = len(self.free_blocks) + len(self.lru) - self.reserved_blocks
+        if cached_tokens:                             # hit blocks are not taken anew, nor free for the rest
+            hit = self._hit_blocks(req, cached_tokens)
+            need -= len(hit)
+            free -= sum(1 for b in hit if not self.refs[b])
         return need <= free - (self.watermark_blocks if admission else 0)
 
     def _hit_blocks(self, req: Request, cached_tokens: int) -> list[int]:
@@ -163,15 +166,18 @@ class PrefixCachingPagedKV(PagedKVCache):
 
     def allocate(self, req: Request, num_tokens: int, *, cached_tokens: int = 0) -> None:
         self._settle_evictions()
-        hit = self._hit_blocks(req, cached_tokens)
-        if hit:
+        if cached_tokens:
+            hit = self._hit_blocks(req, cached_tokens)
             for block in hit:
                 self._touch(block)
             self.block_tables[req.request_id] = hit
             self._registered[req.request_id] = len(hit)
         need = self._blocks_needed(req, num_tokens)
-        assert need <= len(self.free_blocks) + len(self.lru) - self.reserved_blocks, \
-            f"allocate without can_allocate: {req}"
+        short = need - (len(self.free_blocks) - self.reserved_blocks)
+        if short > 0:                                 # evict cached blocks, least recently freed first
+            assert short <= len(self.lru), f"allocate without can_allocate: {req}"
+            for _ in range(short):
+                self._evict()
         self._take(req, need)
         if req.spec.content:                          # prompt blocks of shared content are cached when scheduled
             self._request_hashes(req, 0)
@@ -186,16 +192,11 @@ class PrefixCachingPagedKV(PagedKVCache):
             del self.lru[block]
         self.refs[block] = refs + 1
 
-    def _take(self, req: Request, need: int) -> None:
-        short = need - (len(self.free_blocks) - self.reserved_blocks)
-        for _ in range(max(0, short)):               # evict cached blocks, least recently freed first
-            self._evict()
-        super()._take(req, need)
-
     def settle(self, req: Request, num_tokens: int, *, keep: bool = True) -> None:
-        # Always take the blocks: a finishing request's full blocks are cached when it is freed next.
+        # A finishing request with content takes its blocks anyway: its full content blocks (response included)
+        # are cached when it is freed next. Without content nothing of it is cached on finishing.
         self._settle_evictions()
-        super().settle(req, num_tokens, keep=True)
+        PagedKVCache.settle(self, req, num_tokens, keep=keep or bool(req.spec.content))
 
     def _register(self, req: Request, num_blocks: int) -> None:
         """Cache the first `num_blocks` blocks of `req`'s table (those not cached yet)."""
@@ -233,7 +234,7 @@ class PrefixCachingPagedKV(PagedKVCache):
 
     def _release(self, table: list[int]) -> None:
         """Give back a request's blocks, tail first (vLLM frees in reverse so that prefixes outlive tails)."""
-        if self.refs.keys().isdisjoint(table):       # nothing cached (no shared content): one C-level extend
+        if not self.refs or self.refs.keys().isdisjoint(table):   # nothing cached: one C-level extend
             table.reverse()
             self.free_blocks.give_back(table)
             return
