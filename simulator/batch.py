@@ -12,7 +12,9 @@ class Batch:
 
     `num_new_tokens[i]` tokens of `requests[i]` are computed this step. `padding_context_tokens` lists the
     context of finished sequences that a run-to-completion batch still computes as padding (one token each).
-    `swap_bytes` is KV moved between GPU and host memory before the step can run.
+    `swap_bytes` is KV moved between GPU and host memory before the step can run. `lazy_decode` more requests,
+    advanced lazily by the fast path (simulator/batching/lazy.py) and so not listed, decode one token each,
+    attending `lazy_context` tokens in all (their computed tokens plus the new one).
     """
 
     requests: list[Request]
@@ -20,6 +22,8 @@ class Batch:
     padding_context_tokens: list[int] = field(default_factory=list)
     swap_bytes: float = 0.0
     num_preempted: int = 0
+    lazy_decode: int = 0
+    lazy_context: int = 0
 
     def __post_init__(self) -> None:
         assert len(self.requests) == len(self.num_new_tokens)
@@ -27,11 +31,11 @@ class Batch:
 
     @property
     def batch_size(self) -> int:
-        return len(self.requests) + len(self.padding_context_tokens)
+        return len(self.requests) + len(self.padding_context_tokens) + self.lazy_decode
 
     @property
     def num_batched_tokens(self) -> int:
-        return sum(self.num_new_tokens)
+        return sum(self.num_new_tokens) + self.lazy_decode
 
     def shape_fields(self) -> tuple[tuple[tuple[int, int], ...], int, int, int, tuple[tuple[int, int], ...]]:
         """StepShape's fields (prefill, num_decode, decode_context_tokens, num_sampled, verify) as a plain tuple.
@@ -41,7 +45,8 @@ class Batch:
         prefill: list[tuple[int, int]] = []
         verify: list[tuple[int, int]] = []
         num_decode = len(self.padding_context_tokens)
-        decode_context = sum(self.padding_context_tokens) + num_decode
+        decode_context = sum(self.padding_context_tokens) + num_decode + self.lazy_context
+        num_decode += self.lazy_decode
         num_sampled = num_decode
         for req, n in zip(self.requests, self.num_new_tokens):
             if req.num_uncomputed_tokens != 1:

@@ -12,7 +12,8 @@ Fast path: arrivals are the only outside events, so between two arrivals the ser
 the clock and then holds the GPU once, until the end of the step during which the next request arrives. And
 when the policy can plan a run of identical decode steps (no request finishes before the run's last step, no
 block is missing, no arrival lands before its last step starts), the run is priced and committed at once,
-its requests advanced lazily. Step end times are the same running float sums as step by step, so every
+its requests advanced lazily; a step that also computes prompt chunks (chunked prefill) keeps those decoders lazy
+too. Step end times are the same running float sums as step by step, so every
 timestamp is identical to the last bit (tests compare both paths). The fast path's contract, between the engine,
 the policy, the KV manager and the cost model, is in simulator/batching/lazy.py.
 """
@@ -341,7 +342,7 @@ class Engine:
         self.num_steps += 1
         self.recorder.step(start, rec)
         if outcome.itl_gaps:
-            self.recorder.itl_gaps(outcome.itl_gaps)
+            self.recorder.itl_gaps(outcome.itl_gaps, outcome.itl_counts)
         for req in outcome.finished:
             self._done(req, end)
         if self.progress:

@@ -560,14 +560,8 @@ class SimResult:
 
 
 def _load_json(path: Path) -> dict[str, Any]:
-    from workloads.files import read_text
-    try:
-        data = json.loads(read_text(path, "results file", max_bytes=1_000_000_000))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno}): truncated or edited") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data
+    from workloads.files import read_json
+    return read_json(path, "results file", max_bytes=1_000_000_000)
 
 
 def _load_csv(path: Path) -> pd.DataFrame:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import difflib
 import re
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -273,14 +272,8 @@ _FOUR_NORM_TYPES = {"gemma2", "gemma3", "gemma3_text"}
 
 
 def _read_config(path: Path) -> dict:
-    from workloads.files import read_text
-    text = read_text(path, "model config", error=ModelConfigError)
-    try:
-        data = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
-        raise ModelConfigError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise ModelConfigError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    from workloads.files import read_json
+    data = read_json(path, "model config", error=ModelConfigError)
     text = data.get("text_config")
     # Multimodal configs nest the language model; its keys win, the outer ones fill gaps.
     return {**data, **text} if isinstance(text, dict) else data

@@ -16,6 +16,7 @@ from conftest import RoundCostModel, specs_from
 from simulator.api import build_parts, workload
 from simulator.batching import BATCHING_POLICIES, PolicyParams
 from simulator.batching.continuous import Admission, ContinuousBatching
+from simulator.batching.lazy import LazyDecoders
 from simulator.config import SimConfig
 from simulator.engines import cost_model_options, get_engine
 from simulator.engine import Engine, EngineParts
@@ -63,15 +64,18 @@ workloads = st.lists(
 @pytest.mark.parametrize("kv", sorted(KV_CACHE_MANAGERS))
 @pytest.mark.parametrize("batching", sorted(BATCHING_POLICIES))
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(rows=workloads, chunked=st.booleans(), swap=st.booleans(), block_size=st.sampled_from([1, 4, 16]),
-       capacity=st.sampled_from([600, 1024, 4096]))
-def test_fast_path_matches_step_by_step(batching, kv, rows, chunked, swap, block_size, capacity):
+@given(rows=workloads, chunked=st.booleans(), whole=st.booleans(), swap=st.booleans(),
+       block_size=st.sampled_from([1, 4, 16]), capacity=st.sampled_from([600, 1024, 4096]),
+       budget=st.sampled_from([16, 64, 512]))
+def test_fast_path_matches_step_by_step(batching, kv, rows, chunked, whole, swap, block_size, capacity, budget):
     # Round arrival times land exactly on step ends (10 ms steps), so ties between an arrival and a step end
-    # are exercised; small capacities force preemption by recompute or swap.
+    # are exercised; small capacities force preemption by recompute or swap; small token budgets (chunked
+    # prefill) cut prompts into many chunks that share steps with lazily advanced decodes.
     fast, slow, _ = both(specs_from(rows), batching=batching, kv=kv, capacity_tokens=capacity, max_model_len=512,
-                         block_size=block_size, max_num_batched_tokens=512, max_num_seqs=8, batch_size=4,
-                         max_batch_size=4, max_wait_s=0.05, kv_bytes_per_token=1.0, swap_space_bytes=300,
-                         chunked_prefill=chunked, preemption="swap" if swap else "recompute")
+                         block_size=block_size, max_num_batched_tokens=budget if chunked else 512, max_num_seqs=8,
+                         batch_size=4, max_batch_size=4, max_wait_s=0.05, kv_bytes_per_token=1.0,
+                         swap_space_bytes=300, chunked_prefill=chunked, admit_whole_sequence=whole,
+                         preemption="swap" if swap else "recompute")
     assert_identical(fast, slow)
 
 
@@ -168,16 +172,63 @@ shared_workloads = st.lists(
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(rows=shared_workloads, chunked=st.booleans(), swap=st.booleans(), block_size=st.sampled_from([1, 4, 16]),
-       capacity=st.sampled_from([600, 1024, 4096]))
-def test_fast_path_matches_step_by_step_with_prefix_caching(rows, chunked, swap, block_size, capacity):
-    # Requests share one of three prefixes (or none); small capacities force evictions and preemptions.
+@given(rows=shared_workloads, chunked=st.booleans(), whole=st.booleans(), swap=st.booleans(),
+       block_size=st.sampled_from([1, 4, 16]), capacity=st.sampled_from([600, 1024, 4096]),
+       budget=st.sampled_from([16, 64, 512]))
+def test_fast_path_matches_step_by_step_with_prefix_caching(rows, chunked, whole, swap, block_size, capacity,
+                                                            budget):
+    # Requests share one of three prefixes (or none); small capacities force evictions and preemptions. With
+    # chunked prefill and whole-sequence admission on, this is vLLM V1's scheduler (mixed steps keep their
+    # decodes lazy); small budgets cut prompts into chunks.
     specs = [RequestSpec(i, a, p, o, ((pid, min(n, p + o)),) if pid >= 0 else ())
              for i, (a, p, o, pid, n) in enumerate(rows)]
     fast, slow, _ = both(specs, capacity_tokens=capacity, max_model_len=512, block_size=block_size,
-                         max_num_batched_tokens=512, max_num_seqs=8, kv_bytes_per_token=1.0, swap_space_bytes=300,
-                         chunked_prefill=chunked, preemption="swap" if swap else "recompute", prefix_caching=True)
+                         max_num_batched_tokens=budget if chunked else 512, max_num_seqs=8, kv_bytes_per_token=1.0,
+                         swap_space_bytes=300, chunked_prefill=chunked, admit_whole_sequence=whole,
+                         preemption="swap" if swap else "recompute", prefix_caching=True)
     assert_identical(fast, slow)
+
+
+def chunked_beside_decoders(num_decoders: int, monkeypatch):
+    """vLLM V1 settings: `num_decoders` requests (10-token prompts sharing a prefix, 300 outputs) decode while a
+    600-token prompt arriving at 0.2 s is cut into chunks of what the 100-token budget leaves. Returns the fast
+    and step-by-step results, and how often the fast engine synced lazy decoders (one by one, and all at once)."""
+    rows = [(0.0, 10, 300, 0, 8)] * num_decoders + [(0.2, 600, 5, 0, 8)]
+    specs = [RequestSpec(i, a, p, o, ((pid, n),)) for i, (a, p, o, pid, n) in enumerate(rows)]
+    calls = {"sync": 0, "sync_all": 0}
+    sync, sync_all = LazyDecoders.sync, LazyDecoders.sync_all
+
+    def counted_sync(self, req, **kwargs):
+        calls["sync"] += req.lazy_id >= 0
+        return sync(self, req, **kwargs)
+
+    def counted_sync_all(self, running):
+        calls["sync_all"] += 1
+        return sync_all(self, running)
+
+    monkeypatch.setattr(LazyDecoders, "sync", counted_sync)
+    monkeypatch.setattr(LazyDecoders, "sync_all", counted_sync_all)
+    params = dict(capacity_tokens=100_000, max_model_len=1024, block_size=16, max_num_batched_tokens=100,
+                  max_num_seqs=64, chunked_prefill=True, admit_whole_sequence=True, prefix_caching=True,
+                  watermark=0.0)
+    fast = engine(specs, True, **params).run()
+    lazy_calls = dict(calls)
+    return fast, engine(specs, False, **params).run(), lazy_calls
+
+
+@pytest.mark.parametrize("num_decoders", [10, 50])
+def test_mixed_steps_keep_decoders_lazy(num_decoders, monkeypatch):
+    fast, slow, calls = chunked_beside_decoders(num_decoders, monkeypatch)
+    assert_identical(fast, slow)
+    steps = fast.steps
+    chunked = steps[(steps.num_prefill_tokens > 0) & (steps.start_s >= 0.2)]
+    # the long prompt took chunks of 100 - num_decoders tokens (its last chunk less) beside every decoder
+    assert len(chunked) == -(-600 // (100 - num_decoders))
+    assert (chunked.num_decode_tokens == num_decoders).all()
+    assert (chunked.num_prefill_tokens.iloc[:-1] == 100 - num_decoders).all()
+    assert fast.requests.set_index("request_id").loc[num_decoders, "first_token_s"] > chunked.start_s.max()
+    # each request was synced once, when it finished: the chunked steps never synced the decoders
+    assert calls == {"sync": num_decoders + 1, "sync_all": 0}
 
 
 # ---------------------------------------------------------------- the real cost model, ShareGPT lengths

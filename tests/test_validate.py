@@ -239,5 +239,5 @@ def test_mismatched_files_and_bad_values_are_named(tmp_path):
     with pytest.raises(TraceError, match=r"bench.json request 2: 'ttfts' must be a non-negative number, got x$"):
         load_real_run(path)
     (folder / "meta.json").write_text("[1, 2]")
-    with pytest.raises(RunFileError, match=r"meta.json: expected a JSON object$"):
+    with pytest.raises(RunFileError, match=r"meta.json: expected a JSON object, got list$"):
         load_real_run(folder)

@@ -1,6 +1,7 @@
 """vLLM V1's kernel recipe: varlen attention (mixed steps), CUDA graph modes and padding, the sampler."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from hardware.gpus import get_gpu
@@ -51,6 +52,23 @@ def test_one_launch_prices_pure_and_mixed_steps():
     assert alone == decode_seconds(P, 10, 10_000) and chunk == prefill_seconds(P, tiles, padded, 1100, 100)
     assert mixed == pytest.approx(chunk + mixed_decode_seconds(P, tiles, 10, 10_000))
     assert mixed > chunk + alone                       # the decode rows cost more with a chunk than alone
+
+
+def test_formulas_give_the_same_bits_on_numbers_as_on_arrays():
+    # The cost model calls them with numbers (numpy skipped), the fitter with arrays: one formula, same values.
+    rng = np.random.default_rng(0)
+    new, cached = rng.integers(1, 5000, 400), rng.integers(0, 100_000, 400)
+    num_decode, context = rng.integers(0, 300, 400), rng.integers(0, 2_000_000, 400)
+    tiles, padded = chunk_tiles(P, new, cached)
+    kv, q = cached + new, new
+    arrays = [tiles, padded, prefill_seconds(P, tiles, padded, kv, q), reread_share(P, tiles, num_decode),
+              mixed_decode_seconds(P, tiles, num_decode, context)]
+    for i in range(400):
+        t, pp = chunk_tiles(P, int(new[i]), int(cached[i]))
+        numbers = [t, pp, prefill_seconds(P, t, pp, int(kv[i]), int(q[i])), reread_share(P, t, int(num_decode[i])),
+                   mixed_decode_seconds(P, t, int(num_decode[i]), int(context[i]))]
+        assert all(type(x) is float for x in numbers)
+        assert numbers == [float(a[i]) for a in arrays]
 
 
 V1 = cost_model_options(get_engine("vllm-v1"))

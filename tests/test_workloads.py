@@ -509,3 +509,37 @@ def test_full_mooncake_conversation_trace_loads():
     assert max(r.prompt_tokens for r in requests) == 126_195
     assert all(len(r.content) == math.ceil(r.prompt_tokens / 512) for r in requests)
     assert all(r.content_tokens == r.prompt_tokens for r in requests)
+
+
+def test_one_json_reader_serves_every_file_kind(tmp_path):
+    """workloads.files reads JSON once for traces, run folders, results and model configs: bounded UTF-8 text,
+    one-line errors of the caller's class naming the file and line."""
+    from workloads.files import json_records, read_json
+
+    class Mine(ValueError):
+        pass
+
+    lines = tmp_path / "r.jsonl"
+    lines.write_text('{"a": 1}\n\n{"a": 2}\n[3]\n')
+    got = json_records(lines, "test file", error=Mine, label="r.jsonl")
+    assert next(got) == ("r.jsonl line 1", {"a": 1})
+    assert next(got) == ("r.jsonl line 3", {"a": 2})
+    with pytest.raises(Mine, match=r"^r.jsonl line 4: expected a JSON object, got list$"):
+        next(got)
+    array = tmp_path / "r.json"
+    array.write_text('[{"a": 1}, 2]')
+    assert next(json_records(array, "test file", arrays=True, label="r.json")) == ("r.json record 1", {"a": 1})
+    with pytest.raises(ValueError, match=r"^r.json record 2: expected a JSON object, got int$"):
+        list(json_records(array, "test file", arrays=True, label="r.json"))
+    with pytest.raises(Mine, match=r"^r.json line 1: expected a JSON object, got list$"):   # not without `arrays`
+        list(json_records(array, "test file", error=Mine, label="r.json"))
+    assert read_json(array, "test file", want=list) == [{"a": 1}, 2]
+    with pytest.raises(Mine, match=r"r.json: expected a JSON object, got list$"):
+        read_json(array, "test file", error=Mine)
+    broken = tmp_path / "b.json"
+    broken.write_text('{"a": 1,\n')
+    with pytest.raises(Mine, match=r"b.json: not valid JSON \(Expecting property name enclosed in double quotes, "
+                                   r"line 2\)$"):
+        read_json(broken, "test file", error=Mine)
+    with pytest.raises(Mine, match=r"missing.json: test file not found$"):
+        read_json(tmp_path / "missing.json", "test file", error=Mine)

@@ -6,9 +6,10 @@ to billions of nodes from a few lines). Every failure is one line naming the fil
 """
 from __future__ import annotations
 
+import json
 import stat
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 MAX_CONFIG_BYTES = 1_000_000          # options, GPU and model files are a few hundred bytes
 MAX_TRACE_BYTES = 4_000_000_000       # a trace of tens of millions of requests
@@ -51,6 +52,61 @@ def read_text(path: str | Path, what: str, *, max_bytes: int = MAX_CONFIG_BYTES,
     except UnicodeDecodeError as exc:
         raise error(f"{path}: {what} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset "
                     f"{exc.start})") from None
+
+
+def read_json(path: str | Path, what: str, *, error: type[Exception] = ValueError,
+              max_bytes: int = MAX_CONFIG_BYTES, want: type | None = dict) -> Any:
+    """The parsed JSON of a checked file; `want` is the type its top level must have (None: any)."""
+    path = Path(path)
+    text = read_text(path, what, max_bytes=max_bytes, error=error)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise error(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    except RecursionError:
+        raise error(f"{path}: not valid JSON (nested too deeply)") from None
+    if want is not None and not isinstance(data, want):
+        raise error(f"{path}: expected a JSON {_JSON_NAMES.get(want, want.__name__)}, got {type(data).__name__}")
+    return data
+
+
+_JSON_NAMES = {dict: "object", list: "list"}
+
+
+def json_records(path: str | Path, what: str, *, error: type[Exception] = ValueError,
+                 max_bytes: int = MAX_TRACE_BYTES, label: str | None = None,
+                 arrays: bool = False) -> Iterator[tuple[str, dict]]:
+    """(where, object) for each line of a JSON-lines file (blank lines skipped) or, with `arrays`, each element
+    of a file holding one top-level JSON list. `where` names the file (`label`, default its path) and the line
+    or record, for the caller's own messages."""
+    path = Path(path)
+    label = str(path) if label is None else label
+    text = read_text(path, what, max_bytes=max_bytes, error=error)
+    records = _array_records(text, label, error) if arrays and text.lstrip().startswith("[") else \
+        _line_records(text, label, error)
+    for where, record in records:
+        if not isinstance(record, dict):
+            raise error(f"{where}: expected a JSON object, got {type(record).__name__}")
+        yield where, record
+
+
+def _line_records(text: str, label: str, error: type[Exception]) -> Iterator[tuple[str, Any]]:
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            where = f"{label} line {number}"
+            try:
+                yield where, json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise error(f"{where}: not valid JSON ({exc.msg})") from None
+
+
+def _array_records(text: str, label: str, error: type[Exception]) -> Iterator[tuple[str, Any]]:
+    try:
+        records = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise error(f"{label} line {exc.lineno}: not valid JSON ({exc.msg})") from None
+    for number, record in enumerate(records, start=1):
+        yield f"{label} record {number}", record
 
 
 def read_mapping(path: str | Path, what: str, *, error: type[Exception] = ValueError) -> dict[str, Any]:

@@ -29,6 +29,7 @@ import numpy as np
 from workloads._build import build_specs
 from workloads._columns import CsvColumns, TraceRows, check_readable, json_float, json_int
 from workloads.errors import TraceError
+from workloads.files import json_records
 from workloads.spec import RequestSpec
 from workloads.vllm import is_bench_result, read_bench_trace
 
@@ -236,40 +237,7 @@ def _check_options(rate_scale: float, max_requests: int | None, max_duration_s: 
 
 def _json_records(path: Path) -> Iterator[tuple[str, dict]]:
     """(where, object) for each JSON line (blank lines skipped), or each element of a top-level JSON array."""
-    text = _read_text(path)
-    if text.lstrip().startswith("["):
-        yield from _json_array(path, text)
-        return
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path.name} line {number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise TraceError(f"{where}: not valid JSON ({exc.msg})") from None
-        if not isinstance(record, dict):
-            raise TraceError(f"{where}: expected a JSON object, got {type(record).__name__}")
-        yield where, record
-
-
-def _json_array(path: Path, text: str) -> Iterator[tuple[str, dict]]:
-    try:
-        records = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise TraceError(f"{path.name} line {exc.lineno}: not valid JSON ({exc.msg})") from None
-    for number, record in enumerate(records, start=1):
-        where = f"{path.name} record {number}"
-        if not isinstance(record, dict):
-            raise TraceError(f"{where}: expected a JSON object, got {type(record).__name__}")
-        yield where, record
-
-
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError:
-        raise TraceError(f"{path.name}: not a UTF-8 text file") from None
+    return json_records(path, "trace", error=TraceError, label=path.name, arrays=True)
 
 
 def _first_line(path: Path) -> str:

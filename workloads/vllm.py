@@ -28,6 +28,7 @@ import numpy as np
 
 from workloads._columns import TraceRows, check_readable
 from workloads.errors import TraceError
+from workloads.files import MAX_TRACE_BYTES, read_json
 
 CHARS_PER_TOKEN = 4
 # vLLM's is_valid_sequence defaults (vllm/benchmarks/datasets/utils.py).
@@ -117,14 +118,7 @@ def _gaps(values: Any, where: str) -> list[float]:
 
 
 def _load_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8-sig"))
-    except json.JSONDecodeError as exc:
-        raise TraceError(f"{path} line {exc.lineno}: not valid JSON ({exc.msg})") from None
-    except UnicodeDecodeError:
-        raise TraceError(f"{path}: not a UTF-8 text file") from None
-    except OSError as exc:
-        raise TraceError(f"{path}: cannot read ({exc.strerror})") from None
+    return read_json(path, "JSON file", error=TraceError, max_bytes=MAX_TRACE_BYTES, want=None)
 
 
 def is_bench_result(path: Path) -> bool:

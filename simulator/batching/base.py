@@ -40,6 +40,7 @@ class StepOutcome:
 
     finished: list[Request] = field(default_factory=list)
     itl_gaps: list[float] = field(default_factory=list)
+    itl_counts: list[int] | None = None   # how often each gap occurs (None: once each)
 
 
 class BatchingPolicy(ABC):
@@ -102,7 +103,16 @@ class BatchingPolicy(ABC):
         A request that computed past its known tokens verified that many drafts: it keeps the accepted ones plus
         one sampled token and rolls its computed tokens back by the rejected ones (vLLM V1's
         Scheduler.update_from_output). Its tokens arrive together, as one streamed chunk: one inter-token gap.
+        Requests that finish are released after the whole step is counted, in batch order.
         """
+        out = self._commit_tokens(batch, start_s, end_s)
+        for req in out.finished:
+            self._finish(req, end_s)
+        return out
+
+    def _commit_tokens(self, batch: Batch, start_s: float, end_s: float) -> StepOutcome:
+        """Advance and stamp the batch's requests; those that sampled their last token are listed in
+        `finished`, not yet released (see `_finish`)."""
         out = StepOutcome([], [])
         for req, n in zip(batch.requests, batch.num_new_tokens):
             if req.scheduled_s is None:
@@ -122,11 +132,14 @@ class BatchingPolicy(ABC):
             req.last_token_s = end_s
             req.num_output_tokens += new_tokens
             if req.num_output_tokens == req.output_tokens:
-                req.status = RequestStatus.FINISHED
-                req.finish_s = end_s
                 out.finished.append(req)
-                self._on_finish(req)
         return out
+
+    def _finish(self, req: Request, end_s: float) -> None:
+        """`req` sampled its last token in the step that ended at `end_s`: mark it finished and release it."""
+        req.status = RequestStatus.FINISHED
+        req.finish_s = end_s
+        self._on_finish(req)
 
     def _verify(self, req: Request, drafts: int) -> int:
         """Draw how many of `drafts` verified drafts are accepted; drop the KV of the rejected ones."""

@@ -32,6 +32,8 @@ class ContinuousBatching(BatchingPolicy):
         self.swapped: deque[Request] = deque()
         self.host_swap_bytes = 0.0
         self.lazy: LazyDecoders | None = None
+        # the running requests the lazy decoders do not track, by seat (so in running order)
+        self.untracked: dict[int, Request] = {}
 
     def enable_fast_path(self) -> None:
         super().enable_fast_path()
@@ -47,19 +49,69 @@ class ContinuousBatching(BatchingPolicy):
         if self.swapped:
             self._swap_in(batch)
         if self.params.chunked_prefill:
-            self._sync_running()
-            budget = self._schedule_running(batch, self.params.max_num_batched_tokens)
+            budget = self._schedule_around_lazy(batch, self.params.max_num_batched_tokens)
+            if budget is None:
+                self._sync_running()
+                budget = self._schedule_running(batch, self.params.max_num_batched_tokens)
             if not batch.num_preempted and not self.swapped:
                 self._admit_waiting(batch, budget)
         elif not self._admit_waiting(batch, self.params.max_num_batched_tokens):
             self._sync_running()
             self._schedule_running(batch, self.params.max_num_batched_tokens)
-        return batch if batch.requests else None
+        return batch if batch.requests or batch.lazy_decode else None
 
     def _sync_running(self) -> None:
         """Bring lazily advanced requests level before the step-by-step path reads the running set."""
         if self.lazy is not None and self.lazy.num_tracked:
             self.lazy.sync_all(self.running)
+            self.untracked = {req.seat: req for req in self.running}
+
+    def _schedule_around_lazy(self, batch: Batch, budget: int) -> int | None:
+        """`_schedule_running` with the lazy decoders left lazy (chunked prefill: a mixed step); the budget left,
+        or None, having changed nothing, where the step-by-step path must decide.
+
+        The tracked decoders each take one token and the blocks they cross into (reserved, unnamed), counted in
+        the batch as an aggregate; the untracked running requests are scheduled as `_schedule_running` would.
+        That is the step-by-step step exactly when every tracked decoder sits before every untracked request
+        (so the decoders come first in running order), the budget covers the decoders, and KV memory serves
+        everyone without a preemption: the decoders' blocks, and at most one untracked request that grows
+        (several could each fit alone but not together). Otherwise None.
+        """
+        lazy = self.lazy
+        if lazy is None or not lazy.num_tracked:
+            return None
+        untracked, num, first = self.untracked, lazy.num_tracked, lazy.first_step_blocks()
+        if num > budget or first > self.kv.free_growth_blocks() or (untracked and next(iter(
+                untracked)) <= lazy.max_seat):
+            return None
+        budget -= num
+        chunks = []                                # (request, new tokens), in running order
+        for req in untracked.values():
+            if budget <= 0:
+                break
+            n = min(self._next_tokens(req), budget)
+            chunks.append((req, n))
+            budget -= n
+        self.kv.reserve(first)
+        if not self._chunks_fit(chunks):
+            self.kv.reserve(-first)
+            return None
+        for req, n in chunks:
+            self.kv.allocate(req, req.num_computed_tokens + n)
+            batch.requests.append(req)
+            batch.num_new_tokens.append(n)
+        batch.lazy_decode, batch.lazy_context = num, lazy.tokens + num
+        return budget
+
+    def _chunks_fit(self, chunks: list[tuple[Request, int]]) -> bool:
+        """Can KV memory serve these (request, new tokens) all at once: each fits, and at most one grows?"""
+        kv, growing = self.kv, 0
+        for req, n in chunks:
+            tokens = req.num_computed_tokens + n
+            if not kv.can_allocate(req, tokens):
+                return False
+            growing += tokens > kv.allocated_tokens(req)
+        return growing <= 1
 
     def _schedule_running(self, batch: Batch, budget: int) -> int:
         """Give running requests (oldest first) their next tokens, preempting the newest when KV runs out."""
@@ -154,8 +206,17 @@ class ContinuousBatching(BatchingPolicy):
         else:
             req.num_cached_tokens = hit
 
+    def _add_running(self, req: Request) -> None:
+        super()._add_running(req)
+        self.untracked[req.seat] = req
+
+    def _on_finish(self, req: Request) -> None:
+        super()._on_finish(req)
+        self.untracked.pop(req.seat, None)
+
     def _preempt(self, victim: Request, batch: Batch) -> None:
         self.running.remove(victim)
+        self.untracked.pop(victim.seat, None)
         victim.num_preemptions += 1
         batch.num_preempted += 1
         nbytes = victim.num_computed_tokens * self.params.kv_bytes_per_token
@@ -198,7 +259,7 @@ class ContinuousBatching(BatchingPolicy):
 
     # ---- the decode-run fast path (see simulator/batching/lazy.py) ----
     def commit(self, batch: Batch, start_s: float, end_s: float) -> StepOutcome:
-        out = super().commit(batch, start_s, end_s)
+        out = self._commit_lazy(batch, start_s, end_s) if batch.lazy_decode else super().commit(batch, start_s, end_s)
         lazy = self.lazy
         if lazy is not None:                       # track the running decoders the step left untracked
             members = self.running if lazy.num_tracked == 0 else batch.requests
@@ -206,6 +267,28 @@ class ContinuousBatching(BatchingPolicy):
                 if (req.lazy_id < 0 and req.status == RequestStatus.RUNNING and req.num_uncomputed_tokens == 1
                         and req.last_token_s is not None):     # a prompt's last token is not a decode yet
                     lazy.track(req)
+                    del self.untracked[req.seat]
+        return out
+
+    def _commit_lazy(self, batch: Batch, start_s: float, end_s: float) -> StepOutcome:
+        """Commit a step whose tracked decoders stayed lazy (`_schedule_around_lazy`): they advance one step as a
+        one-step run (their blocks were reserved when scheduled); the listed requests commit as usual. Requests
+        finishing in the step are released in running order, as the step-by-step path releases them (prefix
+        caching's eviction order follows the order of frees)."""
+        lazy = self.lazy
+        out = self._commit_tokens(batch, start_s, end_s)
+        counts = [1] * len(out.itl_gaps)
+        for last_s, count in lazy.last_tokens():
+            out.itl_gaps.append(end_s - last_s)
+            counts.append(count)
+        out.itl_counts = counts
+        self.kv_used_tokens += batch.lazy_decode
+        done = lazy.advance(1, 0, end_s)
+        if done:
+            out.finished = sorted(done + out.finished, key=lambda req: req.seat)
+        for req in out.finished:
+            lazy.sync(req, finishing=True)
+            self._finish(req, end_s)
         return out
 
     def plan_run(self, now: float) -> DecodeRun | None:
@@ -241,15 +324,11 @@ class ContinuousBatching(BatchingPolicy):
         lazy, n, k = self.lazy, run.num_decode, len(ends_s)
         # First tokens of the run: requests that decoded in the previous run share its end as their last
         # token time; requests tracked since then have their own.
-        first_gaps = [(req.last_token_s, 1) for req in lazy.fresh]
-        if n > len(lazy.fresh):
-            first_gaps.append((lazy.last_end_s, n - len(lazy.fresh)))
+        first_gaps = lazy.last_tokens()
         new_blocks = lazy.new_blocks(k)
         self.kv_used_tokens += n * k
         done = lazy.advance(k, sum(new_blocks), ends_s[-1])
         for req in done:
             lazy.sync(req, finishing=True)
-            req.status = RequestStatus.FINISHED
-            req.finish_s = ends_s[-1]
-            self._on_finish(req)
+            self._finish(req, ends_s[-1])
         return RunOutcome(done, first_gaps, new_blocks)

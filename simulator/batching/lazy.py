@@ -12,6 +12,15 @@ Contract (the whole of the fast path; tests/test_fast_path.py checks that it cha
   its own rules (`_pick_next`, `_next_swap_in`) whether the next step admits, so a policy that overrides a rule
   keeps the fast path exact, provided the rule only reads state and a "no" stays "no" while free KV memory only
   shrinks. `commit_run(run, ends)` leaves every request and counter as len(ends) commits would.
+- Mixed steps (chunked prefill, vLLM V1): schedule() keeps the tracked decoders lazy in a step that also
+  computes prompt chunks or admits requests. The Batch then lists only the untracked running requests and the
+  admissions, and carries the decoders as an aggregate (`lazy_decode` sequences attending `lazy_context`
+  tokens: Batch.shape_fields gives the step-by-step StepShape); their blocks of the step are reserved at
+  schedule time, and commit() advances them as a one-step run, releasing the requests that finish in running
+  order (prefix caching's LRU order follows the order of frees). This is taken only where the step-by-step
+  path would give the same step (every tracked decoder sits before every untracked request, the budget covers
+  the decoders, no preemption, at most one untracked request grows), else every decoder is synced and the
+  step goes step by step. Python work per such step does not grow with the number of decoders.
 - KV manager: `growth_block_tokens` says how running requests grow (kv_cache/base.py); a manager that does not
   say (None, the default) gets no decode runs from continuous batching, so it is slower but never wrong.
 - Cost model: `decode_run_costs`, if present, equals step_cost step by step to the last bit.
@@ -22,7 +31,8 @@ batching decodes the same running set, one token each. `LazyDecoders` advances s
 requests: each tracked request's counters lag by the decode steps run since it was last synced
 (`Request.lazy_step`), and the run keeps only aggregates up to date (decode steps so far, tokens held, the
 blocks the run crosses into). A request is synced (its counters brought level, its reserved KV blocks named)
-when it finishes or when the step-by-step path needs it.
+when it finishes or when the step-by-step path needs it (a step that preempts or cannot be scheduled around
+the lazy decoders); a mixed step advances the tracked requests by one step without syncing them.
 
 Finishes come off a heap keyed by the decode step at which each request samples its last token. Block
 crossings are counted by phase: a request holding t tokens needs a new block in the step after which it holds
@@ -80,6 +90,8 @@ class LazyDecoders:
         self.heap: list[tuple[int, int, int, Request]] = []   # (finish step, seat, lazy_id, request)
         self.phases = [0] * max(1, self.block_tokens)
         self.num_tracked = 0
+        self.tokens = 0                    # computed tokens of the tracked requests, lag included
+        self.max_seat = -1                 # no tracked request sits later than this (an upper bound)
         self._next_id = 0
 
     def track(self, req: Request) -> None:
@@ -93,6 +105,8 @@ class LazyDecoders:
             self.phases[(self.step - req.num_computed_tokens) % self.block_tokens] += 1
         self.fresh.append(req)
         self.num_tracked += 1
+        self.tokens += req.num_computed_tokens
+        self.max_seat = max(self.max_seat, req.seat)
 
     def sync(self, req: Request, *, finishing: bool = False) -> None:
         """Bring `req`'s counters and KV blocks level and stop tracking it (a `finishing` request is freed next,
@@ -109,14 +123,24 @@ class LazyDecoders:
             self.kv.settle(req, req.num_computed_tokens, keep=not finishing)
         req.lazy_id = -1
         self.num_tracked -= 1
+        self.tokens -= req.num_computed_tokens
 
     def sync_all(self, running: list[Request]) -> None:
         """Sync every request (before the step-by-step path looks at the running set)."""
         for req in running:
             self.sync(req)
-        assert self.num_tracked == 0
+        assert self.num_tracked == 0 and self.tokens == 0
         self.heap.clear()
         self.fresh.clear()
+        self.max_seat = -1
+
+    def last_tokens(self) -> list[tuple[float, int]]:
+        """(last token time, requests) over every tracked request: fresh ones have their own, the others that of
+        the latest run step. The next step's inter-token gaps run from these."""
+        out = [(req.last_token_s, 1) for req in self.fresh]
+        if self.num_tracked > len(self.fresh):
+            out.append((self.last_end_s, self.num_tracked - len(self.fresh)))
+        return out
 
     def steps_to_finish(self) -> int:
         """Decode steps until the first tracked request samples its last token."""
@@ -153,6 +177,7 @@ class LazyDecoders:
         """Account a run of `num_steps` steps ending at `end_s`; return the requests it finished, in seat order
         (heap entries of one finish step come off by seat)."""
         self.step += num_steps
+        self.tokens += self.num_tracked * num_steps
         self.last_end_s = end_s
         self.kv.reserve(new_blocks)
         self.fresh.clear()

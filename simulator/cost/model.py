@@ -18,6 +18,7 @@ operators one row each (for `servesim explain`); their seconds add up to step_co
 """
 from __future__ import annotations
 
+from bisect import bisect_left
 from functools import lru_cache
 
 from hardware.gpus import GPUSpec
@@ -79,6 +80,7 @@ class CostModel:
         self.peak_flops_per_s, self.peak_bytes_per_s = self.rates.peak_flops_per_s, self.rates.peak_bytes_per_s
         self._dense = lru_cache(maxsize=None)(self._dense_totals)
         self._head = lru_cache(maxsize=None)(self._head_totals)
+        self._base = lru_cache(maxsize=1 << 16)(self._base_totals)
         self._decode_run = lru_cache(maxsize=None)(self._decode_run_of)
         self.step_cost = lru_cache(maxsize=1 << 16)(self._step_cost)
 
@@ -86,11 +88,14 @@ class CostModel:
     def graph_mode(self, shape: StepShape) -> str:
         """How the step runs: 'full' (one CUDA graph replay, no launch cost), 'piecewise' (graphs of all but
         attention, whose kernels are launched from the CPU) or 'eager' (every kernel launched)."""
+        return self._graph_mode(shape, shape.num_tokens)
+
+    def _graph_mode(self, shape: StepShape, num_tokens: int) -> str:
         if not self.cuda_graphs:
             return "eager"
         if not shape.prefill or self.cuda_graph_prefill:
             return "full" if shape.num_seqs <= self.cuda_graph_max_batch else "eager"
-        if self.piecewise_graphs and shape.num_tokens <= self.cuda_graph_max_batch:
+        if self.piecewise_graphs and num_tokens <= self.cuda_graph_max_batch:
             return "piecewise"
         return "eager"
 
@@ -102,9 +107,14 @@ class CostModel:
         """Tokens the step's token-wise operators compute: a graphed step runs the captured size at or above
         its token count (vLLM pads the batch up to it), an eager one exactly its tokens."""
         t = shape.num_tokens
-        if self.cuda_graph_sizes and self.graph_mode(shape) != "eager":
-            return next((size for size in self.cuda_graph_sizes if size >= t), t)
-        return t
+        return self._padded(t, self._graph_mode(shape, t))
+
+    def _padded(self, num_tokens: int, mode: str) -> int:
+        sizes = self.cuda_graph_sizes
+        if sizes and mode != "eager":
+            i = bisect_left(sizes, num_tokens)            # the first captured size >= num_tokens
+            return sizes[i] if i < len(sizes) else num_tokens
+        return num_tokens
 
     # ------------------------------------------------------------------ the step
     def operators(self, shape: StepShape) -> list[Op]:
@@ -134,14 +144,22 @@ class CostModel:
         return 0.0 if mode == "full" else attention.excess_s if mode == "piecewise" else everything.excess_s
 
     def _step_cost(self, shape: StepShape) -> StepCost:
-        """operators(shape) reduced: the cached totals of the dense and head operators, plus attention's."""
+        """operators(shape) reduced: the cached totals of the dense and head operators, plus attention's (the
+        only part priced per step; `_launch_excess` written out, so that attention is reduced twice only in a
+        piecewise graph)."""
         t = shape.num_tokens
         if t <= 0:
             return StepCost(self.step_overhead_s, 0.0, 0.0, "latency", (("overhead", self.step_overhead_s),))
-        base = self._dense(self.padded_tokens(shape)).plus(self._head(shape.num_sampled))
+        mode = self._graph_mode(shape, t)
         attention = self._attention(shape)
-        tot = totals(attention, self.rates.launch_s, base)
-        return self._finish(tot, self._launch_excess(shape, tot, totals(attention, self.rates.launch_s)))
+        tot = totals(attention, self.rates.launch_s, self._base(self._padded(t, mode), shape.num_sampled))
+        launch = (0.0 if mode == "full" else totals(attention, self.rates.launch_s).excess_s if mode == "piecewise"
+                  else tot.excess_s)
+        return self._finish(tot, launch)
+
+    def _base_totals(self, padded_tokens: int, num_sampled: int) -> Totals:
+        """The operators of a step but attention: the dense ones on its padded tokens, the head's on its samples."""
+        return self._dense(padded_tokens).plus(self._head(num_sampled))
 
     def _finish(self, tot: Totals, launch_s: float) -> StepCost:
         """A step's cost from its operators' totals: GPU time plus the step overhead and the launches waited for."""

@@ -20,13 +20,35 @@ decodes x decode context):
    This is why a mixed step's decode rows cost 1.7-4x what the same decodes cost alone.
 
 Every function here is written with numpy operations so that the cost model calls it with numbers and
-the calibration fitter (hardware/calibrate.py) with arrays of profile points: one formula for both.
+the calibration fitter (hardware/calibrate.py) with arrays of profile points: one formula for both. On plain
+numbers, `_maximum`, `_minimum` and `_ceil` skip numpy (the cost model prices a mixed step with them every
+step; a numpy call on two floats costs more than the arithmetic) and give the same values.
 """
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy as np
+
+
+def _maximum(a, b):
+    """np.maximum(a, b), as a plain float when both are numbers."""
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return np.maximum(a, b)
+    return float(a if a >= b else b)
+
+
+def _minimum(a, b):
+    """np.minimum(a, b), as a plain float when both are numbers."""
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return np.minimum(a, b)
+    return float(a if a <= b else b)
+
+
+def _ceil(x):
+    """np.ceil(x), as a plain float for a number."""
+    return np.ceil(x) if isinstance(x, np.ndarray) else float(math.ceil(x))
 
 
 class VarlenParams(NamedTuple):
@@ -58,7 +80,7 @@ def prefill_terms(p: VarlenParams, tiles, padded_pairs, kv_tokens, q_tokens):
     (query row, key) pairs computed including tile padding, `kv_tokens` keys read, `q_tokens` query rows. With
     fewer CTAs than the GPU holds at once, the arithmetic runs on that share of it."""
     flops = 2.0 * p.q_heads * (p.qk_dim + p.v_dim) * padded_pairs
-    fill = np.minimum(1.0, np.maximum(tiles * p.q_heads, 1.0) / (p.num_sms * p.ctas_per_sm))
+    fill = _minimum(1.0, _maximum(tiles * p.q_heads, 1.0) / (p.num_sms * p.ctas_per_sm))
     compute = flops / (p.attn_flops_per_s * fill)
     memory = (kv_tokens * p.kv_bytes_per_token + q_tokens * p.q_heads * (p.qk_dim + p.v_dim) * 2.0) / p.bytes_per_s
     return compute, memory
@@ -67,13 +89,13 @@ def prefill_terms(p: VarlenParams, tiles, padded_pairs, kv_tokens, q_tokens):
 def prefill_seconds(p: VarlenParams, tiles, padded_pairs, kv_tokens, q_tokens):
     """The prompt chunks' launch: its floor plus the longer of its arithmetic and its bytes."""
     compute, memory = prefill_terms(p, tiles, padded_pairs, kv_tokens, q_tokens)
-    return p.floor_s + np.maximum(compute, memory)
+    return p.floor_s + _maximum(compute, memory)
 
 
 def chunk_tiles(p: VarlenParams, new, cached):
     """(query tiles, padded pairs) of one chunk of `new` tokens after `cached` ones: every tile computes its
     full `tile` rows over the cached keys, and the causal diagonal in tile-wide steps."""
-    tiles = np.ceil(new / p.tile)
+    tiles = _ceil(new / p.tile)
     return tiles, tiles * p.tile * cached + new * (new + p.tile) / 2.0
 
 
@@ -91,7 +113,7 @@ def reread_share(p: VarlenParams, tiles, num_decode):
     """Share of the grouped-head re-reads of a mixed step's decode rows that miss L2 (see the module notes)."""
     distance = (tiles + num_decode) * group_size(p)
     window = p.mixed_window * p.num_sms
-    return p.mixed_reread + (1.0 - p.mixed_reread) / (1.0 + (window / np.maximum(distance, 1e-9)) ** p.mixed_sharpness)
+    return p.mixed_reread + (1.0 - p.mixed_reread) / (1.0 + (window / _maximum(distance, 1e-9)) ** p.mixed_sharpness)
 
 
 def mixed_decode_seconds(p: VarlenParams, tiles, num_decode, context_tokens):
@@ -100,7 +122,7 @@ def mixed_decode_seconds(p: VarlenParams, tiles, num_decode, context_tokens):
     g = group_size(p)
     kv_bytes = context_tokens * p.kv_bytes_per_token * (1.0 + (g - 1.0) * reread_share(p, tiles, num_decode))
     flops = 2.0 * p.q_heads * (p.qk_dim + p.v_dim) * p.tile * context_tokens
-    body = np.maximum(flops / p.attn_flops_per_s, kv_bytes / p.bytes_per_s)
+    body = _maximum(flops / p.attn_flops_per_s, kv_bytes / p.bytes_per_s)
     return body + num_decode * p.q_heads * p.mixed_cta_s / p.num_sms
 
 

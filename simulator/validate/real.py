@@ -15,7 +15,6 @@ result), and the simulated arrivals are those same moments, so real and simulate
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ import pandas as pd
 
 from workloads._build import build_specs
 from workloads.errors import TraceError
+from workloads.files import MAX_TRACE_BYTES, json_records, read_json
 from workloads.spec import RequestSpec
 from workloads.traces import token_content
 from workloads.vllm import non_negative_seconds, positive_count, read_bench_result
@@ -82,8 +82,6 @@ def load_run_folder(folder: Path) -> RealRun:
         if not (folder / name).is_file():
             raise RunFileError(f"{folder / name}: not found (a run folder needs {', '.join(RUN_FILES)})")
     meta = _read_json(folder / "meta.json")
-    if not isinstance(meta, dict):
-        raise RunFileError(f"{folder / 'meta.json'}: expected a JSON object")
     sent = read_workload(folder / "workload.jsonl")
     engine = _read_engine_log(folder / "requests.jsonl")
     frame = _join_run(folder, sent, engine)
@@ -261,41 +259,13 @@ def load_bench_result(path: Path) -> RealRun:
 
 
 # ---- small readers ----
-def _text(path: Path) -> str:
-    """A run file's text: a bounded regular UTF-8 file (workloads.files), errors as RunFileError."""
-    from workloads.files import MAX_TRACE_BYTES, read_text
-    return read_text(path, "run file", max_bytes=MAX_TRACE_BYTES, error=RunFileError)
-
-
 def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(_text(path))
-    except json.JSONDecodeError as exc:
-        raise RunFileError(f"{path} line {exc.lineno}: not valid JSON ({exc.msg})") from None
-    except UnicodeDecodeError:
-        raise RunFileError(f"{path}: not a UTF-8 text file") from None
-    except OSError as exc:
-        raise RunFileError(f"{path}: cannot read ({exc.strerror})") from None
+    """A run's JSON file: bounded, UTF-8, one JSON object (workloads.files), errors as RunFileError."""
+    return read_json(path, "run file", error=RunFileError, max_bytes=MAX_TRACE_BYTES)
 
 
 def _json_lines(path: Path):
-    try:
-        text = _text(path)
-    except UnicodeDecodeError:
-        raise RunFileError(f"{path}: not a UTF-8 text file") from None
-    except OSError as exc:
-        raise RunFileError(f"{path}: cannot read ({exc.strerror})") from None
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path} line {number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise RunFileError(f"{where}: not valid JSON ({exc.msg})") from None
-        if not isinstance(record, dict):
-            raise RunFileError(f"{where}: expected a JSON object, got {type(record).__name__}")
-        yield where, record
+    return json_records(path, "run file", error=RunFileError)
 
 
 def _int(record: dict, key: str, where: str) -> int:
