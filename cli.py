@@ -225,7 +225,7 @@ def _option_parameter(opt: ScenarioOption, lists: bool) -> inspect.Parameter:
     help_text = opt.help_text + (" Comma list to vary it." if lists else "")
     if opt.is_flag and not lists:
         help_text += " Alone, the flag means on."
-    metavar = ("TIME" if opt.parser is not None else METAVARS[opt.kind]) + ("[,...]" if lists else "")
+    metavar = (opt.metavar or ("TIME" if opt.parser is not None else METAVARS[opt.kind])) + ("[,...]" if lists else "")
     option = typer.Option(None, opt.flag, help=help_text, rich_help_panel=opt.panel, show_default=False,
                           metavar=metavar)
     return inspect.Parameter(opt.field, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=Optional[str])

@@ -10,7 +10,8 @@ configuration's capacity; continuous batching and paged KV unless named):
   S5   S1 with chunked prefill and swap preemption under memory pressure: the middle fifth of the requests
        arrives at 1.5x capacity
   S6   1,000,000 requests over 64 replicas behind a round-robin router, summary-only (80% of 64 replicas'
-       capacity): a cluster should cost what one replica costs per request (compare S3)
+       capacity): a cluster should cost what one replica costs per request (compare S3); its replicas run in
+       worker processes on every core (`--workers auto`), so on 2 cores it should take about half S3's wall time
   S7   10,000 requests of multi-turn sessions (6 turns, 5 s think time), whose prompts share prefixes
 Prefix caching follows the engine preset (on for vllm-v1) unless --prefix-caching says on or off; `both` runs
 each scenario with it off and on, side by side, and prints the on/off wall ratios.
@@ -18,9 +19,10 @@ Capacity is measured first, for each configuration: the completion rate of 2,000
 within two seconds (a saturated server), times the number of replicas.
 
 Each scenario runs in a fresh interpreter, so its peak RSS is its own. Reported: wall seconds of the simulation
-(workload generation + engine + result frames + summary; interpreter start and imports reported apart), peak
-RSS, simulated requests / output tokens / engine steps per wall second, the S2/S1 wall ratio (10 = linear) and
-the S6/S3 wall ratio (1 = a 64-replica cluster costs what one replica costs per request).
+(workload generation + engine + result frames + summary; interpreter start and imports reported apart), CPU
+seconds (its worker processes' included), peak RSS (of the largest process: the interpreter or one worker), simulated requests / output tokens / engine steps per wall second, the S2/S1 wall ratio (10 = linear) and
+the S6/S3 wall and CPU ratios (CPU 1 = a 64-replica cluster costs what one replica costs per request; wall about
+1 / cores, as S6's replicas run on every core).
 
 Usage:
     python benchmarks/speed.py                       # all scenarios; prints a table, writes speed.csv
@@ -82,7 +84,7 @@ def child(name: str, rate: float, fast_path: bool, prefix_caching: bool | None =
     t0 = time.perf_counter()
     from simulator.api import build_parts, simulate, workload
     from simulator.engine import Engine
-    t1, cpu1 = time.perf_counter(), time.process_time()
+    t1, cpu1 = time.perf_counter(), time.process_time() + _children_cpu()
     cfg = _config(name, rate, fast_path, prefix_caching)
     specs = workload(cfg)
     if "surge" in SCENARIOS[name]:
@@ -90,19 +92,26 @@ def child(name: str, rate: float, fast_path: bool, prefix_caching: bool | None =
     t2 = time.perf_counter()
     result = simulate(cfg, requests=specs) if cfg.is_cluster else Engine(build_parts(cfg), specs).run()
     summary = result.summary()
-    t3, cpu3 = time.perf_counter(), time.process_time()
+    t3, cpu3 = time.perf_counter(), time.process_time() + _children_cpu()
     engine_s = result.meta["wall_s"]
     wall = t3 - t1
     out_tokens = float(result.requests.output_tokens[result.requests.status == "finished"].sum())
     return {"scenario": name, "requests": len(specs), "rate_rps": rate, "wall_s": wall, "cpu_s": cpu3 - cpu1,
             "import_s": t1 - t0,
             "workload_s": t2 - t1, "engine_s": engine_s, "frames_s": wall - (t2 - t1) - engine_s,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "peak_rss_mb": max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF,
+                                                                               resource.RUSAGE_CHILDREN)) / 1024,
             "requests_per_s": len(specs) / wall, "output_tokens_per_s": out_tokens / wall,
             "steps_per_s": summary["num_steps"] / wall, "engine_steps": summary["num_steps"],
             "run_steps_pct": 100.0 * result.meta.get("run_steps", 0) / max(1, summary["num_steps"]),
             "simulated_s": summary["duration_s"], "preemptions": summary["preemptions"], "fast_path": fast_path,
             "prefix_caching": cfg.prefix_cache, "hit_rate": summary["prefix_cache_hit_rate"]}
+
+
+def _children_cpu() -> float:
+    """CPU seconds of the worker processes that ended (cluster replicas run in them)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def capacity(name: str) -> float:
@@ -141,8 +150,9 @@ def print_table(rows: list[dict]) -> None:
             ratio = by[("S2", caching)]["wall_s"] / by[("S1", caching)]["wall_s"]
             print(f"S2/S1 wall ratio{mode}: {ratio:.2f} (10 = linear in requests)")
         if ("S3", caching) in by and ("S6", caching) in by:
-            ratio = by[("S6", caching)]["wall_s"] / by[("S3", caching)]["wall_s"]
-            print(f"S6/S3 wall ratio{mode}: {ratio:.2f} (1 = 64 replicas cost what one does per request)")
+            s3, s6 = by[("S3", caching)], by[("S6", caching)]
+            print(f"S6/S3 wall ratio{mode}: {s6['wall_s'] / s3['wall_s']:.2f}, CPU ratio {s6['cpu_s'] / s3['cpu_s']:.2f} "
+                  f"(CPU 1 = 64 replicas cost what one does per request; wall: S6 runs on every core)")
     for name in dict.fromkeys(r["scenario"] for r in rows):
         if (name, False) in by and (name, True) in by:
             on, off = by[(name, True)], by[(name, False)]

@@ -17,6 +17,9 @@ def kernel_time(flops: float, num_bytes: float, flops_per_s: float, bytes_per_s:
     instruction, ramp-up and tail of the last wave) makes small kernels fall short of both roofs: a kernel of
     B bytes reaches B / (B / bytes_per_s + latency_s), a saturating curve in its size.
     bound is 'compute' or 'memory' (the larger term), or 'latency' when latency_s exceeds both.
+
+    simulator/cost/decode_run.py has a copy inlined in its per-step loop (decode attention): change both, or
+    tests/test_cost_model.py's bit-for-bit comparison of the two fails.
     """
     compute_s = flops / flops_per_s if flops else 0.0
     memory_s = num_bytes / bytes_per_s if num_bytes else 0.0

@@ -43,5 +43,5 @@ def simulate(config: SimConfig | None = None, *, requests: list[RequestSpec] | N
     specs = check_requests(requests) if requests is not None else workload(cfg)
     if cfg.is_cluster:
         from simulator.cluster import simulate_cluster
-        return simulate_cluster(cfg, specs)
+        return simulate_cluster(cfg, specs, progress)
     return Engine(build_parts(cfg), specs, progress, stop=stop).run()

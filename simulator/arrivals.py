@@ -35,6 +35,7 @@ class ArrivalQueue:
         heapq.heapify(self.heap)
         self.cap = max_concurrency
         self.in_flight = 0
+        self.gated = self.cap is not None and self.in_flight >= self.cap   # none arrives before one finishes
         self.open_s = 0.0                  # when the last slot opened after all were taken
 
     def add(self, spec: RequestSpec) -> None:
@@ -42,10 +43,6 @@ class ArrivalQueue:
         if spec.after >= 0:
             raise ValueError(f"request {spec.request_id}: a request that follows another cannot be fed on its own")
         heapq.heappush(self.heap, (spec.arrival_s, spec.request_id, spec))
-
-    @property
-    def gated(self) -> bool:
-        return self.cap is not None and self.in_flight >= self.cap
 
     def next_s(self) -> float:
         """When the next request arrives, if no request finishes first (INF: none can)."""
@@ -61,16 +58,23 @@ class ArrivalQueue:
     def pop_until(self, until_s: float) -> Iterator[tuple[RequestSpec, float]]:
         """(spec, arrival time) of every request that arrives by `until_s`, in arrival order; requests released
         meanwhile (by `finished`) are included."""
-        heap = self.heap
+        heap, cap = self.heap, self.cap
         while heap and not self.gated and max(heap[0][0], self.open_s) <= until_s:
             arrival_s, _, spec = heapq.heappop(heap)
             self.in_flight += 1
+            if cap is not None:
+                self.gated = self.in_flight >= cap
             yield spec, max(arrival_s, self.open_s)
 
-    def finished(self, request_id: int, time_s: float) -> None:
-        """Request `request_id` finished (or was rejected) at `time_s`: release its slot and its next turns."""
-        if self.gated:
-            self.open_s = time_s
+    def finished(self, request_id: int, time_s: float) -> bool:
+        """Request `request_id` finished (or was rejected) at `time_s`: release its slot and its next turns. True
+        if that may bring the next arrival forward (a full server's slot opened, or turns were released)."""
         self.in_flight -= 1
-        for spec in self.children.pop(request_id, ()):
+        opened = self.gated
+        if opened:
+            self.open_s = time_s
+            self.gated = self.in_flight >= self.cap
+        released = self.children.pop(request_id, ()) if self.children else ()
+        for spec in released:
             heapq.heappush(self.heap, (max(spec.arrival_s, time_s + spec.think_s), spec.request_id, spec))
+        return opened or bool(released)

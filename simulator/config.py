@@ -112,6 +112,8 @@ class SimConfig:
     expert_parallel: bool = False          # MoE: experts sharded over the dp ranks, which step in lockstep
     kv_link: str = "ib-ndr"                # the link prompts' KV crosses from prefill to decode (per GPU)
     kv_transfer: str = "whole"             # 'whole' after the prefill, or 'layerwise' as layers finish
+    workers: int | None = None             # processes simulating independent replicas at once (None: auto;
+    #                                        results are identical for any number: simulator/cluster/parallel.py)
     # speed
     fast_path: bool = True                 # advance runs of identical decode steps at once (identical results)
 
@@ -236,6 +238,7 @@ FIELD_RANGES: dict[str, tuple[float, float] | tuple[float, float, str]] = {
     "gpu_memory_utilization": (0, 1, OPEN), "num_gpu_blocks": (1, 10**15), "kv_capacity_tokens": (1, 10**16),
     "swap_space_gb": (0, 1e9), "slo_ttft_s": (0, 1e9, OPEN), "slo_tpot_s": (0, 1e9, OPEN),
     "max_request_rows": (1, 10**10), "max_concurrency": (1, 10**7), "replicas": (1, 10_000), "dp": (1, 10_000),
+    "workers": (1, 1024),
     "router_delay_s": (0, 1e6), "burstiness": (0, 1e6, OPEN),
     "slo_e2e_s": (0, 1e9, OPEN),
 }

@@ -33,7 +33,7 @@ from simulator.arrivals import ArrivalQueue
 from simulator.batching import BatchingPolicy
 from simulator.batching.lazy import DecodeRun
 from simulator.cost import CostModel
-from simulator.metrics import Recorder, SimResult, StepRecord
+from simulator.metrics import Recorder, SimResult, StepRecord, new_step_record
 from simulator.request import Request, RequestStatus
 from simulator.request_log import RequestLog
 from simulator.step import RunCosts, StepShape
@@ -110,6 +110,18 @@ class EngineObserver(Protocol):
     def done(self, req: Request, time_s: float) -> None: ...
 
 
+class KVReleases(Protocol):
+    """Finished requests whose KV blocks a replica keeps until a later time (a prefill instance's, until their
+    transfer to a decode instance has ended): told of every finish, it names the next release, which the engine
+    treats as it treats an arrival (it may let a waiting request in), and frees the blocks due by a time."""
+
+    def finished(self, req: Request, time_s: float) -> None: ...
+
+    def next_s(self) -> float: ...
+
+    def release_until(self, time_s: float) -> None: ...
+
+
 class Engine:
     """Drives one replica. `fast_path` (default: the config's `fast_path`, else on) enables decode runs.
 
@@ -138,6 +150,7 @@ class Engine:
         self.fast_path = options.fast_path if fast_path is None else fast_path
         self._next_arrival_s = INF              # the earliest arrival not yet handed to the policy
         self.observer = observer
+        self.releases: KVReleases | None = None  # set by a cluster whose replicas hold finished requests' KV
         self.open = False                        # a router may still feed requests
         self.horizon_s = INF                     # while open: no unfed request arrives before this
         self.num_steps = 0                       # engine steps simulated, and how many of them ran in runs
@@ -184,6 +197,8 @@ class Engine:
         return self.finish()
 
     def finish(self) -> SimResult:
+        if self.releases is not None:
+            self.releases.release_until(INF)      # nothing runs any more: every held block goes back
         requests = self.log.frame()
         meta = {**self.parts.meta, "preemptions_recompute": self.policy.num_preemptions["recompute"],
                 "preemptions_swap": self.policy.num_preemptions["swap"], "engine_steps": self.num_steps,
@@ -201,6 +216,8 @@ class Engine:
         """Hand the policy every request that has arrived by `until_s` (an arrival at the very end of a step is
         seen by the next schedule), or reject it with a reason."""
         policy = self.policy
+        if self.releases is not None:
+            self.releases.release_until(until_s)
         fits = min(self.parts.max_model_len, policy.kv.max_request_tokens() + 1)   # prompt + output at most
         for spec, arrival_s in self.arrivals.pop_until(until_s):
             req = Request(spec)
@@ -218,15 +235,20 @@ class Engine:
 
     def _next_s(self) -> float:
         """The next arrival, if no request finishes first; while a router may feed more, no later than the
-        earliest arrival it has not placed yet."""
-        return min(self.arrivals.next_s(), self.horizon_s)
+        earliest arrival it has not placed yet; and no later than the next release of held KV."""
+        next_s = min(self.arrivals.next_s(), self.horizon_s)
+        return next_s if self.releases is None else min(next_s, self.releases.next_s())
 
     def _done(self, req: Request, time_s: float) -> None:
         """`req` finished or was rejected at `time_s`: keep its row, release the requests that follow it."""
         self.log.add(req)
         self.num_done += 1
-        self.arrivals.finished(req.request_id, time_s)
-        self._next_arrival_s = self._next_s()
+        moved = self.arrivals.finished(req.request_id, time_s)      # the next arrival may come sooner
+        if self.releases is not None:
+            self.releases.finished(req, time_s)                     # and a release of its held KV
+            moved = True
+        if moved:
+            self._next_arrival_s = self._next_s()
         if self.observer is not None:
             self.observer.done(req, time_s)
 
@@ -326,15 +348,22 @@ class Engine:
             cost = cost_model.step_cost(StepShape(*fields))
             if len(self._step_costs) < 1 << 16:
                 self._step_costs[fields] = cost
-        prefill, num_decode, decode_context, _, verify = fields
+        prefill, num_decode, context, _, verify = fields
+        num_prefill = 0
+        for n, c in prefill:                      # prompt chunks: their tokens, and their cached context
+            num_prefill += n
+            context += c
+        for n, c in verify:                       # verify chunks count as decode tokens
+            num_decode += n
+            context += c + n
         swap_s = cost_model.swap_seconds(batch.swap_bytes) if batch.swap_bytes else 0.0
-        used = policy.kv_used_tokens + batch.num_batched_tokens - policy.kv.shared_tokens   # shared blocks once
+        kv = policy.kv
+        used = policy.kv_used_tokens + batch.num_batched_tokens - kv.shared_tokens   # shared blocks once
         if self.observer is not None:
             self.observer.step(start, len(policy.running), policy.num_waiting, used)
-        return StepRecord(cost, cost.seconds + swap_s, swap_s, batch.batch_size, sum(n for n, _ in prefill),
-                          num_decode + sum(n for n, _ in verify),
-                          decode_context + sum(c for _, c in prefill) + sum(c + n for n, c in verify),
-                          len(policy.running), policy.num_waiting, batch.num_preempted, used, policy.kv.usage())
+        return new_step_record((cost, cost.seconds + swap_s, swap_s, batch.batch_size, num_prefill, num_decode,
+                                context, len(policy.running), policy.num_waiting, batch.num_preempted, used,
+                                kv.usage()))
 
     def _commit(self, batch, rec: StepRecord, start: float, end: float) -> None:
         """Commit a step that ran from `start` to `end`, and record it."""

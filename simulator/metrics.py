@@ -18,6 +18,7 @@ import shutil
 from array import array
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import partial
 from itertools import chain, repeat
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -113,6 +114,12 @@ class RunRecord(NamedTuple):
     first_gaps: list[tuple[float, int]]   # (last token time, requests) behind the gaps of the run's first tokens
 
 
+# StepRecord(*fields) and RunRecord(*fields) without the named tuples' Python-level __new__ (every field given, in
+# order): one of them is built every engine step or run, and tuple.__new__ builds one in under half the time.
+new_step_record = partial(tuple.__new__, StepRecord)
+_new_run_record = partial(tuple.__new__, RunRecord)
+
+
 class Recorder:
     """Collects one row per engine step (the step and the KV sample at its start) and inter-token gaps.
 
@@ -177,9 +184,9 @@ class Recorder:
         memory). `first_gaps` lists (last token time, requests) for the run's first tokens; every later step
         adds one gap per live request.
         """
-        self._runs.append(RunRecord(self.num_rows, start_s, costs, run.num_decode, run.live, run.context_tokens,
-                                    run.used_tokens, run.num_running, run.num_waiting, usage, new_blocks,
-                                    block_tokens, self.preemptions_total, first_gaps))
+        self._runs.append(_new_run_record((self.num_rows, start_s, costs, run.num_decode, run.live,
+                                           run.context_tokens, run.used_tokens, run.num_running, run.num_waiting,
+                                           usage, new_blocks, block_tokens, self.preemptions_total, first_gaps)))
         self.num_rows += len(costs.ends)
         if len(self._runs) >= RUN_BATCH:
             self._expand_runs()
@@ -315,18 +322,17 @@ def expand_runs(runs: list[RunRecord], full: bool = True) -> tuple[dict[str, np.
     blocks = np.cumsum(step_blocks)
     blocks -= np.repeat(blocks[offset] - step_blocks[offset], k)          # cumulative within each run
     grown = blocks * rep(r.block_tokens)
-    cap = rep([u.capacity_tokens for u in usage])
-    free = rep([u.free_tokens for u in usage]) - grown
-    largest = np.where(rep(r.block_tokens) > 0, free, rep([u.largest_free_hole_tokens for u in usage]))
+    u = KVUsage(*map(rep, zip(*usage)))                   # each KV snapshot field, per step
+    free = u.free_tokens - grown
+    largest = np.where(rep(r.block_tokens) > 0, free, u.largest_free_hole_tokens)
     totals = costs[0].flops_total is not None          # priced without detail: only FLOP/byte totals per run
     rows = {"duration_s": flat(c.seconds for c in costs),
             "flops": _spread([c.flops_total for c in costs], k) if totals else flat(c.flops for c in costs),
             "bytes": _spread([c.bytes_total for c in costs], k) if totals else flat(c.bytes for c in costs),
             "num_running": rep(r.num_running), "num_waiting": rep(r.num_waiting),
             "used_tokens": rep(r.used_tokens) + (within + 1) * live_rep,
-            "allocated_tokens": rep([u.allocated_tokens for u in usage]) + grown, "capacity_tokens": cap,
-            "free_tokens": free, "largest_free_hole_tokens": largest,
-            **_run_cache(usage, rep, grown)}
+            "allocated_tokens": u.allocated_tokens + grown, "capacity_tokens": u.capacity_tokens,
+            "free_tokens": free, "largest_free_hole_tokens": largest, **_run_cache(u, grown)}
     if full:
         zeros = np.zeros(total, np.int64)
         rows.update({"start_s": begin, "batch_size": rep(r.num_decode), "num_prefill_tokens": zeros,
@@ -350,13 +356,12 @@ def _run_gaps(ends, first_gaps, end: np.ndarray, within: np.ndarray, live_rep: n
     return gaps, counts
 
 
-def _run_cache(usage, rep, grown: np.ndarray) -> dict[str, np.ndarray]:
-    """Prefix-cache tokens at each step of runs: a run caches nothing, and its growth takes never-cached free
-    blocks first, then evicts cached free ones (as the step-by-step path does, step by step)."""
-    cached, evictable = rep([u.cached_tokens for u in usage]), rep([u.evictable_tokens for u in usage])
-    uncached_free = rep([u.free_tokens - u.evictable_tokens for u in usage])
-    evicted = np.maximum(grown - uncached_free, 0)
-    return {"cached_tokens": cached - evicted, "evictable_tokens": evictable - evicted}
+def _run_cache(u: KVUsage, grown: np.ndarray) -> dict[str, np.ndarray]:
+    """Prefix-cache tokens at each step of runs (`u`: the KV snapshot before each step's run, per step): a run
+    caches nothing, and its growth takes never-cached free blocks first, then evicts cached free ones (as the
+    step-by-step path does, step by step)."""
+    evicted = np.maximum(grown - (u.free_tokens - u.evictable_tokens), 0)
+    return {"cached_tokens": u.cached_tokens - evicted, "evictable_tokens": u.evictable_tokens - evicted}
 
 
 def steps_frame(rows: dict[str, np.ndarray]) -> pd.DataFrame:

@@ -45,7 +45,12 @@ class StepShape:
 
     @property
     def num_tokens(self) -> int:
-        return self.num_prefill_tokens + self.num_decode + self.num_verify_tokens
+        tokens = self.num_decode                  # (a loop, not three sums: the cost model asks every step)
+        for new, _ in self.prefill:
+            tokens += new
+        for new, _ in self.verify:
+            tokens += new
+        return tokens
 
     @property
     def num_seqs(self) -> int:

@@ -56,3 +56,19 @@ def test_a_turn_must_follow_an_earlier_request():
     specs = [RequestSpec(0, 0.0, 100, 2, after=1), RequestSpec(1, 0.0, 100, 2)]
     with pytest.raises(ValueError, match="^request 0 follows request 1, which is not an earlier request"):
         make_engine(specs).run()
+
+
+def test_a_finish_says_when_it_may_bring_the_next_arrival_forward():
+    # The engine recomputes its next arrival only after finishes that may move it: one that frees a slot of a
+    # full server, or one that releases a conversation's next turn.
+    from simulator.arrivals import ArrivalQueue
+    specs = [RequestSpec(0, 0.0, 10, 2), RequestSpec(1, 5.0, 10, 2), RequestSpec(2, 0.0, 10, 2, after=0, think_s=1.0)]
+    queue = ArrivalQueue(specs, max_concurrency=2)
+    assert [(s.request_id, t) for s, t in queue.pop_until(6.0)] == [(0, 0.0), (1, 5.0)]
+    assert queue.gated and queue.next_s() == float("inf")
+    assert queue.finished(0, 7.0) is True                  # a slot opens, and turn 2 is due at 8.0
+    assert queue.next_s() == 8.0
+    assert [(s.request_id, t) for s, t in queue.pop_until(8.0)] == [(2, 8.0)]
+    open_loop = ArrivalQueue([RequestSpec(0, 0.0, 10, 2), RequestSpec(1, 3.0, 10, 2)])
+    list(open_loop.pop_until(0.0))
+    assert open_loop.finished(0, 1.0) is False and open_loop.next_s() == 3.0

@@ -164,6 +164,108 @@ def test_side_by_side_equals_one_by_one_for_round_robin():
             pd.testing.assert_frame_equal(getattr(a.result, name), getattr(b.result, name), check_exact=True)
 
 
+# ---- replicas in worker processes ----
+def _same_results(a, b):
+    for name in ("requests", "steps", "kv", "itl", "replicas"):
+        pd.testing.assert_frame_equal(getattr(a, name), getattr(b, name), check_exact=True)
+    x, y = a.summary(), b.summary()
+    same = lambda u, v: u == v or (u != u and v != v)      # noqa: E731  (NaN equals NaN here)
+    assert x.keys() == y.keys() and all(same(x[k], y[k]) for k in x), [k for k in x if not same(x[k], y[k])]
+
+
+@pytest.mark.parametrize("router", ["round-robin", "random"])
+@pytest.mark.parametrize("summary_only", [False, True])
+def test_workers_give_the_results_of_one_process(router, summary_only):
+    cfg = SimConfig(num_requests=300, rate=40.0, replicas=5, router=router, summary_only=summary_only, seed=2,
+                    prompt_len="uniform:16:2048", output_len="uniform:1:200")
+    one = simulate(cfg.replace(workers=1))
+    two = simulate(cfg.replace(workers=2))
+    _same_results(one, two)
+    assert one.replicas.num_requests.tolist() == two.replicas.num_requests.tolist() and one.replicas.num_requests.min() > 0
+
+
+def test_workers_give_the_results_of_one_process_with_prefill_decode_pools():
+    cfg = SimConfig(num_requests=120, rate=20.0, prefill_replicas=3, decode_replicas=2, seed=4)
+    _same_results(simulate(cfg.replace(workers=1)), simulate(cfg.replace(workers=3)))
+
+
+def test_worker_count_rules(monkeypatch):
+    from simulator.cluster import parallel
+    monkeypatch.setattr(parallel, "usable_cores", lambda: 8)
+    monkeypatch.setattr(parallel, "can_fork", lambda: True)
+    assert parallel.worker_count(None, 64, parallel.AUTO_MIN_REQUESTS) == 8       # auto: every core...
+    assert parallel.worker_count(None, 3, 10**6) == 3                              # ...at most one per replica
+    assert parallel.worker_count(None, 64, parallel.AUTO_MIN_REQUESTS - 1) == 1   # a small run stays here
+    assert parallel.worker_count(4, 64, 10) == 4 and parallel.worker_count(1, 64, 10**6) == 1
+    monkeypatch.setattr(parallel, "can_fork", lambda: False)
+    assert parallel.worker_count(4, 64, 10**6) == 1
+
+
+def test_run_all_returns_in_task_order_and_reports_each_task():
+    from simulator.cluster.parallel import run_all
+    seen = []
+    out = run_all(lambda i: i * i, [1, 5, 2, 9], 2, lambda i, r: seen.append((i, r)))
+    assert out == [0, 1, 4, 9] and sorted(seen) == [(0, 0), (1, 1), (2, 4), (3, 9)]
+
+
+def test_cluster_progress_counts_every_request():
+    calls = []
+    cfg = SimConfig(num_requests=200, rate=30.0, replicas=4, seed=1, workers=2)
+    simulate(cfg, progress=lambda now, done, total: calls.append((done, total)))
+    assert len(calls) == 4 and [t for _, t in calls] == [200] * 4
+    assert [d for d, _ in calls] == sorted(d for d, _ in calls) and calls[-1][0] == 200
+
+
+# ---- conversations: a follow-up turn stays on its first turn's replica ----
+SESSIONS = SimConfig(num_requests=120, rate=3.0, sessions="multi-turn:turns=4,think=2", seed=5,
+                     prompt_len="lognormal:mean=300,sigma=0.6", output_len="uniform:4:64")
+
+
+def test_round_robin_places_conversations_and_their_turns_stay():
+    # Hand-sized: conversations A (turns 0, 2) and B (turns 1, 3, 4); round-robin places the first turns only:
+    # A -> replica 0, B -> replica 1, and every later turn follows its conversation.
+    specs = [RequestSpec(0, 0.0, 50, 3), RequestSpec(1, 0.001, 50, 3), RequestSpec(2, 0.0, 60, 2, after=0, think_s=0.5),
+             RequestSpec(3, 0.0, 60, 2, after=1, think_s=0.5), RequestSpec(4, 0.0, 70, 2, after=3, think_s=0.1)]
+    where, runs = route(specs, "round-robin")
+    assert where == [0, 1, 0, 1, 1]
+    r1 = runs[1].result.requests.set_index("request_id")
+    assert r1.arrival_s.loc[3] == pytest.approx(r1.finish_s.loc[1] + 0.5)      # the think time after turn 1
+    assert r1.arrival_s.loc[4] == pytest.approx(r1.finish_s.loc[3] + 0.1)
+
+
+@pytest.mark.parametrize("router", ["round-robin", "random"])
+def test_conversations_on_replicas(router):
+    specs = _specs(SESSIONS)
+    res = simulate(SESSIONS.replace(replicas=3, router=router), requests=specs)
+    req = res.requests.set_index("request_id")
+    assert len(req) == len(specs) and (req.status == "finished").all()
+    for s in specs:
+        if s.after >= 0:                       # the same replica as the turn it follows, after it finished
+            assert req.replica.loc[s.request_id] == req.replica.loc[s.after]
+            assert req.arrival_s.loc[s.request_id] >= req.finish_s.loc[s.after] + s.think_s - 1e-12
+    _same_results(res, simulate(SESSIONS.replace(replicas=3, router=router, workers=2), requests=specs))
+
+
+def test_one_replica_cluster_with_conversations_equals_plain_run():
+    plain = simulate(SESSIONS)
+    cluster = simulate_cluster(SESSIONS, _specs(SESSIONS))
+    pd.testing.assert_frame_equal(cluster.requests.drop(columns="replica"), plain.requests, check_exact=True)
+    pd.testing.assert_frame_equal(cluster.steps.drop(columns="replica"), plain.steps, check_exact=True)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"router": "least-outstanding"}, "follow-up turns (conversations) on replicas need a router that reads no load "
+                                      "(round-robin or random: a conversation stays on its first turn's replica); "
+                                      "router least-outstanding is not supported with them yet"),
+    ({"sessions": None, "max_concurrency": 4}, "max-concurrency (a client limit over the whole cluster) is not "
+                                               "supported with replicas yet"),
+])
+def test_cluster_session_errors(changes, message):
+    with pytest.raises(ConfigError) as err:
+        simulate(SESSIONS.replace(replicas=2, **changes))
+    assert str(err.value) == message
+
+
 # ---- invariants per replica ----
 workloads = st.lists(st.tuples(st.floats(0, 0.3, allow_nan=False), st.integers(1, 400), st.integers(1, 40)),
                      min_size=1, max_size=30)
@@ -218,6 +320,22 @@ def test_cluster_config_errors():
         SimConfig(replicas=2, pools="pools.toml")
     with pytest.raises(ConfigError, match="replicas must be at least 1"):
         SimConfig(replicas=0)
+    with pytest.raises(ConfigError, match="workers must be at least 1"):
+        SimConfig(workers=0)
+
+
+@pytest.mark.parametrize("value, expected", [("auto", None), ("3", 3), (" AUTO ", None)])
+def test_workers_option_reads_a_number_or_auto(value, expected):
+    from simulator.runs.options import OPTIONS_BY_FIELD
+    assert OPTIONS_BY_FIELD["workers"].parse(value) == expected
+
+
+def test_cli_bad_workers_is_one_line(tmp_path):
+    from typer.testing import CliRunner
+    import cli
+    res = CliRunner().invoke(cli.app, ["run", "--replicas", "2", "--workers", "two", "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and res.output.count("\n") == 1
+    assert "expected a number of processes or auto, got 'two'" in res.output
 
 
 # ---- command line ----

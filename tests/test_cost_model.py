@@ -91,6 +91,50 @@ def test_kernel_time_is_latency_plus_blended_roofline():
     assert kernel_time(0.0, 0.0, 1e12, 1e12, 5e-6, 6.0) == (5e-6, "latency")
 
 
+def test_the_decode_run_pricers_inlined_roofline_is_kernel_time_bit_for_bit():
+    # simulator/cost/decode_run.py writes kernel_time out in its per-step loop: with nothing but the attention
+    # operator (a zero base, one layer, a CUDA graph) each step's attention seconds and bound are kernel_time's.
+    # 3,000 random runs of 8 steps; rates put the first step's compute time at 1/50..50 x its memory time, where
+    # the blend matters to the last bit (a reordered blend differs from kernel_time in ~2% of such inputs).
+    import random
+    from simulator.cost.attention import DecodeWork
+    from simulator.cost.decode_run import DecodeRun, price_decode_run
+    from simulator.cost.operators import ZERO
+    rng, base = random.Random(10), CostModel(LLAMA, H100).rates
+    # ties first (compute = memory = latency = 1 s; then no work at all), then random runs
+    cases = [(3.0, 2.0, 2.0, 8.0, 300, 0, 300 * 3.0, 300 * 2.0 * 2.0 + 8.0, 1.0, p) for p in (float("inf"), 4.0)]
+    cases.append((0.0, 0.0, 2.0, 0.0, 300, 7, 1e15, 1e12, 1e-5, 4.0))
+    for _ in range(3000):
+        fpt = rng.choice([0.0, 10 ** rng.uniform(-3, 7)])
+        kv_elems, kvb, query_bytes = 10 ** rng.uniform(0, 5), rng.choice([0.5, 1.0, 2.0]), rng.uniform(0, 1e9)
+        ctx0, step, memory_s = rng.randint(1, 10**7), rng.randint(0, 1000), 10 ** rng.uniform(-8, -1)
+        bw = (ctx0 * kv_elems * kvb + query_bytes) / memory_s
+        rate = fpt * ctx0 / (memory_s * 10 ** rng.uniform(-1.7, 1.7)) if fpt else 1e15
+        lat, p = rng.choice([0.0, 10 ** rng.uniform(-9, -3)]), rng.choice([float("inf"), rng.uniform(1.0, 16.0)])
+        cases.append((fpt, kv_elems, kvb, query_bytes, ctx0, step, rate, bw, lat, p))
+    for fpt, kv_elems, kvb, query_bytes, ctx0, step, rate, bw, lat, p in cases:
+        r = replace(base, attention=rate, bw=bw, gemm_latency_s=lat, overlap=p)
+        run = DecodeRun(ZERO, True, DecodeWork(fpt, kv_elems, kvb, query_bytes))
+        costs = price_decode_run(run, r, 1.0, 0.0, ctx0, step, 8, 0.0, float("inf"), True)
+        for j in range(8):
+            ctx = ctx0 + j * step
+            expected = kernel_time(fpt * ctx, ctx * kv_elems * kvb + query_bytes, rate, bw, lat, p)
+            assert (costs.attention_s[j], costs.bound[j]) == expected
+
+
+@pytest.mark.parametrize("model, gpu, options", [("llama-3.1-8b", "h100-sxm", {}),
+                                                  ("llama-3.1-8b", "a100-80gb", {"tp": 2, "pp": 2, "cuda_graphs": False}),
+                                                  ("mixtral-8x7b", "h100-sxm", {"elementwise": "unfused"}),
+                                                  ("deepseek-v3", "h200", {"tp": 8})])
+def test_dense_totals_reduce_the_scaled_operators_bit_for_bit(model, gpu, options):
+    # step_cost reduces a step's per-layer operators with the layer count folded into the reduction, without
+    # building their scaled copies: it must give the totals of the scaled copies exactly.
+    from simulator.cost.operators import totals
+    cm = CostModel(get_model(model), get_gpu(gpu), **options)
+    for t in (1, 7, 256, 513, 8192):
+        assert cm._dense_totals(t) == totals(cm.catalogue.dense(t), cm.rates.launch_s)
+
+
 def test_decode_attention_flops_and_bytes_by_hand():
     # 2 layers, 4 query heads of 8 over 2 KV heads: per context token per layer, QK^T and PV take
     # 2 * 4 heads * (8 + 8) = 128 FLOPs and the cache holds 2 (K, V) * 2 heads * 8 * 2 bytes = 64 bytes.

@@ -6,7 +6,7 @@ servesim-out/`), in process, and each must exit 0. Sizes are shrunk so the whole
 below: at most 60 requests, sweeps of three rates at a coarse tolerance, one job, --quick experiments, no
 report.html except for the first run); a command that the shrinking cannot make small enough, or that needs data
 outside the repository, goes into SKIP with its reason. Files a command reads come from FIXTURES: the README's
-own TOML blocks (scenario.toml, my-gpu.toml, pools.toml), files of tests/data, or files an earlier command wrote.
+own TOML blocks (scenario.toml, my-gpu.toml, pools.toml, pd-pools.toml), files of tests/data, or files an earlier command wrote.
 """
 from __future__ import annotations
 
@@ -82,7 +82,8 @@ def fixtures(folder: Path) -> None:
     data = ROOT / "tests" / "data"
     (folder / "scenario.toml").write_text(toml_block('gpu = "h100-sxm"'))
     (folder / "my-gpu.toml").write_text(toml_block('name = "my-accelerator"'))
-    (folder / "pools.toml").write_text(toml_block("[[groups]]"))
+    (folder / "pools.toml").write_text(toml_block("[[groups]]\nname = \"h100-tp2\""))
+    (folder / "pd-pools.toml").write_text(toml_block("[[groups]]\nname = \"prefill-h100\""))
     shutil.copy(data / "workloads_azure.csv", folder / "AzureLLMInferenceTrace_conv.csv")
     shutil.copy(data / "workloads_mooncake.jsonl", folder / "conversation_trace.jsonl")
     shutil.copy(data / "hf_configs" / "llama-3.1-8b.json", folder / "config.json")

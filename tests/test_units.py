@@ -165,6 +165,30 @@ def test_continuous_chunked_prefill_splits_a_prompt_after_the_decodes():
     assert b.num_computed_tokens == 63 and b.first_token_s is None               # no token from a chunk
 
 
+def test_a_mixed_step_keeps_the_decoders_lazy_and_prices_them_as_listed():
+    # The same two requests with the fast path on: a decodes lazily (not listed, not synced) while b's prompt
+    # is chunked after it; the batch counts a in its shape as the step-by-step batch [a, b] does.
+    policy = continuous(max_num_batched_tokens=64, chunked_prefill=True)
+    policy.enable_fast_path()
+    a, b = req(0, 10, 3), req(1, 100, 1)
+    policy.add_request(a)
+    policy.commit(policy.schedule(0.0), 0.0, 0.1)         # a prefilled, then tracked
+    assert policy.lazy.num_tracked == 1
+    policy.add_request(b)
+    batch = policy.schedule(0.1)
+    assert batch.requests == [b] and batch.num_new_tokens == [63] and (batch.lazy_decode, batch.lazy_context) == (1, 11)
+    assert batch.shape_fields() == (((63, 0),), 1, 11, 1, ()) and batch.batch_size == 2
+    out = policy.commit(batch, 0.1, 0.2)
+    assert (out.itl_gaps, out.itl_counts, out.finished) == ([0.2 - 0.1], [1], [])
+    assert a.num_computed_tokens == 10 and policy.kv_used_tokens == 74          # a lags; the totals do not
+    batch = policy.schedule(0.2)                          # b's last 37 tokens beside a's third token
+    assert batch.requests == [b] and batch.num_new_tokens == [37] and batch.lazy_context == 12
+    out = policy.commit(batch, 0.2, 0.3)
+    assert out.finished == [a, b] and out.itl_gaps == [0.3 - 0.2]              # released in running order
+    assert (a.num_computed_tokens, a.num_output_tokens, a.finish_s, b.first_token_s) == (12, 3, 0.3, 0.3)
+    assert not policy.has_work() and policy.kv.num_holders() == 0 and policy.kv_used_tokens == 0
+
+
 def test_continuous_preempts_the_newest_request_when_kv_runs_out():
     policy = continuous(capacity=64, max_num_batched_tokens=512)                # 4 blocks
     a, b = req(0, 32, 8), req(1, 32, 8)
@@ -201,3 +225,26 @@ def test_static_batching_waits_for_a_full_batch_and_reserves_whole_sequences():
     # of its whole context: prompt + outputs - 1 (the last sampled token is never fed back)
     batch = policy.schedule(0.2)
     assert batch.requests == [a] and batch.padding_context_tokens == [21] and kv.allocated_tokens(b) == 100
+
+
+def test_the_block_pool_pops_and_counts_as_a_list_stack_of_every_id():
+    # BlockPool keeps never-used ids as a counter and its free count as a number: random takes and give-backs
+    # must hand out the ids a plain list stack (block 0 on top) would, and count the same.
+    import random
+    from simulator.kv_cache.paged import BlockPool
+    rng = random.Random(3)
+    for _ in range(200):
+        n = rng.randint(1, 100)
+        pool, stack, held = BlockPool(n), list(range(n - 1, -1, -1)), []
+        for _ in range(100):
+            if held and rng.random() < 0.45:
+                ids = held.pop(rng.randrange(len(held)))[::-1]
+                pool.give_back(ids)
+                stack.extend(ids)
+            elif stack:
+                need = rng.randint(0, min(len(stack), 9))
+                taken = stack[len(stack) - need:][::-1]
+                del stack[len(stack) - need:]
+                assert pool.take(need) == taken
+                held.append(taken)
+            assert len(pool) == len(stack) and sorted(pool) == sorted(stack)

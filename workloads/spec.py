@@ -43,8 +43,8 @@ class RequestSpec:
     think_s: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("request_id", "prompt_tokens", "output_tokens", "after"):
-            if type(getattr(self, name)) is not int:           # the fast path: workloads give plain ints
+        if not type(self.request_id) is type(self.prompt_tokens) is type(self.output_tokens) is type(self.after) is int:
+            for name in ("request_id", "prompt_tokens", "output_tokens", "after"):   # (workloads give plain ints)
                 _check_integer(self, name)
         if not 0 <= self.arrival_s <= MAX_ARRIVAL_S:             # also refuses NaN
             raise ValueError(f"request {self.request_id}: arrival_s must be in [0, {MAX_ARRIVAL_S:g}] s, "

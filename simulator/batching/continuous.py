@@ -313,6 +313,8 @@ class ContinuousBatching(BatchingPolicy):
             return self._next_swap_in() is not None
         if not p.chunked_prefill:              # admission comes before the running requests' tokens
             return self._pick_next(p.max_num_batched_tokens) is not None
+        if not self.waiting:                   # nobody to admit (no need to reserve the decodes' blocks to see it)
+            return False
         first = self.lazy.first_step_blocks()  # admission comes after the decodes took their tokens and blocks
         self.kv.reserve(first)
         try:

@@ -13,11 +13,15 @@ max_tokens=1, then to a decode instance that loads the prompt's KV instead of co
    the prompt's KV as if cached (vLLM recomputes the last prompt token to sample the first output token), and
    decodes every output token.
 TTFT is the decode replica's first token: queue (prefill) + prefill + transfer + decode queue + first step.
-Simplifications: the prefill replica frees a prompt's KV when its prefill ends (it is not held until the transfer
-is done), and a transfer waiting for a busy decode replica holds no memory of either pool.
+The prefill replica keeps a prompt's KV blocks until its transfer has ended (HeldUntilSent), so a slow or busy
+link fills the prefill pool's memory. Simplification: KV that has arrived and waits for a busy decode replica
+holds no memory of either pool (vLLM's decode instance allocates before it pulls).
 """
 from __future__ import annotations
 
+import functools
+import heapq
+import math
 from dataclasses import dataclass, replace
 from typing import NamedTuple
 
@@ -29,7 +33,7 @@ from simulator.batching import make_policy
 from simulator.batching.continuous import ContinuousBatching
 from simulator.config import ConfigError
 from simulator.kv_cache.paged import PagedKVCache
-from simulator.request import Request
+from simulator.request import Request, RequestStatus
 from workloads.spec import RequestSpec
 
 GB = 1e9
@@ -121,35 +125,86 @@ class Transfer:
 
 
 class InstanceShape(NamedTuple):
-    """What sizes a prefill replica's transfers: KV bytes per token on each GPU, its GPUs, its layers."""
+    """What sizes a prefill replica's transfers: KV bytes per token sent over each of its lanes (a GPU's NIC),
+    the lanes that send at once, and its layers."""
 
-    bytes_per_token_gpu: float
-    gpus: int
+    bytes_per_token_lane: float
+    lanes: int
     num_layers: int
 
 
-def schedule_transfers(prefilled: pd.DataFrame, link: KVLink, shapes: dict[int, InstanceShape],
-                       layerwise: bool) -> list[Transfer]:
-    """Transfers of the finished prefills (rows with replica, request_id, prompt_tokens, scheduled_s,
-    first_token_s), first come first served on each prefill replica's link."""
-    out = []
-    for replica, rows in prefilled.groupby("replica", sort=True):
-        bytes_per_token_gpu, gpus, num_layers = shapes[int(replica)]
-        free_s = 0.0
-        rows = rows.sort_values(["first_token_s", "request_id"], kind="stable")
-        for rid, prompt, begin, ready in zip(rows.request_id, rows.prompt_tokens, rows.scheduled_s,
-                                             rows.first_token_s):
-            send_s = prompt * bytes_per_token_gpu / link.bytes_per_s        # every GPU sends its shard at once
-            if layerwise:       # layer l is ready (l + 1) / L of the way through the prefill
-                start = max(begin + (ready - begin) / num_layers, free_s)
-                sent = max(start + send_s, ready + send_s / num_layers)
-            else:
-                start = max(ready, free_s)
-                sent = start + send_s
-            free_s = sent
-            out.append(Transfer(int(rid), int(replica), float(ready), float(start), sent + link.latency_s,
-                                float(prompt * bytes_per_token_gpu * gpus)))
-    return sorted(out, key=lambda t: (t.end_s, t.request_id))
+class TransferLink:
+    """One prefill replica's link: it carries one transfer at a time, in the order the prefills end (first come,
+    first served)."""
+
+    def __init__(self, replica: int, link: KVLink, shape: InstanceShape, layerwise: bool) -> None:
+        self.replica, self.link, self.shape, self.layerwise = replica, link, shape, layerwise
+        self.free_s = 0.0                   # when the link has sent everything queued so far
+
+    def send(self, request_id: int, prompt_tokens: int, scheduled_s: float, ready_s: float) -> Transfer:
+        """The transfer of a prompt whose prefill ran from `scheduled_s` to `ready_s`."""
+        per_lane = prompt_tokens * self.shape.bytes_per_token_lane
+        send_s = per_lane / self.link.bytes_per_s                    # every lane sends its share at once
+        if self.layerwise:       # layer l is ready (l + 1) / L of the way through the prefill
+            start = max(scheduled_s + (ready_s - scheduled_s) / self.shape.num_layers, self.free_s)
+            sent = max(start + send_s, ready_s + send_s / self.shape.num_layers)
+        else:
+            start = max(ready_s, self.free_s)
+            sent = start + send_s
+        self.free_s = sent
+        return Transfer(int(request_id), self.replica, float(ready_s), float(start), sent + self.link.latency_s,
+                        float(per_lane * self.shape.lanes))
+
+
+class HeldUntilSent:
+    """A prefill replica's finished prompts (the engine's KVReleases): each prompt's KV is sent over the replica's
+    link as its prefill ends, and its blocks stay allocated on the prefill replica until the transfer has ended
+    (vLLM's NIXL connector frees them when the decode instance reports the read done), so prefill-pool memory
+    pressure is real."""
+
+    def __init__(self, link: TransferLink, kv) -> None:
+        self.link, self.kv = link, hold_finished(kv)
+        self.transfers: list[Transfer] = []
+        self._due: list[tuple[float, int, Request]] = []      # heap of (transfer end, order, request)
+
+    def finished(self, req: Request, time_s: float) -> None:
+        if req.status != RequestStatus.FINISHED:
+            return                                            # rejected: nothing computed, nothing to send
+        transfer = self.link.send(req.request_id, req.prompt_tokens, req.scheduled_s, time_s)
+        self.transfers.append(transfer)
+        heapq.heappush(self._due, (transfer.end_s, len(self.transfers), req))
+
+    def next_s(self) -> float:
+        return self._due[0][0] if self._due else math.inf
+
+    def release_until(self, time_s: float) -> None:
+        due = self._due
+        while due and due[0][0] <= time_s:
+            self.kv.release(heapq.heappop(due)[2])
+
+
+@functools.cache
+def _holding(cls: type) -> type:
+    """A subclass of the KV manager class `cls` whose finished requests' blocks stay allocated until
+    `release(req)`; a preempted request's are freed at once, as usual."""
+
+    class Holding(cls):
+        def free(self, req: Request) -> None:
+            if req.status != RequestStatus.FINISHED:
+                super().free(req)
+
+        def release(self, req: Request) -> None:
+            super().free(req)
+
+    Holding.__name__ = Holding.__qualname__ = f"Holding{cls.__name__}"
+    return Holding
+
+
+def hold_finished(kv):
+    """`kv` (any KV manager), from now on holding finished requests' blocks until released (its class becomes a
+    subclass that overrides free; its state is untouched)."""
+    kv.__class__ = _holding(type(kv))
+    return kv
 
 
 def decode_specs(specs: dict[int, RequestSpec], transfers: list[Transfer]) -> list[RequestSpec]:

@@ -221,7 +221,7 @@ def replica_rows(runs: list, per_replica: pd.DataFrame) -> pd.DataFrame:
     """replicas.csv: where each replica sits and what it did (its own summary; throughputs over its own span)."""
     rows = []
     for run, balance in zip(runs, per_replica.to_dict("records")):
-        summary = run.result.summary()
+        summary = run.summary if run.summary is not None else run.result.summary()
         cfg = run.config
         rows.append({"replica": run.index, "group": run.group, "gpu": (cfg.gpu_file or cfg.gpu) if cfg else "",
                      "model": (cfg.model_config or cfg.model) if cfg else "", "tp": cfg.tp if cfg else 1,

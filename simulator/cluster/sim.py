@@ -24,16 +24,16 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
-import pandas as pd
 
 from simulator.batching.lazy import DecodeRun
-from simulator.cluster.disagg import (InstanceShape, decode_parts, decode_specs, get_kv_link,
-                                      schedule_transfers)
-from simulator.cluster.pools import ReplicaGroup, replica_groups
+from simulator.cluster.disagg import (HeldUntilSent, InstanceShape, Transfer, TransferLink, decode_parts,
+                                      decode_specs, get_kv_link)
+from simulator.cluster.pools import ReplicaGroup
+from simulator.cluster.parallel import run_all, worker_count
 from simulator.cluster.result import merge_disaggregated
 from simulator.cluster.router import ReplicaView, Router, make_router
 from simulator.config import ConfigError, SimConfig
-from simulator.engine import Engine, EngineParts, paused_gc
+from simulator.engine import Engine, EngineParts, ProgressFn, paused_gc
 from simulator.metrics import SimResult
 from simulator.request import Request
 from workloads.spec import RequestSpec
@@ -107,20 +107,34 @@ class Replica:
     config: SimConfig | None = None
     board: LoadBoard = field(default_factory=LoadBoard)
     engine: Engine | None = None
+    held: HeldUntilSent | None = None       # a prefill replica: its prompts' KV transfers, holding their blocks
 
     @property
     def capacity_tokens(self) -> int:
         return int(self.parts.meta["kv_capacity_tokens"])
 
+    def make_engine(self, specs: list[RequestSpec], observer: LoadBoard | None = None) -> Engine:
+        engine = Engine(self.parts, specs, observer=observer)
+        engine.releases = self.held
+        return engine
+
+    def finished(self, result: SimResult) -> ReplicaRun:
+        """This replica's ReplicaRun, from its engine's result."""
+        return ReplicaRun(self.index, self.group, self.config, result,
+                          transfers=None if self.held is None else self.held.transfers)
+
 
 @dataclass
 class ReplicaRun:
-    """A finished replica: where it sat and what it produced."""
+    """A finished replica: where it sat and what it produced (`summary`: its row of replicas.csv, when already
+    taken)."""
 
     index: int
     group: str
     config: SimConfig | None
     result: SimResult
+    summary: dict | None = None
+    transfers: list[Transfer] | None = None      # a prefill replica's KV transfers, in the order they were sent
 
 
 def replica_config(cfg: SimConfig) -> SimConfig:
@@ -138,46 +152,95 @@ def build_replicas(groups: list[ReplicaGroup], first_index: int = 0) -> list[Rep
     return replicas
 
 
-def run_replicas(cfg: SimConfig, specs: list[RequestSpec]) -> list[ReplicaRun]:
-    """Simulate the cluster `cfg` describes on `specs`; one ReplicaRun per replica, in index order."""
-    check_open_loop(cfg, specs)
-    replicas = build_replicas(replica_groups(cfg))
+def run_replicas(cfg: SimConfig, specs: list[RequestSpec], groups: list[ReplicaGroup],
+                 progress: ProgressFn | None = None) -> list[ReplicaRun]:
+    """Simulate replicas of `groups` behind `cfg`'s router on `specs`; one ReplicaRun per replica, in index
+    order."""
+    replicas = build_replicas(groups)
     router = make_router(cfg.router, len(replicas), cfg.seed, cfg.block_size)
-    return run_cluster(replicas, router, specs, cfg.router_delay_s)
+    check_sessions(cfg, router, specs)
+    workers = worker_count(cfg.workers, len(replicas), len(specs))
+    return run_cluster(replicas, router, specs, cfg.router_delay_s, workers, progress)
 
 
 def check_open_loop(cfg: SimConfig, specs: list[RequestSpec]) -> None:
     if cfg.max_concurrency is not None or any(s.after >= 0 for s in specs):
-        raise ConfigError("a cluster serves open-loop arrivals only: max-concurrency and follow-up turns "
-                          "(conversations) are not supported with replicas yet")
+        raise ConfigError("prefill/decode disaggregation and DP+EP serve open-loop arrivals only: max-concurrency "
+                          "and follow-up turns (conversations) are not supported with them yet")
 
 
-def run_cluster(replicas: list[Replica], router: Router, specs: list[RequestSpec],
-                delay_s: float = 0.0) -> list[ReplicaRun]:
-    """Route `specs` over `replicas` and simulate them; one ReplicaRun per replica, in index order."""
+def check_sessions(cfg: SimConfig, router: Router, specs: list[RequestSpec]) -> None:
+    """Replicas serve follow-up turns (conversations, agents' calls) behind a router that reads no load: each
+    stays on the replica of its conversation's first turn. A client-side concurrency limit spans the whole
+    cluster and is not modelled."""
+    if cfg.max_concurrency is not None:
+        raise ConfigError("max-concurrency (a client limit over the whole cluster) is not supported with replicas "
+                          "yet")
+    if router.needs_load and any(s.after >= 0 for s in specs):
+        raise ConfigError(f"follow-up turns (conversations) on replicas need a router that reads no load "
+                          f"(round-robin or random: a conversation stays on its first turn's replica); router "
+                          f"{cfg.router} is not supported with them yet")
+
+
+def run_cluster(replicas: list[Replica], router: Router, specs: list[RequestSpec], delay_s: float = 0.0,
+                workers: int = 1, progress: ProgressFn | None = None) -> list[ReplicaRun]:
+    """Route `specs` over `replicas` and simulate them; one ReplicaRun per replica, in index order. Replicas of
+    a router that reads no replica state run in `workers` processes (parallel.py)."""
     ordered = sorted(specs, key=lambda s: (s.arrival_s, s.request_id))
     if router.needs_load:
         return _side_by_side(replicas, router, ordered, delay_s)
-    return _one_by_one(replicas, router, ordered)
+    return _one_by_one(replicas, router, ordered, workers, progress)
 
 
-def _one_by_one(replicas: list[Replica], router: Router, specs: list[RequestSpec]) -> list[ReplicaRun]:
-    """Route everything up front, then run each replica alone (and drop its engine before the next)."""
-    shares: list[list[RequestSpec]] = [[] for _ in replicas]
-    for spec in specs:
-        shares[router.route(spec, None)].append(spec)       # the router's index: position in `replicas`
-    runs = []
-    for replica, share in zip(replicas, shares):
-        runs.append(ReplicaRun(replica.index, replica.group, replica.config, Engine(replica.parts, share).run()))
+def _one_by_one(replicas: list[Replica], router: Router, specs: list[RequestSpec], workers: int,
+                progress: ProgressFn | None) -> list[ReplicaRun]:
+    """Route everything up front, then run each replica alone (and drop its engine before the next), in
+    `workers` processes at once."""
+    shares = route_sessions(router, len(replicas), specs)
+    answered = [0, 0.0]                                      # requests done, latest simulated time
+
+    def run_one(i: int) -> ReplicaRun:
+        replica = replicas[i]
+        run = replica.finished(replica.make_engine(shares[i]).run())
         replica.parts = None
-    return runs
+        run.summary = run.result.summary()                   # in the worker: the parent only merges
+        return run
+
+    def done(i: int, run: ReplicaRun) -> None:
+        answered[0] += len(shares[i])
+        answered[1] = max(answered[1], run.summary["duration_s"])
+        if progress is not None:
+            progress(answered[1], answered[0], len(specs))
+    return run_all(run_one, [len(share) for share in shares], workers, done)
+
+
+def route_sessions(router: Router, num_replicas: int, specs: list[RequestSpec]) -> list[list[RequestSpec]]:
+    """Each replica's share of `specs` (in arrival order) under a router that reads no load: the router places
+    every first turn; a follow-up turn goes where the turn it follows went (session affinity)."""
+    shares: list[list[RequestSpec]] = [[] for _ in range(num_replicas)]
+    home: dict[int, int] = {}
+    follow = any(spec.after >= 0 for spec in specs)
+    for spec in specs:
+        if spec.after < 0:
+            i = router.route(spec, None)                       # the router's index: position in `replicas`
+            shares[i].append(spec)
+            if follow:
+                home[spec.request_id] = i
+    if follow:                                                 # a turn follows an earlier request id
+        for spec in sorted((s for s in specs if s.after >= 0), key=lambda s: s.request_id):
+            if spec.after not in home:
+                raise ValueError(f"request {spec.request_id} follows request {spec.after}, which is not an "
+                                 "earlier request of the workload")
+            home[spec.request_id] = home[spec.after]
+            shares[home[spec.after]].append(spec)
+    return shares
 
 
 def _side_by_side(replicas: list[Replica], router: Router, specs: list[RequestSpec],
                   delay_s: float) -> list[ReplicaRun]:
     """Advance all replicas arrival by arrival, routing each request on what the router can see then."""
     for replica in replicas:
-        replica.engine = Engine(replica.parts, [], observer=replica.board)
+        replica.engine = replica.make_engine([], observer=replica.board)
         replica.engine.open = True
         replica.engine.start()
     with paused_gc():
@@ -191,7 +254,7 @@ def _side_by_side(replicas: list[Replica], router: Router, specs: list[RequestSp
             chosen.board.sent += 1
             chosen.engine.feed(spec)
         results = [replica.engine.close() for replica in replicas]
-    return [ReplicaRun(r.index, r.group, r.config, result) for r, result in zip(replicas, results)]
+    return [r.finished(result) for r, result in zip(replicas, results)]
 
 
 def view_of(replica: Replica, position: int, now_s: float, report_s: float) -> ReplicaView:
@@ -206,20 +269,28 @@ def simulate_disaggregated(cfg, specs: list[RequestSpec], prefill_groups, decode
     for replica in decode:
         replica.parts = decode_parts(replica.parts)
     link = get_kv_link(cfg.kv_link)
-    shapes = {r.index: instance_shape(r) for r in prefill}
+    receivers = min(r.config.tp * r.config.pp for r in decode)
+    for r in prefill:
+        r.held = HeldUntilSent(TransferLink(r.index, link, instance_shape(r, receivers),
+                                            cfg.kv_transfer == "layerwise"), r.parts.policy.kv)
     router = make_router(cfg.router, len(prefill), cfg.seed, cfg.block_size)
     first = [replace(s, output_tokens=1) for s in specs]
-    prefill_runs = run_cluster(prefill, router, first, cfg.router_delay_s)
-    done = pd.concat([r.result.requests.assign(replica=r.index) for r in prefill_runs], ignore_index=True)
-    transfers = schedule_transfers(done[done.status == "finished"], link, shapes, cfg.kv_transfer == "layerwise")
+    prefill_runs = run_cluster(prefill, router, first, cfg.router_delay_s,
+                               worker_count(cfg.workers, len(prefill), len(first)))
+    transfers = sorted((t for r in prefill_runs for t in r.transfers), key=lambda t: (t.end_s, t.request_id))
     by_id = {s.request_id: s for s in specs}
     router = make_router(cfg.router, len(decode), cfg.seed + 1, cfg.block_size)
-    decode_runs = run_cluster(decode, router, decode_specs(by_id, transfers), cfg.router_delay_s)
+    moved = decode_specs(by_id, transfers)
+    decode_runs = run_cluster(decode, router, moved, cfg.router_delay_s, worker_count(cfg.workers, len(decode),
+                                                                                       len(moved)))
     return merge_disaggregated(cfg, prefill_runs, decode_runs, transfers, link)
 
 
-def instance_shape(replica: Replica) -> InstanceShape:
+def instance_shape(replica: Replica, receivers: int) -> InstanceShape:
+    """How a prefill replica's prompts cross the link: each of its GPUs sends its KV shard over its own NIC, or,
+    where the smallest decode instance has fewer GPUs (`receivers`), that many NICs receive it all."""
     meta = replica.parts.meta
-    cfg = replica.config
-    return InstanceShape(float(meta["memory"]["kv_bytes_per_token"]), cfg.tp * cfg.pp,
-                         int(meta["model"]["num_layers"]))
+    gpus = replica.config.tp * replica.config.pp
+    lanes = min(gpus, receivers)
+    per_gpu = float(meta["memory"]["kv_bytes_per_token"])
+    return InstanceShape(per_gpu if lanes == gpus else per_gpu * gpus / lanes, lanes, int(meta["model"]["num_layers"]))

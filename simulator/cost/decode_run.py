@@ -3,17 +3,18 @@
 A decode-only step of n sequences is the operators of `Catalogue.dense(n)` and `Catalogue.head(n)`, which do not
 depend on the contexts and are reduced once per n (`DecodeRun.base`), plus one decode-attention operator that is
 linear in the tokens attended (`DecodeWork`). `price_decode_run` adds that operator to the base step after step,
-in the same order and with the same roofline function as `CostModel.step_cost` does, so each step's numbers are
-bit for bit those of step_cost (tests/test_fast_path.py checks).
+in the same order and with the same roofline as `CostModel.step_cost` does, so each step's numbers are bit for bit
+those of step_cost (tests/test_fast_path.py checks). The roofline is `hardware.roofline.kernel_time` written out
+in the loop (a call per simulated step was a third of the loop's time); tests/test_cost_model.py checks that the
+copy gives kernel_time's seconds and bound bit for bit over random inputs.
 """
 from __future__ import annotations
 
 from typing import NamedTuple
 
-from hardware.roofline import kernel_time
 from simulator.cost.attention import DecodeWork
-from simulator.cost.operators import BOUND_INDEX, Totals
-from simulator.cost.rates import Rates
+from simulator.cost.operators import Totals
+from simulator.cost.rates import INF, Rates
 from simulator.cost.varlen import VarlenParams, decode_bytes, decode_seconds
 from simulator.step import RunCosts
 
@@ -31,37 +32,56 @@ class DecodeRun(NamedTuple):
 def price_decode_run(run: DecodeRun, r: Rates, layers: float, step_overhead_s: float, context_tokens: int,
                      context_step: int, max_steps: int, start_s: float, stop_s: float, detail: bool) -> RunCosts:
     """See CostModel.decode_run_costs. A Python loop on purpose: numpy's vectorized power (the roofline blend)
-    differs from the C library's pow in the last bit for a few percent of inputs; step times would drift."""
+    differs from the C library's pow in the last bit for a few percent of inputs; step times would drift.
+
+    The loop runs once per simulated decode step, so it takes no call per step: the attention operator's
+    `hardware.roofline.kernel_time` is written out in it, the same float operations in the same order
+    (tests/test_cost_model.py checks it against kernel_time over random inputs, bit for bit), and the bound is
+    kept as its index into BOUNDS."""
     (g, a0, e, c, o), (bc0, bm0, bl0) = run.base.family_s, run.base.bound_s
     flops0, bytes0, excess0, graphed = run.base.flops, run.base.bytes, run.base.excess_s, run.graphed
     fpt, kv_elems, kvb, query_bytes = run.work
     varlen, num_seqs = run.varlen, run.num_seqs
     rate, bw, lat, p = r.attention, r.bw, r.gemm_latency_s, r.overlap
+    blend, inv_p = p != INF, 1.0 / p
     launch = layers * r.launch_s                             # the attention operator's kernels x launch cost
+    g0, graphed_over = 0 + g, step_overhead_s + 0.0          # sum of the families starts at 0; a graph's overhead
     seconds, ends, flops, nbytes, bound, attention, overhead = [], [], [], [], [], [], []
     t, flops_total, bytes_total = start_s, 0.0, 0.0
     for j in range(max_steps):
         ctx = context_tokens + j * context_step
         aflops = fpt * ctx                                   # decode_attention's operator, one layer
-        abytes = ctx * kv_elems * kvb + query_bytes
-        if varlen is None:
-            s, which = kernel_time(aflops, abytes, rate, bw, lat, p)
+        if varlen is None:                                   # kernel_time(aflops, abytes, rate, bw, lat, p)
+            abytes = ctx * kv_elems * kvb + query_bytes
+            compute_s = aflops / rate if aflops else 0.0
+            memory_s = abytes / bw if abytes else 0.0
+            if compute_s >= memory_s:
+                big, small, which = compute_s, memory_s, 0
+            else:
+                big, small, which = memory_s, compute_s, 1
+            if big <= 0.0:
+                s, which = lat, 2
+            else:
+                s = lat + (big * (1.0 + (small / big) ** p) ** inv_p if blend else big)
+                if lat > big:
+                    which = 2
         else:                                                # attention.varlen_attention's decode-only row
             abytes = decode_bytes(varlen, num_seqs, ctx)
             s = decode_seconds(varlen, num_seqs, ctx)
-            which = "latency" if varlen.floor_s > s - varlen.floor_s else "memory"
+            which = 2 if varlen.floor_s > s - varlen.floor_s else 1
         s *= layers                                          # scale(op, layers)
         att = a0 + s
-        gpu_s = 0 + g + att + e + c + o                      # sum of the families, in FAMILIES order
+        gpu_s = g0 + att + e + c + o                         # sum of the families, in FAMILIES order
         if graphed:
-            step = gpu_s + (step_overhead_s + 0.0)
+            step = gpu_s + graphed_over
         else:
-            over = step_overhead_s + (excess0 + max(0.0, launch - s))
+            over = launch - s
+            over = step_overhead_s + (excess0 + (over if over > 0.0 else 0.0))    # max(0.0, launch - s)
             overhead.append(over)
             step = gpu_s + over
         if detail:
-            i = BOUND_INDEX[which]
-            bc, bm, bl = (bc0 + s, bm0, bl0) if i == 0 else (bc0, bm0 + s, bl0) if i == 1 else (bc0, bm0, bl0 + s)
+            bc, bm, bl = ((bc0 + s, bm0, bl0) if which == 0 else (bc0, bm0 + s, bl0) if which == 1
+                          else (bc0, bm0, bl0 + s))
             bound.append("compute" if bc >= bm and bc >= bl else "memory" if bm >= bl else "latency")
             flops.append(flops0 + aflops * layers)
             nbytes.append(bytes0 + abytes * layers)
@@ -74,7 +94,7 @@ def price_decode_run(run: DecodeRun, r: Rates, layers: float, step_overhead_s: f
         ends.append(t)
         if t >= stop_s:
             break
-    over = step_overhead_s + 0.0 if graphed else overhead
+    over = graphed_over if graphed else overhead
     if detail:
         return RunCosts(seconds, ends, flops, nbytes, bound, g, attention, e, c, over)
     return _lean(run.base, seconds, ends, over, flops_total * layers, bytes_total * layers)

@@ -174,7 +174,9 @@ class CostModel:
         return attention_ops(self.dims, self.rates, self.attention, shape, self.varlen)
 
     def _dense_totals(self, t: int) -> Totals:
-        return totals(self.catalogue.dense(t), self.rates.launch_s)
+        """catalogue.dense(t) reduced (its per-layer operators scaled inside the reduction, bit for bit)."""
+        cat, launch_s = self.catalogue, self.rates.launch_s
+        return totals(cat.dense_per_step(t), launch_s, totals(cat.dense_per_layer(t), launch_s, k=self.dims.layers))
 
     def _head_ops(self, s: int) -> list[Op]:
         """Final norm and LM head on the sampled positions, then (vLLM) the GPU sampler over their logits."""

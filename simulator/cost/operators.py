@@ -10,6 +10,8 @@ operators to what a StepCost needs.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
+from operator import add
 from typing import NamedTuple
 
 from hardware.roofline import arithmetic_intensity, kernel_time
@@ -41,9 +43,14 @@ class Op(NamedTuple):
         return arithmetic_intensity(self.flops, self.bytes)
 
 
+# Op(*fields) for the pricers below, which build thousands a simulated second: tuple.__new__ skips the named
+# tuple's Python-level __new__ (building one takes less than half the time); every field must be given.
+_op = partial(tuple.__new__, Op)
+
+
 def scale(op: Op, k: float) -> Op:
     """An operator repeated k times (layers, or the share of MoE layers)."""
-    return Op(op.name, op.family, op.flops * k, op.bytes * k, op.seconds * k, op.bound, op.kernels * k)
+    return _op((op.name, op.family, op.flops * k, op.bytes * k, op.seconds * k, op.bound, op.kernels * k))
 
 
 BOUND_INDEX = {b: i for i, b in enumerate(BOUNDS)}
@@ -61,16 +68,20 @@ class Totals(NamedTuple):
     excess_s: float
 
     def plus(self, other: Totals) -> Totals:
-        return Totals(tuple(a + b for a, b in zip(self.family_s, other.family_s)), self.flops + other.flops,
-                      self.bytes + other.bytes, tuple(a + b for a, b in zip(self.bound_s, other.bound_s)),
-                      self.excess_s + other.excess_s)
+        return _totals((tuple(map(add, self.family_s, other.family_s)), self.flops + other.flops,
+                        self.bytes + other.bytes, tuple(map(add, self.bound_s, other.bound_s)),
+                        self.excess_s + other.excess_s))
+
+
+_totals = partial(tuple.__new__, Totals)        # as _op for Op: Totals(*fields) without its Python-level __new__
 
 
 ZERO = Totals((0.0,) * len(FAMILIES), 0.0, 0.0, (0.0,) * len(BOUNDS), 0.0)
 
 
-def totals(ops: list[Op], launch_s: float, start: Totals = ZERO) -> Totals:
-    """`start` plus the operators `ops`, added one by one in order.
+def totals(ops: list[Op], launch_s: float, start: Totals = ZERO, k: float = 1.0) -> Totals:
+    """`start` plus the operators `ops`, each repeated `k` times (`scale(op, k)`, float for float, without
+    building the scaled copies), added one by one in order.
 
     Eager excess: without a CUDA graph the CPU issues each kernel in launch_s, so an operator of k kernels
     takes at least k * launch_s; its excess is what that adds to its GPU time. The CPU may not run ahead
@@ -78,13 +89,16 @@ def totals(ops: list[Op], launch_s: float, start: Totals = ZERO) -> Totals:
     """
     fam, by_bound = list(start.family_s), list(start.bound_s)
     flops, num_bytes, excess = start.flops, start.bytes, start.excess_s
-    for op in ops:
-        fam[FAMILY_INDEX[op.family]] += op.seconds
-        by_bound[BOUND_INDEX[op.bound]] += op.seconds
-        flops += op.flops
-        num_bytes += op.bytes
-        excess += max(0.0, op.kernels * launch_s - op.seconds)
-    return Totals(tuple(fam), flops, num_bytes, tuple(by_bound), excess)
+    for _, family, op_flops, op_bytes, seconds, bound, kernels in ops:
+        seconds *= k
+        fam[FAMILY_INDEX[family]] += seconds
+        by_bound[BOUND_INDEX[bound]] += seconds
+        flops += op_flops * k
+        num_bytes += op_bytes * k
+        over = kernels * k * launch_s - seconds
+        if over > 0.0:                                   # max(0.0, over)
+            excess += over
+    return _totals((tuple(fam), flops, num_bytes, tuple(by_bound), excess))
 
 
 # ---------------------------------------------------------------------- kernels
@@ -101,13 +115,13 @@ def gemm(r: Rates, weight_bytes: float, name: str, m_rows: float, n: float, k: f
     w = n * k if weight_elems is None else weight_elems
     num_bytes = w * weight_bytes + (m_rows * k + m_rows * n) * ACT_BYTES
     seconds, bound = kernel_time(flops, num_bytes, r.gemm, r.gemm_bw, r.gemm_latency_s, r.overlap)
-    return Op(name, "gemm", flops, num_bytes, seconds, bound, 1)
+    return _op((name, "gemm", flops, num_bytes, seconds, bound, 1))
 
 
 def stream(r: Rates, name: str, family: str, flops: float, num_bytes: float, kernels: int = 1) -> Op:
     """A memory-streaming kernel (embedding gather, copy)."""
     seconds, bound = kernel_time(flops, num_bytes, r.vector, r.bw, r.latency_s * kernels, r.overlap)
-    return Op(name, family, flops, num_bytes, seconds, bound, kernels)
+    return _op((name, family, flops, num_bytes, seconds, bound, kernels))
 
 
 def elementwise(r: Rates, name: str, flops_per_elem: float, elems: float, ew: Ew, count: float = 1.0,
@@ -129,7 +143,7 @@ def elementwise(r: Rates, name: str, flops_per_elem: float, elems: float, ew: Ew
         unvec_s, unvec_bound = kernel_time(ew.unvec * elems * count, unvec_bytes, r.unvec, r.bw, 0.0, r.overlap)
     body = vec_s + unvec_s
     bound = "latency" if lat > body else (unvec_bound if unvec_s > vec_s else vec_bound)
-    return Op(name, "elementwise", flops, total, lat + body, bound, kernels)
+    return _op((name, "elementwise", flops, total, lat + body, bound, kernels))
 
 
 # ---------------------------------------------------------------------- per-GPU widths
@@ -177,13 +191,8 @@ class Catalogue:
 
     def __init__(self, model: ModelSpec, d: Dims, r: Rates, impl: Elementwise, tp: int, pp: int) -> None:
         self.model, self.d, self.r, self.impl, self.tp, self.pp = model, d, r, impl, tp, pp
-
-    def _gemm(self, name: str, m_rows: float, n: float, k: float, weight_elems: float | None = None) -> Op:
-        return gemm(self.r, self.d.weight_bytes, name, m_rows, n, k, weight_elems)
-
-    def _ew(self, name: str, flops_per_elem: float, elems: float, ew: Ew, count: float = 1.0,
-            pass_bytes: float = ACT_BYTES) -> Op:
-        return elementwise(self.r, name, flops_per_elem, elems, ew, count, pass_bytes)
+        self._gemm = partial(gemm, r, d.weight_bytes)      # (name, m_rows, n, k, weight_elems=None) -> Op
+        self._ew = partial(elementwise, r)                 # (name, flops_per_elem, elems, ew, count, pass_bytes)
 
     def embedding(self, t: int) -> Op:
         """The token-embedding gather: t rows of the hidden width read and written."""
@@ -214,13 +223,16 @@ class Catalogue:
 
     def dense(self, t: int) -> list[Op]:
         """Every operator of a step of t tokens that does not depend on the contexts (attention and the head
-        excluded), over all layers."""
-        layers = self.d.layers
-        ops = [scale(op, layers) for op in self.before_attention(t) + self.after_attention(t)]
-        ops.append(self.embedding(t))
-        if self.pp > 1:
-            ops.append(self.pp_send(t))
-        return ops
+        excluded), over all layers: `dense_per_layer(t)` scaled by the layers, then `dense_per_step(t)`."""
+        return [scale(op, self.d.layers) for op in self.dense_per_layer(t)] + self.dense_per_step(t)
+
+    def dense_per_layer(self, t: int) -> list[Op]:
+        """One decoder layer's operators for t tokens but attention."""
+        return self.before_attention(t) + self.after_attention(t)
+
+    def dense_per_step(self, t: int) -> list[Op]:
+        """The operators run once a step: the embedding gather and the pipeline hand-offs."""
+        return [self.embedding(t), self.pp_send(t)] if self.pp > 1 else [self.embedding(t)]
 
     def _qkv(self, t: int) -> Op:
         """The fused QKV projection: all attention weights but the output projection's."""
@@ -233,11 +245,11 @@ class Catalogue:
         """Gated MLP: fused gate+up GEMM, SiLU x up, down GEMM; MoE layers read only the experts hit."""
         d, ops = self.d, []
         if d.moe_fraction < 1.0:
-            f = 1.0 - d.moe_fraction
-            ops += [scale(self._gemm("gate_up_proj", t, 2 * d.inter, d.hidden), f),
-                    scale(self._ew("silu_mul", ACT_FLOPS, t * d.inter, self.impl.act), f),
-                    scale(self._gemm("down_proj", t, d.hidden, d.inter), f)]
-        if d.moe_fraction > 0.0:
+            ops = [self._gemm("gate_up_proj", t, 2 * d.inter, d.hidden),
+                   self._ew("silu_mul", ACT_FLOPS, t * d.inter, self.impl.act),
+                   self._gemm("down_proj", t, d.hidden, d.inter)]
+        if d.moe_fraction > 0.0:                       # (a dense model's share 1.0 would scale no bit)
+            ops = [scale(op, 1.0 - d.moe_fraction) for op in ops]
             ops += [scale(op, d.moe_fraction) for op in self._moe(t)]
         return ops
 

@@ -9,8 +9,14 @@ Reserved blocks are no longer free; which ids they get does not change any resul
 """
 from __future__ import annotations
 
+from functools import partial
+
 from simulator.kv_cache.base import KVCacheManager, KVUsage
 from simulator.request import Request
+
+
+# KVUsage(*fields) without the named tuple's Python-level __new__ (every field given, in order)
+_new_usage = partial(tuple.__new__, KVUsage)
 
 
 class BlockPool:
@@ -24,21 +30,30 @@ class BlockPool:
         self.num_blocks = num_blocks
         self.returned: list[int] = []      # freed ids, popped last-in first-out
         self.next_fresh = 0                # ids >= this were never handed out
+        self.num_free = num_blocks         # len(self), kept as a count (asked several times a step)
 
     def __len__(self) -> int:
-        return len(self.returned) + self.num_blocks - self.next_fresh
+        return self.num_free
 
     def __iter__(self):
         yield from self.returned
         yield from range(self.next_fresh, self.num_blocks)
 
     def take(self, need: int) -> list[int]:
-        """`need` ids in pop order."""
-        from_returned = min(need, len(self.returned))
-        taken = self.returned[len(self.returned) - from_returned:]
-        del self.returned[len(self.returned) - from_returned:]
-        taken.reverse()
-        fresh = need - from_returned
+        """`need` ids in pop order: freed ids, last freed first, then fresh ones."""
+        self.num_free -= need
+        returned = self.returned
+        if need == 1 and returned:         # a request growing by one block (most takes)
+            return [returned.pop()]
+        if need <= len(returned):
+            cut = len(returned) - need
+            taken = returned[cut:]
+            del returned[cut:]
+            taken.reverse()
+            return taken
+        taken = returned[::-1]             # every freed id, then fresh ones
+        returned.clear()
+        fresh = need - len(taken)
         taken.extend(range(self.next_fresh, self.next_fresh + fresh))
         self.next_fresh += fresh
         return taken
@@ -46,10 +61,12 @@ class BlockPool:
     def give_back(self, ids: list[int]) -> None:
         """Push ids; the last one pops first."""
         self.returned.extend(ids)
+        self.num_free += len(ids)
 
     def append(self, block: int) -> None:
         """Push one id (it pops next)."""
         self.returned.append(block)
+        self.num_free += 1
 
 
 class PagedKVCache(KVCacheManager):
@@ -66,21 +83,21 @@ class PagedKVCache(KVCacheManager):
         self.growth_block_tokens = self.block_size
 
     def _blocks_needed(self, req: Request, num_tokens: int) -> int:
-        held = len(self.block_tables.get(req.request_id, ()))
-        return max(0, -(-num_tokens // self.block_size) - held)
+        need = -(-num_tokens // self.block_size) - len(self.block_tables.get(req.request_id, ()))
+        return need if need > 0 else 0
 
     def free_growth_blocks(self) -> int:
-        return len(self.free_blocks) - self.reserved_blocks
+        return self.free_blocks.num_free - self.reserved_blocks
 
     def can_allocate(self, req: Request, num_tokens: int, *, admission: bool = False, cached_tokens: int = 0) -> bool:
         assert not cached_tokens, f"{type(self).__name__} shares no prefixes"
         reserve = self.watermark_blocks if admission else 0
-        return self._blocks_needed(req, num_tokens) <= len(self.free_blocks) - self.reserved_blocks - reserve
+        return self._blocks_needed(req, num_tokens) <= self.free_blocks.num_free - self.reserved_blocks - reserve
 
     def allocate(self, req: Request, num_tokens: int, *, cached_tokens: int = 0) -> None:
         assert not cached_tokens, f"{type(self).__name__} shares no prefixes"
         need = self._blocks_needed(req, num_tokens)
-        assert need <= len(self.free_blocks) - self.reserved_blocks, f"allocate without can_allocate: {req}"
+        assert need <= self.free_blocks.num_free - self.reserved_blocks, f"allocate without can_allocate: {req}"
         self._take(req, need)
 
     def _take(self, req: Request, need: int) -> None:
@@ -89,7 +106,7 @@ class PagedKVCache(KVCacheManager):
             table.extend(self.free_blocks.take(need))
 
     def reserve(self, num_blocks: int) -> None:
-        assert num_blocks <= len(self.free_blocks) - self.reserved_blocks, "reserve beyond the free pool"
+        assert num_blocks <= self.free_blocks.num_free - self.reserved_blocks, "reserve beyond the free pool"
         self.reserved_blocks += num_blocks
         assert self.reserved_blocks >= 0
 
@@ -110,10 +127,10 @@ class PagedKVCache(KVCacheManager):
         return len(self.block_tables.get(req.request_id, ())) * self.block_size
 
     def usage(self) -> KVUsage:
-        free = (len(self.free_blocks) - self.reserved_blocks) * self.block_size
-        allocated = self.num_blocks * self.block_size - free
-        return KVUsage(allocated_tokens=allocated, capacity_tokens=self.num_blocks * self.block_size,
-                       free_tokens=free, largest_free_hole_tokens=free)
+        capacity = self.num_blocks * self.block_size
+        free = (self.free_blocks.num_free - self.reserved_blocks) * self.block_size
+        # allocated, capacity, free, largest free hole (any block serves): all six fields, as it is taken every step
+        return _new_usage((capacity - free, capacity, free, free, 0, 0))
 
     def max_request_tokens(self) -> int:
         return (self.num_blocks - self.watermark_blocks) * self.block_size

@@ -12,6 +12,7 @@ from typing import Any, Callable
 from hardware.links import LINKS
 from simulator.batching import BATCHING_POLICIES
 from simulator.config import short
+from simulator.cluster.parallel import AUTO_MIN_REQUESTS
 from simulator.cluster.router import ROUTERS
 from simulator.engines import DEFAULT_ENGINE, ENGINES
 from simulator.kv_cache import KV_CACHE_MANAGERS
@@ -44,6 +45,16 @@ def _number(kind: type) -> Callable[[str], Any]:
         except ValueError:
             return int(value)
     return parse
+
+
+def parse_workers(text: str) -> int | None:
+    """--workers: a number of processes, or 'auto' (None)."""
+    if str(text).strip().lower() == "auto":
+        return None
+    try:
+        return _number(int)(text)
+    except ValueError:
+        raise ValueError(f"expected a number of processes or auto, got {short(text)}") from None
 
 
 def split_items(text: str) -> list[str]:
@@ -104,6 +115,7 @@ class ScenarioOption:
     help: str
     panel: str = "Scenario"
     parser: Callable[[str], Any] | None = None    # a custom value parser (times with units)
+    metavar: str | None = None                     # what --help shows for the value (None: from kind/parser)
 
     @property
     def help_text(self) -> str:
@@ -125,8 +137,9 @@ class ScenarioOption:
         return str(text)
 
 
-def _o(field: str, kind: type, help: str, panel: str, flag: str | None = None, parser=None) -> ScenarioOption:
-    return ScenarioOption(field, flag or "--" + field.replace("_", "-"), kind, help, panel, parser)
+def _o(field: str, kind: type, help: str, panel: str, flag: str | None = None, parser=None,
+       metavar: str | None = None) -> ScenarioOption:
+    return ScenarioOption(field, flag or "--" + field.replace("_", "-"), kind, help, panel, parser, metavar)
 
 
 HW, WL, SV, KV, MT, CL = "Hardware and model", "Workload", "Serving", "KV cache", "Metrics", "Cluster"
@@ -236,6 +249,10 @@ SCENARIO_OPTIONS: tuple[ScenarioOption, ...] = (
                        "ib-ndr, ib-hdr, roce-400g/200g/100g, or rdma:<Gb/s>. [default: ib-ndr]", CL),
     _o("kv_transfer", str, "KV transfer: whole (after the prefill) or layerwise (as layers finish). "
                            "[default: whole]", CL),
+    _o("workers", int, "Processes that simulate replicas at once, where the router reads no replica state "
+                       "(round-robin, random); results are identical for any number: N, or auto (every core "
+                       f"when the run has {AUTO_MIN_REQUESTS:,} requests or more). [default: auto]", CL,
+       parser=parse_workers, metavar="N|auto"),
     _o("fast_path", bool, "Advance runs of identical decode steps at once; results are identical: on or off. "
                           "[default: on]", SV),
 )
