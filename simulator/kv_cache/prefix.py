@@ -179,7 +179,7 @@ class PrefixCachingPagedKV(PagedKVCache):
 
     # ---- evictions a run of decode steps has reserved but not yet made ----
     def free_growth_blocks(self) -> int:
-        return len(self.free_blocks) + len(self.lru) - self.reserved_blocks
+        return self.free_blocks.num_free + len(self.lru) - self.reserved_blocks
 
     def reserve(self, num_blocks: int) -> None:
         assert num_blocks <= self.free_growth_blocks(), "reserve beyond the free pool"
@@ -187,7 +187,7 @@ class PrefixCachingPagedKV(PagedKVCache):
         assert self.reserved_blocks >= 0
 
     def _num_pending_evictions(self) -> int:
-        return max(0, self.reserved_blocks - len(self.free_blocks))
+        return max(0, self.reserved_blocks - self.free_blocks.num_free)
 
     def _pending_evictions(self) -> set[int]:
         """The cached free blocks that reserved growth will evict (the oldest), as block ids."""
@@ -196,8 +196,8 @@ class PrefixCachingPagedKV(PagedKVCache):
 
     def _settle_evictions(self) -> None:
         """Evict the cached blocks that reserved growth took, before anything else changes the cache."""
-        if self.lru and self.reserved_blocks > len(self.free_blocks):   # no cached free block: nothing pending
-            self._evict(self.reserved_blocks - len(self.free_blocks))
+        if self.lru and self.reserved_blocks > self.free_blocks.num_free:   # no cached free block: nothing pending
+            self._evict(self.reserved_blocks - self.free_blocks.num_free)
 
     def _evict(self, num_blocks: int) -> None:
         """Evict the `num_blocks` least recently freed cached blocks (none if it is not positive): they lose their
@@ -216,7 +216,7 @@ class PrefixCachingPagedKV(PagedKVCache):
 
     def can_allocate(self, req: Request, num_tokens: int, *, admission: bool = False, cached_tokens: int = 0) -> bool:
         need = self._blocks_needed(req, num_tokens)
-        free = len(self.free_blocks) + len(self.lru) - self.reserved_blocks
+        free = self.free_blocks.num_free + len(self.lru) - self.reserved_blocks
         if cached_tokens:                             # hit blocks are not taken anew, nor free for the rest
             hit = self._hit_blocks(req, cached_tokens)
             need -= len(hit)
@@ -239,7 +239,7 @@ class PrefixCachingPagedKV(PagedKVCache):
             self.block_tables[req.request_id] = hit
             self._registered[req.request_id] = len(hit)
         need = self._blocks_needed(req, num_tokens)
-        short = need - (len(self.free_blocks) - self.reserved_blocks)
+        short = need - (self.free_blocks.num_free - self.reserved_blocks)
         if short > 0:                                 # evict cached blocks, least recently freed first
             assert short <= len(self.lru), f"allocate without can_allocate: {req}"
             self._evict(short)
