@@ -124,6 +124,8 @@ class LazyDecoders:
         req.lazy_id = -1
         self.num_tracked -= 1
         self.tokens -= req.num_computed_tokens
+        if not self.num_tracked:
+            self.max_seat = -1
 
     def sync_all(self, running: list[Request]) -> None:
         """Sync every request (before the step-by-step path looks at the running set)."""
