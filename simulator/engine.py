@@ -147,6 +147,8 @@ class Engine:
         self._keep_requests = not self.recorder.summary_only and (self.log.max_rows is None
                                                                    or len(self.specs) <= self.log.max_rows)
         self.num_done = 0
+        # prompt + output tokens a request may have at most (max_request_tokens: what the KV could ever hold)
+        self._fits = min(parts.max_model_len, self.policy.kv.max_request_tokens() + 1)
         self.fast_path = options.fast_path if fast_path is None else fast_path
         self._next_arrival_s = INF              # the earliest arrival not yet handed to the policy
         self.observer = observer
@@ -174,8 +176,6 @@ class Engine:
     def start(self) -> None:
         self._wall = time.perf_counter()
         self.arrivals = ArrivalQueue(self.specs, self.parts.options.max_concurrency)
-        # prompt + output tokens a request may have at most (max_request_tokens: what the KV could ever hold)
-        self._fits = min(self.parts.max_model_len, self.policy.kv.max_request_tokens() + 1)
         self._next_arrival_s = self._next_s()
         self._server = self.env.process(self._serve())
 
