@@ -15,7 +15,7 @@ from typing import NamedTuple
 from simulator.cost.attention import DecodeWork
 from simulator.cost.operators import Totals
 from simulator.cost.rates import INF, Rates
-from simulator.cost.varlen import VarlenParams, decode_bytes, decode_seconds
+from simulator.cost.varlen import VarlenParams
 from simulator.step import RunCosts
 
 
@@ -46,6 +46,9 @@ def price_decode_run(run: DecodeRun, r: Rates, layers: float, step_overhead_s: f
     blend, inv_p = p != INF, 1.0 / p
     launch = layers * r.launch_s                             # the attention operator's kernels x launch cost
     g0, graphed_over = 0 + g, step_overhead_s + 0.0          # sum of the families starts at 0; a graph's overhead
+    if varlen is not None:             # varlen.decode_bytes and decode_seconds written out, the same operations
+        kv_bpt, v_bw, v_floor = varlen.kv_bytes_per_token, varlen.bytes_per_s, varlen.floor_s
+        v_query = num_seqs * varlen.q_heads * (varlen.qk_dim + varlen.v_dim) * 2.0
     seconds, ends, flops, nbytes, bound, attention, overhead = [], [], [], [], [], [], []
     t, flops_total, bytes_total = start_s, 0.0, 0.0
     for j in range(max_steps):
@@ -66,9 +69,9 @@ def price_decode_run(run: DecodeRun, r: Rates, layers: float, step_overhead_s: f
                 if lat > big:
                     which = 2
         else:                                                # attention.varlen_attention's decode-only row
-            abytes = decode_bytes(varlen, num_seqs, ctx)
-            s = decode_seconds(varlen, num_seqs, ctx)
-            which = 2 if varlen.floor_s > s - varlen.floor_s else 1
+            abytes = ctx * kv_bpt + v_query                  # decode_bytes(varlen, num_seqs, ctx)
+            s = v_floor + abytes / v_bw                      # decode_seconds(varlen, num_seqs, ctx)
+            which = 2 if v_floor > s - v_floor else 1
         s *= layers                                          # scale(op, layers)
         att = a0 + s
         gpu_s = g0 + att + e + c + o                         # sum of the families, in FAMILIES order
