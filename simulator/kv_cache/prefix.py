@@ -35,7 +35,7 @@ cached a second time (vLLM keeps both).
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from itertools import compress, islice
+from itertools import compress, islice, repeat
 from operator import add, not_
 from typing import NamedTuple
 
@@ -170,11 +170,14 @@ class PrefixCachingPagedKV(PagedKVCache):
             return 0                                  # only its own tokens, never computed before
         limit = (req.num_tokens - 1) // self.block_size
         hashes = self._request_hashes(req, limit if req.num_preemptions else 0)
-        blocks = list(map(self.cached.get, hashes[:limit]))
-        n = blocks.index(None) if None in blocks else len(blocks)     # leading blocks that are cached
+        present = list(map(self.cached.__contains__, hashes[:limit]))
+        present.append(False)
+        n = present.index(False)                      # leading blocks that are cached
         gone = self._pending_evictions()
-        if gone and not gone.isdisjoint(blocks[:n]):
-            n = next(i for i, block in enumerate(blocks) if block in gone)
+        if gone:
+            blocks = list(map(self.cached.__getitem__, hashes[:n]))
+            if not gone.isdisjoint(blocks):
+                n = next(i for i, block in enumerate(blocks) if block in gone)
         return n * self.block_size
 
     # ---- evictions a run of decode steps has reserved but not yet made ----
@@ -309,16 +312,16 @@ class PrefixCachingPagedKV(PagedKVCache):
         if not self.refs or self.refs.keys().isdisjoint(table):   # nothing cached: one C-level extend
             self.free_blocks.give_back(table)
             return
-        refs = list(map(self.refs.get, table))
-        uncached, last = refs.count(None), refs.count(1)
+        refs = list(map(self.refs.get, table, repeat(0)))   # 0: not cached (a held cached block has refs >= 1)
+        uncached, last = refs.count(0), refs.count(1)
         if uncached:                                  # never cached: straight back to the pool
-            self.free_blocks.give_back([block for block, n in zip(table, refs) if n is None])
+            self.free_blocks.give_back(list(compress(table, map(not_, refs))))
         if last:                                      # nobody else holds them: cached and free, newest last
-            idle = [block for block, n in zip(table, refs) if n == 1]
+            idle = dict.fromkeys(compress(table, map((1).__eq__, refs)))
+            self.lru.update(idle)
             self.refs.update(dict.fromkeys(idle, 0))
-            self.lru.update(dict.fromkeys(idle))
         if uncached + last < len(table):              # still held by others
-            self.refs.update((block, n - 1) for block, n in zip(table, refs) if n is not None and n > 1)
+            self.refs.update((block, n - 1) for block, n in zip(table, refs) if n > 1)
             self.shared_tokens -= (len(table) - uncached - last) * self.block_size
 
     def usage(self):
