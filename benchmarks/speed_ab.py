@@ -3,8 +3,9 @@
 Timing on a shared machine drifts, so a before/after figure is only worth quoting when both trees run in one
 session: each scenario runs in a fresh interpreter whose PYTHONPATH is the tree under test, the trees alternate
 (base first on even repetitions, this tree first on odd ones), and the minimum wall time over the repetitions is
-kept. Both trees simulate the same requests at the same rate (80% of the saturated completion rate that the base
-tree measures), so their step counts and simulated durations should agree; the table says when they do not.
+kept, with the minimum CPU (process) time, which other work on a loaded machine disturbs less. Both trees
+simulate the same requests at the same rate (80% of the saturated completion rate that the base tree measures),
+so their step counts and simulated durations should agree; the table says when they do not.
 
 Options set with --set are passed to a tree's SimConfig only where it has that field, so a newer tree can be told
 to run as an older one did, e.g. `--set engine=vllm-v0 --set prefix_caching=false` (the default engine became
@@ -44,14 +45,14 @@ def _config(name: str, rate: float, extra: dict, capacity: bool = False):
 
 
 def child(name: str, rate: float, extra: dict) -> dict:
-    """One scenario in this interpreter (the tree on PYTHONPATH): wall time of workload + engine + summary."""
+    """One scenario in this interpreter (the tree on PYTHONPATH): wall and CPU time of workload + engine + summary."""
     import numpy as np
     from simulator.api import build_parts, simulate, workload
     from simulator.engine import Engine
     from workloads.spec import RequestSpec
     if rate <= 0:                                    # capacity: a saturated server's completion rate
         return {"capacity": simulate(_config(name, 1000.0, extra, capacity=True)).summary()["request_throughput"]}
-    t1 = time.perf_counter()
+    t1, c1 = time.perf_counter(), time.process_time()
     cfg = _config(name, rate, extra)
     specs = workload(cfg)
     if "surge" in SCENARIOS[name]:                   # the middle fifth at surge x rate, as speed.py
@@ -60,7 +61,7 @@ def child(name: str, rate: float, extra: dict) -> dict:
         arrivals = np.cumsum(np.random.default_rng(0).exponential(1.0 / rates))
         specs = [RequestSpec(s.request_id, float(t), s.prompt_tokens, s.output_tokens) for s, t in zip(specs, arrivals)]
     summary = Engine(build_parts(cfg), specs).run().summary()
-    return {"wall_s": time.perf_counter() - t1, "steps": int(summary["num_steps"]),
+    return {"wall_s": time.perf_counter() - t1, "cpu_s": time.process_time() - c1, "steps": int(summary["num_steps"]),
             "simulated_s": float(summary["duration_s"]), "preemptions": int(summary["preemptions"])}
 
 
@@ -108,6 +109,7 @@ def main() -> None:
     extra = parse_set(args.set)
     print(f"base {trees['base']}, this {trees['this']}, options {extra}", file=sys.stderr)
     walls: dict[tuple[str, str], list[float]] = {}
+    cpus: dict[tuple[str, str], list[float]] = {}
     facts: dict[tuple[str, str], dict] = {}
     for name in names:
         rate = round(LOAD * run_child(trees["base"], name, 0.0, extra)["capacity"], 3)
@@ -115,14 +117,19 @@ def main() -> None:
             for label in (("base", "this") if rep % 2 == 0 else ("this", "base")):
                 row = run_child(trees[label], name, rate, extra)
                 walls.setdefault((name, label), []).append(row["wall_s"])
+                cpus.setdefault((name, label), []).append(row["cpu_s"])
                 facts[(name, label)] = row
-                print(f"{name} {label} rep {rep}: {row['wall_s']:.2f} s", file=sys.stderr, flush=True)
-    print("scenario  base_min_s  this_min_s  this/base  base_steps  this_steps  same_steps_and_duration")
+                print(f"{name} {label} rep {rep}: {row['wall_s']:.2f} s ({row['cpu_s']:.2f} s CPU)", file=sys.stderr,
+                      flush=True)
+    print("scenario  base_min_s  this_min_s  this/base  base_cpu_s  this_cpu_s  cpu this/base  base_steps  this_steps"
+          "  same_steps_and_duration")
     for name in names:
         b, t = min(walls[(name, "base")]), min(walls[(name, "this")])
+        bc, tc = min(cpus[(name, "base")]), min(cpus[(name, "this")])
         fb, ft = facts[(name, "base")], facts[(name, "this")]
         same = fb["steps"] == ft["steps"] and fb["simulated_s"] == ft["simulated_s"]
-        print(f"{name:8}  {b:10.2f}  {t:10.2f}  {t / b:9.3f}  {fb['steps']:10,}  {ft['steps']:10,}  {same}")
+        print(f"{name:8}  {b:10.2f}  {t:10.2f}  {t / b:9.3f}  {bc:10.2f}  {tc:10.2f}  {tc / bc:13.3f}"
+              f"  {fb['steps']:10,}  {ft['steps']:10,}  {same}")
 
 
 if __name__ == "__main__":

@@ -21,18 +21,19 @@ class ArrivalQueue:
     """The requests that have not arrived yet; see the module docstring."""
 
     def __init__(self, specs: list[RequestSpec], max_concurrency: int | None = None) -> None:
-        ids = {s.request_id for s in specs}
-        self.heap: list[tuple[float, int, RequestSpec]] = []
-        self.children: dict[int, list[RequestSpec]] = defaultdict(list)
-        for s in specs:
-            if s.after < 0:
-                self.heap.append((s.arrival_s, s.request_id, s))
-            elif s.after not in ids or s.after >= s.request_id:
-                raise ValueError(f"request {s.request_id} follows request {s.after}, which is not an earlier "
-                                 "request of the workload")
-            else:
-                self.children[s.after].append(s)
+        self.heap: list[tuple[float, int, RequestSpec]] = [(s.arrival_s, s.request_id, s) for s in specs
+                                                            if s.after < 0]
         heapq.heapify(self.heap)
+        self.children: dict[int, list[RequestSpec]] = defaultdict(list)
+        if len(self.heap) < len(specs):              # closed-loop requests: each waits for an earlier one
+            ids = {s.request_id for s in specs}
+            for s in specs:
+                if s.after < 0:
+                    continue
+                if s.after not in ids or s.after >= s.request_id:
+                    raise ValueError(f"request {s.request_id} follows request {s.after}, which is not an earlier "
+                                     "request of the workload")
+                self.children[s.after].append(s)
         self.cap = max_concurrency
         self.in_flight = 0
         self.gated = self.cap is not None and self.in_flight >= self.cap   # none arrives before one finishes

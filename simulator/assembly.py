@@ -3,6 +3,7 @@ into its workload. Below simulator.api and simulator.cluster, which both build e
 from __future__ import annotations
 
 from dataclasses import asdict
+from functools import lru_cache
 
 from hardware.gpus import GPUSpec, resolve_gpu
 from simulator.batching import PolicyParams, make_policy
@@ -25,6 +26,15 @@ def resolve_hardware(cfg: SimConfig) -> tuple[ModelSpec, GPUSpec]:
     return resolve_model(None if cfg.model_config else cfg.model, cfg.model_config), gpu
 
 
+@lru_cache(maxsize=16)
+def shared_cost_model(model: ModelSpec, gpu: GPUSpec, tp: int, pp: int, step_overhead_s: float | None,
+                      options: tuple) -> CostModel:
+    """The cost model of these arguments, built once: a CostModel is a pure function of them (its caches only
+    remember answers), so the replicas of a cluster and the runs of a sweep that share a configuration share
+    one, and its caches warm once instead of once per replica."""
+    return CostModel(model, gpu, tp=tp, pp=pp, step_overhead_s=step_overhead_s, **dict(options))
+
+
 def build_parts(cfg: SimConfig, model: ModelSpec | None = None) -> EngineParts:
     """Resolve a config into the policy, KV manager and cost model the engine drives (`model`: instead of the
     config's, e.g. one data-parallel rank's share of an MoE model's experts)."""
@@ -42,7 +52,7 @@ def build_parts(cfg: SimConfig, model: ModelSpec | None = None) -> EngineParts:
         engine_options["attention"] = cfg.attention
     options = dict(dtype=cfg.dtype, kv_dtype=cfg.kv_dtype, cuda_graphs=cfg.cuda_graphs, link=cfg.link,
                    bandwidth_scale=cfg.bandwidth_scale, flops_scale=cfg.flops_scale, **engine_options)
-    cost_model = CostModel(model, gpu, tp=cfg.tp, pp=cfg.pp, step_overhead_s=step_overhead_s, **options)
+    cost_model = shared_cost_model(model, gpu, cfg.tp, cfg.pp, step_overhead_s, tuple(options.items()))
     drafter = make_drafter(cfg.draft, cfg.draft_model, model, cfg.tp) if cfg.speculative_tokens else None
     if drafter is not None and drafter.model is not None:
         draft_cost = CostModel(drafter.model, gpu, tp=drafter.tp, step_overhead_s=0.0, **options)

@@ -147,6 +147,8 @@ class Engine:
         self._keep_requests = not self.recorder.summary_only and (self.log.max_rows is None
                                                                    or len(self.specs) <= self.log.max_rows)
         self.num_done = 0
+        # prompt + output tokens a request may have at most (max_request_tokens: what the KV could ever hold)
+        self._fits = min(parts.max_model_len, self.policy.kv.max_request_tokens() + 1)
         self.fast_path = options.fast_path if fast_path is None else fast_path
         self._next_arrival_s = INF              # the earliest arrival not yet handed to the policy
         self.observer = observer
@@ -218,7 +220,7 @@ class Engine:
         policy = self.policy
         if self.releases is not None:
             self.releases.release_until(until_s)
-        fits = min(self.parts.max_model_len, policy.kv.max_request_tokens() + 1)   # prompt + output at most
+        fits = self._fits
         for spec, arrival_s in self.arrivals.pop_until(until_s):
             req = Request(spec)
             req.arrival_s = arrival_s

@@ -7,10 +7,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import make_engine
 from simulator.kv_cache import make_kv_cache
-from simulator.kv_cache.prefix import PrefixCachingPagedKV, content_block_hashes
+from simulator.kv_cache import prefix
+from simulator.kv_cache.prefix import PrefixCachingPagedKV, content_block_hashes, hash_content
 from simulator.request import Request, RequestStatus
 from workloads.prefix import ideal_prefix_hits
 from workloads.spec import RequestSpec
@@ -153,6 +156,53 @@ def test_content_block_hashes_follow_pieces_not_their_split():
     assert len(mixed) == 4 and len(set(mixed)) == 4
     assert content_block_hashes(((5, 40), (6, 24)), 16, 47) == one   # only tokens the request holds
     assert content_block_hashes(((9, 40),), 16, 1000) != one
+
+
+@pytest.mark.parametrize("cut", [0, 1, 40, 41])
+def test_hashing_resumed_from_an_earlier_content_equals_hashing_it_all(cut):
+    # A conversation's turn 2 re-sends turn 1 (pieces 1-3, 90 tokens) and adds two pieces. Turn 1 holds its
+    # tokens but the last `cut` of its response (the last sampled token is never stored), so its chain resumes
+    # from before the cut piece: 0 from 90 tokens, 1 and 40 from 50, 41 (cut into the 2nd piece) from 30.
+    turn1 = ((1, 30), (2, 20), (3, 40))
+    turn2 = turn1 + ((4, 25), (5, 7))
+    first = hash_content(turn1, 16, 90 - cut)
+    assert first.hashes == content_block_hashes(turn1, 16, 90 - cut)
+    assert first.tokens == {0: 90, 1: 50, 40: 50, 41: 30}[cut] and first.pieces == turn1[:len(first.pieces)]
+    for max_tokens in (122, 110, first.tokens):
+        resumed = hash_content(turn2, 16, max_tokens, first)
+        assert resumed == hash_content(turn2, 16, max_tokens)
+    assert hash_content(turn2, 16, 122, first).hashes[:first.resume_blocks] == first.hashes[:first.resume_blocks]
+
+
+PIECES = st.lists(st.tuples(st.integers(0, 5), st.integers(1, 40)), max_size=8).map(tuple)
+
+
+@settings(max_examples=200, deadline=None)
+@given(PIECES, PIECES, st.integers(0, 400), st.integers(0, 400), st.sampled_from([1, 4, 16]))
+def test_resumed_hashing_equals_hashing_from_the_start(head, tail, cut1, cut2, block_size):
+    # Any content, any extension of it, each cut anywhere: resuming the first's chain gives the second's hashes
+    # (under the same conditions the cache resumes: the resume point's pieces begin it, within its tokens).
+    first = hash_content(head, block_size, cut1)
+    whole = hash_content(head + tail, block_size, cut2)
+    if first.tokens <= cut2:
+        assert hash_content(head + tail, block_size, cut2, first) == whole
+    assert first.hashes == content_block_hashes(head, block_size, cut1)
+
+
+def test_the_next_turn_of_a_session_hashes_only_its_new_pieces(monkeypatch):
+    # Turn 1 (prompt 40 + response 30) finishes; turn 2 (its history + a 20-token message) resumes turn 1's
+    # chain from before its response (stored but its last token), so it hashes 30 + 20 tokens, not 120.
+    hashed = []
+    real = prefix.hash_content
+    monkeypatch.setattr(prefix, "hash_content", lambda content, b, n, start=None:
+                        hashed.append(sum(t for _, t in content[len(start.pieces) if start else 0:]))
+                        or real(content, b, n, start))
+    turn1 = ((1, 40), (2, 30))
+    specs = [RequestSpec(0, 0.0, 40, 30, turn1), RequestSpec(1, 0.0, 90, 5, turn1 + ((3, 20), (4, 5)), after=0)]
+    res, kv = run(specs)
+    assert hashed == [70, 55]
+    assert list(res.requests.cached_tokens) == [0, 64]         # 4 whole blocks of turn 1's 69 stored tokens
+    assert_empty(kv)
 
 
 def test_contiguous_cache_refuses_prefix_caching():

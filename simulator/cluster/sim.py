@@ -191,7 +191,8 @@ def run_cluster(replicas: list[Replica], router: Router, specs: list[RequestSpec
     ordered = sorted(specs, key=lambda s: (s.arrival_s, s.request_id))
     if router.needs_load:
         return _side_by_side(replicas, router, ordered, delay_s)
-    return _one_by_one(replicas, router, ordered, workers, progress)
+    with paused_gc():         # once for all replicas: each engine turning it back on would rescan every request
+        return _one_by_one(replicas, router, ordered, workers, progress)
 
 
 def _one_by_one(replicas: list[Replica], router: Router, specs: list[RequestSpec], workers: int,

@@ -4,9 +4,10 @@ A decode-only step of n sequences is the operators of `Catalogue.dense(n)` and `
 depend on the contexts and are reduced once per n (`DecodeRun.base`), plus one decode-attention operator that is
 linear in the tokens attended (`DecodeWork`). `price_decode_run` adds that operator to the base step after step,
 in the same order and with the same roofline as `CostModel.step_cost` does, so each step's numbers are bit for bit
-those of step_cost (tests/test_fast_path.py checks). The roofline is `hardware.roofline.kernel_time` written out
-in the loop (a call per simulated step was a third of the loop's time); tests/test_cost_model.py checks that the
-copy gives kernel_time's seconds and bound bit for bit over random inputs.
+those of step_cost (tests/test_fast_path.py checks). The loop runs once per simulated decode step and makes no
+call: the roofline is `hardware.roofline.kernel_time` written out (the call per step was over a quarter of the
+loop's time under cProfile), and tests/test_cost_model.py checks that the copy gives kernel_time's seconds and
+bound bit for bit over random inputs; varlen's decode_bytes and decode_seconds are written out the same way.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import NamedTuple
 from simulator.cost.attention import DecodeWork
 from simulator.cost.operators import Totals
 from simulator.cost.rates import INF, Rates
-from simulator.cost.varlen import VarlenParams, decode_bytes, decode_seconds
+from simulator.cost.varlen import VarlenParams
 from simulator.step import RunCosts
 
 
@@ -46,6 +47,9 @@ def price_decode_run(run: DecodeRun, r: Rates, layers: float, step_overhead_s: f
     blend, inv_p = p != INF, 1.0 / p
     launch = layers * r.launch_s                             # the attention operator's kernels x launch cost
     g0, graphed_over = 0 + g, step_overhead_s + 0.0          # sum of the families starts at 0; a graph's overhead
+    if varlen is not None:             # varlen.decode_bytes and decode_seconds written out, the same operations
+        kv_bpt, v_bw, v_floor = varlen.kv_bytes_per_token, varlen.bytes_per_s, varlen.floor_s
+        v_query = num_seqs * varlen.q_heads * (varlen.qk_dim + varlen.v_dim) * 2.0
     seconds, ends, flops, nbytes, bound, attention, overhead = [], [], [], [], [], [], []
     t, flops_total, bytes_total = start_s, 0.0, 0.0
     for j in range(max_steps):
@@ -66,9 +70,9 @@ def price_decode_run(run: DecodeRun, r: Rates, layers: float, step_overhead_s: f
                 if lat > big:
                     which = 2
         else:                                                # attention.varlen_attention's decode-only row
-            abytes = decode_bytes(varlen, num_seqs, ctx)
-            s = decode_seconds(varlen, num_seqs, ctx)
-            which = 2 if varlen.floor_s > s - varlen.floor_s else 1
+            abytes = ctx * kv_bpt + v_query                  # decode_bytes(varlen, num_seqs, ctx)
+            s = v_floor + abytes / v_bw                      # decode_seconds(varlen, num_seqs, ctx)
+            which = 2 if v_floor > s - v_floor else 1
         s *= layers                                          # scale(op, layers)
         att = a0 + s
         gpu_s = g0 + att + e + c + o                         # sum of the families, in FAMILIES order
