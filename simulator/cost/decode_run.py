@@ -4,9 +4,10 @@ A decode-only step of n sequences is the operators of `Catalogue.dense(n)` and `
 depend on the contexts and are reduced once per n (`DecodeRun.base`), plus one decode-attention operator that is
 linear in the tokens attended (`DecodeWork`). `price_decode_run` adds that operator to the base step after step,
 in the same order and with the same roofline as `CostModel.step_cost` does, so each step's numbers are bit for bit
-those of step_cost (tests/test_fast_path.py checks). The roofline is `hardware.roofline.kernel_time` written out
-in the loop (a call per simulated step was a third of the loop's time); tests/test_cost_model.py checks that the
-copy gives kernel_time's seconds and bound bit for bit over random inputs.
+those of step_cost (tests/test_fast_path.py checks). The loop runs once per simulated decode step and makes no
+call: the roofline is `hardware.roofline.kernel_time` written out (the call per step was over a quarter of the
+loop's time under cProfile), and tests/test_cost_model.py checks that the copy gives kernel_time's seconds and
+bound bit for bit over random inputs; varlen's decode_bytes and decode_seconds are written out the same way.
 """
 from __future__ import annotations
 

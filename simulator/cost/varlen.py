@@ -105,7 +105,10 @@ def decode_bytes(p: VarlenParams, num_decode, context_tokens):
 
 
 def decode_seconds(p: VarlenParams, num_decode, context_tokens):
-    """Decodes alone (packed grouped heads): each KV head read once; a bandwidth-bound kernel."""
+    """Decodes alone (packed grouped heads): each KV head read once; a bandwidth-bound kernel.
+
+    simulator/cost/decode_run.py writes this and decode_bytes out in its per-step loop, the same operations:
+    change them together (tests/test_fast_path.py compares decode runs with step_cost on V1 cost models)."""
     return p.floor_s + decode_bytes(p, num_decode, context_tokens) / p.bytes_per_s
 
 
