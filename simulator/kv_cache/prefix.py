@@ -326,6 +326,8 @@ class PrefixCachingPagedKV(PagedKVCache):
 
     def usage(self):
         usage = super().usage()
+        if not self.cached:                           # nothing cached (nor free and cached): the plain snapshot
+            return usage
         b, pending = self.block_size, self._num_pending_evictions()
         lru_tokens = len(self.lru) * b
         return usage._replace(allocated_tokens=usage.allocated_tokens - lru_tokens,
