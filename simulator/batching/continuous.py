@@ -10,6 +10,7 @@ recompute (free its KV, recompute prompt and outputs later) or by swap (copy its
 from __future__ import annotations
 
 from collections import deque
+from functools import partial
 from typing import NamedTuple
 
 from simulator.batch import Batch
@@ -24,6 +25,9 @@ class Admission(NamedTuple):
     request: Request
     tokens: int            # new tokens it computes in the step
     cached: int = 0        # leading tokens served from the prefix cache instead
+
+
+_new_admission = partial(tuple.__new__, Admission)    # Admission(*fields) without its Python-level __new__ (per step)
 
 
 class ContinuousBatching(BatchingPolicy):
@@ -184,17 +188,19 @@ class ContinuousBatching(BatchingPolicy):
         """How the waiting request `req` would be admitted within `budget` tokens now (its prefix-cache hit and
         new tokens), or None if it cannot be (the whole uncached prompt must fit without chunked prefill; under
         `admit_whole_sequence` the KV blocks of its whole sequence must be free)."""
-        hit = self.kv.prefix_hit(req) if self.kv.prefix_caching and not req.num_computed_tokens else 0
+        kv, params = self.kv, self.params
+        hit = kv.prefix_hit(req) if kv.prefix_caching and not req.num_computed_tokens else 0
         n = req.num_uncomputed_tokens - hit
-        if n > budget and not self.params.chunked_prefill:
-            return None
-        n = min(n, budget)
+        if n > budget:
+            if not params.chunked_prefill:
+                return None
+            n = budget
         # vLLM V1 (scheduler_reserve_full_isl): blocks for the whole sequence so far must be free, although only
         # this step's chunk is allocated now
-        need = req.num_tokens if self.params.admit_whole_sequence else req.num_computed_tokens + hit + n
-        if not self.kv.can_allocate(req, need, admission=True, cached_tokens=hit):
+        need = req.num_tokens if params.admit_whole_sequence else req.num_computed_tokens + hit + n
+        if not kv.can_allocate(req, need, admission=True, cached_tokens=hit):
             return None
-        return Admission(req, n, hit)
+        return _new_admission((req, n, hit))
 
     def _take_hit(self, req: Request, hit: int) -> None:
         """`req` starts from `hit` cached tokens: counted as served from the cache on its first admission, as
