@@ -18,8 +18,6 @@ rejection) has come back, strictly before now.
 """
 from __future__ import annotations
 
-import contextlib
-import gc
 import heapq
 from bisect import bisect_left
 from collections import deque
@@ -191,7 +189,7 @@ def run_cluster(replicas: list[Replica], router: Router, specs: list[RequestSpec
     ordered = sorted(specs, key=lambda s: (s.arrival_s, s.request_id))
     if router.needs_load:
         return _side_by_side(replicas, router, ordered, delay_s)
-    with paused_gc():         # once for all replicas: each engine turning it back on would rescan every request
+    with paused_gc():   # once for all replicas (and their forked workers): no collection rescans the workload
         return _one_by_one(replicas, router, ordered, workers, progress)
 
 
@@ -214,20 +212,7 @@ def _one_by_one(replicas: list[Replica], router: Router, specs: list[RequestSpec
         answered[1] = max(answered[1], run.summary["duration_s"])
         if progress is not None:
             progress(answered[1], answered[0], len(specs))
-    with frozen_gc():
-        return run_all(run_one, [len(share) for share in shares], workers, done)
-
-
-@contextlib.contextmanager
-def frozen_gc():
-    """Every object alive now (the workload above all) out of the cyclic collector's reach while the replicas
-    run: a collection between two replicas then scans only what the replicas made, and forked workers do not
-    copy the pages it would touch."""
-    gc.freeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
+    return run_all(run_one, [len(share) for share in shares], workers, done)
 
 
 def route_sessions(router: Router, num_replicas: int, specs: list[RequestSpec]) -> list[list[RequestSpec]]:
