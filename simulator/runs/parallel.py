@@ -8,13 +8,13 @@ of wall time; the parent turns those into rich progress rows on stderr (stdout s
 from __future__ import annotations
 
 import multiprocessing
-import os
 import queue
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
 
+from simulator.cluster.parallel import usable_cores
 from simulator.config import SimConfig
 
 PROGRESS_EVERY_S = 0.25
@@ -27,8 +27,8 @@ _worker_queue = None
 
 
 def default_jobs() -> int:
-    """All local cores (at least one)."""
-    return max(1, os.cpu_count() or 1)
+    """All local cores this process may run on (at least one): the count cluster workers use too."""
+    return usable_cores()
 
 
 def _init_worker(progress_queue) -> None:
