@@ -55,7 +55,7 @@ def build_parts(cfg: SimConfig, model: ModelSpec | None = None) -> EngineParts:
     cost_model = shared_cost_model(model, gpu, cfg.tp, cfg.pp, step_overhead_s, tuple(options.items()))
     drafter = make_drafter(cfg.draft, cfg.draft_model, model, cfg.tp) if cfg.speculative_tokens else None
     if drafter is not None and drafter.model is not None:
-        draft_cost = CostModel(drafter.model, gpu, tp=drafter.tp, step_overhead_s=0.0, **options)
+        draft_cost = shared_cost_model(drafter.model, gpu, drafter.tp, 1, 0.0, tuple(options.items()))
         cost_model = SpeculativeCostModel(cost_model, draft_cost, cfg.speculative_tokens)
     plan = plan_memory(cfg, model, gpu, cost_model.activation_workspace_bytes(cfg.token_budget), drafter)
     kv = make_kv_cache(cfg.kv, plan.capacity_tokens, block_size=cfg.block_size, max_model_len=cfg.max_model_len,
