@@ -49,7 +49,7 @@ INF = float("inf")
 def step_by_step_costs(cost_model, num_seqs: int, context_tokens: int, context_step: int, max_steps: int,
                        start_s: float = 0.0, stop_s: float = INF) -> RunCosts:
     """CostModel.decode_run_costs for cost models without one: one step_cost() per step."""
-    costs, t = RunCosts(), start_s
+    costs, t = RunCosts.empty(), start_s
     for j in range(max_steps):
         cost = cost_model.step_cost(StepShape((), num_seqs, context_tokens + j * context_step, num_seqs))
         t = t + cost.seconds
@@ -69,6 +69,7 @@ def paused_gc():
     try:
         yield
     finally:
+        gc.freeze()      # and what the run left alive is old too: no young collection rescans it as gc resumes
         gc.unfreeze()
         if collecting:
             gc.enable()
@@ -247,7 +248,8 @@ class Engine:
         """`req` finished or was rejected at `time_s`: keep its row, release the requests that follow it."""
         self.log.add(req)
         self.num_done += 1
-        moved = self.arrivals.finished(req.request_id, time_s)      # the next arrival may come sooner
+        arrivals = self.arrivals                                     # the next arrival may come sooner
+        moved = arrivals.follows_finishes and arrivals.finished(req.request_id, time_s)
         if self.releases is not None:
             self.releases.finished(req, time_s)                     # and a release of its held KV
             moved = True
