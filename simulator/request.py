@@ -66,7 +66,7 @@ class Request:
 
     @property
     def num_uncomputed_tokens(self) -> int:
-        return self.num_tokens - self.num_computed_tokens
+        return self.prompt_tokens + self.num_output_tokens - self.num_computed_tokens     # num_tokens, written out
 
     @property
     def is_finished(self) -> bool:

@@ -5,7 +5,8 @@ none of them on each other. FAMILIES and BOUNDS are defined here, once.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import NamedTuple
 
 # The operator families a step's seconds are split into (StepCost.breakdown, the steps frame's *_s columns).
 FAMILIES = ("gemm", "attention", "elementwise", "communication", "overhead")
@@ -76,24 +77,29 @@ class StepCost:
         return dict(self.breakdown).get(family, 0.0)
 
 
-@dataclass
-class RunCosts:
+class RunCosts(NamedTuple):
     """The costs of a run of decode steps as columns: entry j of each list is step j's StepCost field (bound as
     text, families by name), `ends[j]` when step j ends. A family that is the same in every step of the run
-    may be one float instead of a list."""
+    may be one float instead of a list. Priced without detail, the per-step columns but `seconds` and `ends`
+    are empty and `flops_total` / `bytes_total` hold the run's sums. A named tuple: one is built per run."""
 
-    seconds: list[float] = field(default_factory=list)
-    ends: list[float] = field(default_factory=list)
-    flops: list[float] = field(default_factory=list)
-    bytes: list[float] = field(default_factory=list)
-    bound: list[str] = field(default_factory=list)
-    gemm_s: list[float] | float = field(default_factory=list)
-    attention_s: list[float] | float = field(default_factory=list)
-    elementwise_s: list[float] | float = field(default_factory=list)
-    communication_s: list[float] | float = field(default_factory=list)
-    overhead_s: list[float] | float = field(default_factory=list)
+    seconds: list[float]
+    ends: list[float]
+    flops: list[float]
+    bytes: list[float]
+    bound: list[str]
+    gemm_s: list[float] | float
+    attention_s: list[float] | float
+    elementwise_s: list[float] | float
+    communication_s: list[float] | float
+    overhead_s: list[float] | float
     flops_total: float | None = None       # set instead of the per-step columns when priced without detail
     bytes_total: float | None = None
+
+    @classmethod
+    def empty(cls) -> "RunCosts":
+        """No step yet: every column an empty list, ready for `append`."""
+        return cls([], [], [], [], [], [], [], [], [], [])
 
     def append(self, cost: StepCost, end_s: float) -> None:
         """Add one step that ends at `end_s` (every column must be a list)."""

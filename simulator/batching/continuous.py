@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 from simulator.batch import Batch
 from simulator.batching.base import BatchingPolicy, StepOutcome
-from simulator.batching.lazy import DecodeRun, LazyDecoders, RunOutcome
+from simulator.batching.lazy import DecodeRun, LazyDecoders, RunOutcome, new_decode_run, new_run_outcome
 from simulator.request import Request, RequestStatus
 
 
@@ -306,9 +306,9 @@ class ContinuousBatching(BatchingPolicy):
         steps = lazy.steps_kv_allows(lazy.steps_to_finish(), n)
         if not steps or (self.params.chunked_prefill and self._next_step_admits()):
             return None                            # the next step preempts or admits: step by step
-        return DecodeRun(num_decode=n, live=n, context_tokens=self.kv_used_tokens + n, max_steps=steps,
-                         used_tokens=self.kv_used_tokens - self.kv.shared_tokens, num_running=n,
-                         num_waiting=len(self.waiting))
+        # DecodeRun(num_decode, live, context_tokens, max_steps, used_tokens, num_running, num_waiting)
+        return new_decode_run((n, n, self.kv_used_tokens + n, steps, self.kv_used_tokens - self.kv.shared_tokens, n,
+                               len(self.waiting)))
 
     def _next_step_admits(self) -> bool:
         """Would the next step swap in or admit a request? Asked of the rules schedule() follows (_next_swap_in,
@@ -339,4 +339,4 @@ class ContinuousBatching(BatchingPolicy):
         for req in done:
             lazy.sync(req, finishing=True)
             self._finish(req, ends_s[-1])
-        return RunOutcome(done, first_gaps, new_blocks)
+        return new_run_outcome((done, first_gaps, new_blocks))

@@ -42,14 +42,14 @@ happens, and a step's crossings are one bucket's size.
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass
+from functools import partial
+from typing import NamedTuple
 
 from simulator.kv_cache.base import KVCacheManager
 from simulator.request import Request
 
 
-@dataclass
-class DecodeRun:
+class DecodeRun(NamedTuple):
     """A run of decode steps the engine may advance at once, as planned before its first step.
 
     Step j (0-based) decodes `num_decode` sequences attending `context_tokens + j * live` tokens; `live` of
@@ -67,8 +67,7 @@ class DecodeRun:
     num_waiting: int
 
 
-@dataclass
-class RunOutcome:
+class RunOutcome(NamedTuple):
     """What a committed run produced: finished requests (at its last step), the (last token time, requests)
     pairs behind the gaps of its first tokens (each later step adds a gap per live request), and the KV blocks
     each step allocated."""
@@ -76,6 +75,11 @@ class RunOutcome:
     finished: list[Request]
     first_gaps: list[tuple[float, int]]
     new_blocks: list[int]
+
+
+# DecodeRun(*fields) and RunOutcome(*fields) without the named tuples' Python-level __new__ (one of each per run)
+new_decode_run = partial(tuple.__new__, DecodeRun)
+new_run_outcome = partial(tuple.__new__, RunOutcome)
 
 
 class LazyDecoders:

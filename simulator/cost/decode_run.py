@@ -2,7 +2,7 @@
 
 A decode-only step of n sequences is the operators of `Catalogue.dense(n)` and `Catalogue.head(n)`, which do not
 depend on the contexts and are reduced once per n (`DecodeRun.base`), plus one decode-attention operator that is
-linear in the tokens attended (`DecodeWork`). `price_decode_run` adds that operator to the base step after step,
+linear in the tokens attended (`DecodeWork`). `price` adds that operator to the base step after step,
 in the same order and with the same roofline as `CostModel.step_cost` does, so each step's numbers are bit for bit
 those of step_cost (tests/test_fast_path.py checks). The loop runs once per simulated decode step and makes no
 call: the roofline is `hardware.roofline.kernel_time` written out (the call per step was over a quarter of the
@@ -11,6 +11,7 @@ bound bit for bit over random inputs; varlen's decode_bytes and decode_seconds a
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import NamedTuple
 
 from simulator.cost.attention import DecodeWork
@@ -18,6 +19,8 @@ from simulator.cost.operators import Totals
 from simulator.cost.rates import INF, Rates
 from simulator.cost.varlen import VarlenParams
 from simulator.step import RunCosts
+
+_new_costs = partial(tuple.__new__, RunCosts)   # RunCosts(*fields) without its Python-level __new__ (per run)
 
 
 class DecodeRun(NamedTuple):
@@ -32,30 +35,46 @@ class DecodeRun(NamedTuple):
 
 def price_decode_run(run: DecodeRun, r: Rates, layers: float, step_overhead_s: float, context_tokens: int,
                      context_step: int, max_steps: int, start_s: float, stop_s: float, detail: bool) -> RunCosts:
-    """See CostModel.decode_run_costs. A Python loop on purpose: numpy's vectorized power (the roofline blend)
-    differs from the C library's pow in the last bit for a few percent of inputs; step times would drift.
+    """See CostModel.decode_run_costs (which keeps `prepare`'s constants per batch size and calls `price`)."""
+    return price(prepare(run, r, layers, step_overhead_s), context_tokens, context_step, max_steps, start_s, stop_s,
+                 detail)
+
+
+def prepare(run: DecodeRun, r: Rates, layers: float, step_overhead_s: float) -> tuple:
+    """Every constant `price` reads, as one flat tuple: worked out once per batch size, since a run is a few steps
+    long on average and unpacking these per run was a third of its price."""
+    (g, a0, e, c, o), (bc0, bm0, bl0) = run.base.family_s, run.base.bound_s
+    fpt, kv_elems, kvb, query_bytes = run.work
+    varlen, p = run.varlen, r.overlap
+    # the attention operator's kernels x launch cost; sum of the families starts at 0; a graph's overhead
+    consts = (g, a0, e, c, o, bc0, bm0, bl0, run.base.flops, run.base.bytes, run.base.excess_s, run.graphed,
+              fpt, kv_elems, kvb, query_bytes, r.attention, r.bw, r.gemm_latency_s, p, p != INF, 1.0 / p,
+              layers * r.launch_s, 0 + g, step_overhead_s + 0.0, step_overhead_s, layers, varlen is not None)
+    if varlen is None:
+        return consts + (0.0, 0.0, 0.0, 0.0)
+    # varlen.decode_bytes and decode_seconds written out, the same operations
+    v_query = run.num_seqs * varlen.q_heads * (varlen.qk_dim + varlen.v_dim) * 2.0
+    return consts + (varlen.kv_bytes_per_token, varlen.bytes_per_s, varlen.floor_s, v_query)
+
+
+def price(consts: tuple, context_tokens: int, context_step: int, max_steps: int, start_s: float, stop_s: float,
+          detail: bool) -> RunCosts:
+    """A run priced from `prepare`'s constants. A Python loop on purpose: numpy's vectorized power (the roofline
+    blend) differs from the C library's pow in the last bit for a few percent of inputs; step times would drift.
 
     The loop runs once per simulated decode step, so it takes no call per step: the attention operator's
     `hardware.roofline.kernel_time` is written out in it, the same float operations in the same order
     (tests/test_cost_model.py checks it against kernel_time over random inputs, bit for bit), and the bound is
     kept as its index into BOUNDS."""
-    (g, a0, e, c, o), (bc0, bm0, bl0) = run.base.family_s, run.base.bound_s
-    flops0, bytes0, excess0, graphed = run.base.flops, run.base.bytes, run.base.excess_s, run.graphed
-    fpt, kv_elems, kvb, query_bytes = run.work
-    varlen, num_seqs = run.varlen, run.num_seqs
-    rate, bw, lat, p = r.attention, r.bw, r.gemm_latency_s, r.overlap
-    blend, inv_p = p != INF, 1.0 / p
-    launch = layers * r.launch_s                             # the attention operator's kernels x launch cost
-    g0, graphed_over = 0 + g, step_overhead_s + 0.0          # sum of the families starts at 0; a graph's overhead
-    if varlen is not None:             # varlen.decode_bytes and decode_seconds written out, the same operations
-        kv_bpt, v_bw, v_floor = varlen.kv_bytes_per_token, varlen.bytes_per_s, varlen.floor_s
-        v_query = num_seqs * varlen.q_heads * (varlen.qk_dim + varlen.v_dim) * 2.0
+    (g, a0, e, c, o, bc0, bm0, bl0, flops0, bytes0, excess0, graphed, fpt, kv_elems, kvb, query_bytes, rate, bw, lat,
+     p, blend, inv_p, launch, g0, graphed_over, step_overhead_s, layers, use_varlen, kv_bpt, v_bw, v_floor,
+     v_query) = consts
     seconds, ends, flops, nbytes, bound, attention, overhead = [], [], [], [], [], [], []
     t, flops_total, bytes_total = start_s, 0.0, 0.0
     for j in range(max_steps):
         ctx = context_tokens + j * context_step
         aflops = fpt * ctx                                   # decode_attention's operator, one layer
-        if varlen is None:                                   # kernel_time(aflops, abytes, rate, bw, lat, p)
+        if not use_varlen:                                   # kernel_time(aflops, abytes, rate, bw, lat, p)
             abytes = ctx * kv_elems * kvb + query_bytes
             compute_s = aflops / rate if aflops else 0.0
             memory_s = abytes / bw if abytes else 0.0
@@ -100,13 +119,7 @@ def price_decode_run(run: DecodeRun, r: Rates, layers: float, step_overhead_s: f
             break
     over = graphed_over if graphed else overhead
     if detail:
-        return RunCosts(seconds, ends, flops, nbytes, bound, g, attention, e, c, over)
-    return _lean(run.base, seconds, ends, over, flops_total * layers, bytes_total * layers)
-
-
-def _lean(base: Totals, seconds: list[float], ends: list[float], overhead, flops: float, nbytes: float) -> RunCosts:
-    """A run's costs without the per-step breakdown: times per step, FLOPs and bytes as totals (`flops` and
-    `nbytes` are its attention's, over all layers)."""
-    k = len(seconds)
-    return RunCosts(seconds, ends, overhead_s=overhead, flops_total=k * base.flops + flops,
-                    bytes_total=k * base.bytes + nbytes)
+        return _new_costs((seconds, ends, flops, nbytes, bound, g, attention, e, c, over, None, None))
+    k = len(seconds)                   # without the per-step breakdown: FLOPs and bytes as totals
+    return _new_costs((seconds, ends, [], [], [], [], [], [], [], over, k * flops0 + flops_total * layers,
+                       k * bytes0 + bytes_total * layers))

@@ -23,7 +23,7 @@ from functools import lru_cache
 
 from hardware.gpus import GPUSpec
 from simulator.cost.attention import ATTENTION_KINDS, attention_ops, decode_work
-from simulator.cost.decode_run import DecodeRun, price_decode_run
+from simulator.cost.decode_run import DecodeRun, prepare, price
 from simulator.cost.elementwise import ELEMENTWISE
 from simulator.cost.operators import Catalogue, Op, Totals, dims, scale, totals
 from simulator.cost.rates import INF, rates
@@ -81,7 +81,7 @@ class CostModel:
         self._dense = lru_cache(maxsize=None)(self._dense_totals)
         self._head = lru_cache(maxsize=None)(self._head_totals)
         self._base = lru_cache(maxsize=1 << 16)(self._base_totals)
-        self._decode_run = lru_cache(maxsize=None)(self._decode_run_of)
+        self._decode_plan = lru_cache(maxsize=None)(self._decode_plan_of)
         self.step_cost = lru_cache(maxsize=1 << 16)(self._step_cost)
 
     # ------------------------------------------------------------------ CUDA graphs
@@ -202,13 +202,14 @@ class CostModel:
         test checks): the same operators reduced in the same order (simulator/cost/decode_run.py). Without
         `detail` only the times are kept per step, and the FLOPs and bytes as totals.
         """
-        return price_decode_run(self._decode_run(num_seqs), self.rates, self.dims.layers, self.step_overhead_s,
-                                context_tokens, context_step, max_steps, start_s, stop_s, detail)
+        return price(self._decode_plan(num_seqs), context_tokens, context_step, max_steps, start_s, stop_s, detail)
 
-    def _decode_run_of(self, num_seqs: int) -> DecodeRun:
+    def _decode_plan_of(self, num_seqs: int) -> tuple:
+        """The constants of every decode-only step of `num_seqs` sequences (decode_run.prepare), once per size."""
         shape = StepShape((), num_seqs, 0, num_seqs)
-        return DecodeRun(self._dense(self.padded_tokens(shape)).plus(self._head(num_seqs)), self.graphed(shape),
-                         decode_work(self.dims, num_seqs), self.varlen, num_seqs)
+        run = DecodeRun(self._dense(self.padded_tokens(shape)).plus(self._head(num_seqs)), self.graphed(shape),
+                        decode_work(self.dims, num_seqs), self.varlen, num_seqs)
+        return prepare(run, self.rates, self.dims.layers, self.step_overhead_s)
 
     # ------------------------------------------------------------------ other engine-facing costs
     def swap_seconds(self, num_bytes: float) -> float:
