@@ -92,7 +92,9 @@ class ArrivalQueue:
         i, due_s = self.next_due, self.due_s                 # open loop, nothing fed: a slice of the sorted list
         if i >= len(due_s) or due_s[i] > until_s:
             return ()
-        j = bisect_right(due_s, until_s, i)
+        j = i + 1                                            # most often one arrives: no search for it
+        if j < len(due_s) and due_s[j] <= until_s:
+            j = bisect_right(due_s, until_s, j)
         self.next_due = j
         return zip(self.due[i:j], due_s[i:j])
 

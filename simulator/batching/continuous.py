@@ -212,12 +212,13 @@ class ContinuousBatching(BatchingPolicy):
         else:
             req.num_cached_tokens = hit
 
+    # BatchingPolicy's named, not super(): in Python 3.11 super() builds an object per call (once per request)
     def _add_running(self, req: Request) -> None:
-        super()._add_running(req)
+        BatchingPolicy._add_running(self, req)
         self.untracked[req.seat] = req
 
     def _on_finish(self, req: Request) -> None:
-        super()._on_finish(req)
+        BatchingPolicy._on_finish(self, req)
         self.untracked.pop(req.seat, None)
 
     def _preempt(self, victim: Request, batch: Batch) -> None:
@@ -265,7 +266,10 @@ class ContinuousBatching(BatchingPolicy):
 
     # ---- the decode-run fast path (see simulator/batching/lazy.py) ----
     def commit(self, batch: Batch, start_s: float, end_s: float) -> StepOutcome:
-        out = self._commit_lazy(batch, start_s, end_s) if batch.lazy_decode else super().commit(batch, start_s, end_s)
+        if batch.lazy_decode:
+            out = self._commit_lazy(batch, start_s, end_s)
+        else:
+            out = BatchingPolicy.commit(self, batch, start_s, end_s)
         lazy = self.lazy
         if lazy is not None:                       # track the running decoders the step left untracked
             members = self.running if lazy.num_tracked == 0 else batch.requests
