@@ -59,13 +59,9 @@ def prepare(run: DecodeRun, r: Rates, layers: float, step_overhead_s: float) -> 
 
 def price(consts: tuple, context_tokens: int, context_step: int, max_steps: int, start_s: float, stop_s: float,
           detail: bool) -> RunCosts:
-    """A run priced from `prepare`'s constants. A Python loop on purpose: numpy's vectorized power (the roofline
-    blend) differs from the C library's pow in the last bit for a few percent of inputs; step times would drift.
-
-    The loop runs once per simulated decode step, so it takes no call per step: the attention operator's
-    `hardware.roofline.kernel_time` is written out in it, the same float operations in the same order
-    (tests/test_cost_model.py checks it against kernel_time over random inputs, bit for bit), and the bound is
-    kept as its index into BOUNDS."""
+    """A run priced from `prepare`'s constants, one loop pass per step with no call in it (see the module
+    docstring). A Python loop on purpose: numpy's vectorized power (the roofline blend) differs from the C
+    library's pow in the last bit for a few percent of inputs; step times would drift."""
     (g, a0, e, c, o, bc0, bm0, bl0, flops0, bytes0, excess0, graphed, fpt, kv_elems, kvb, query_bytes, rate, bw, lat,
      p, blend, inv_p, launch, g0, graphed_over, step_overhead_s, layers, use_varlen, kv_bpt, v_bw, v_floor,
      v_query) = consts
