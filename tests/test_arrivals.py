@@ -72,3 +72,37 @@ def test_a_finish_says_when_it_may_bring_the_next_arrival_forward():
     open_loop = ArrivalQueue([RequestSpec(0, 0.0, 10, 2), RequestSpec(1, 3.0, 10, 2)])
     list(open_loop.pop_until(0.0))
     assert open_loop.finished(0, 1.0) is False and open_loop.next_s() == 3.0
+
+
+
+def test_the_plain_queue_pops_what_the_one_at_a_time_path_pops():
+    # An open-loop queue with no cap reads arrivals off its sorted times (a slice per call); it must give what
+    # the general path (one pop at a time, heap and list merged) gives: for ties, unsorted input, and requests
+    # fed as a router feeds them, which join the sorted list when they come last and the heap when not.
+    import random
+    from simulator.arrivals import ArrivalQueue
+    rng, kinds = random.Random(5), set()
+    for _ in range(300):
+        times = [round(rng.uniform(0, 10), rng.choice([0, 1, 3])) for _ in range(rng.randint(0, 30))]
+        specs = [RequestSpec(i, t, 10, 2) for i, t in enumerate(times)]
+        rng.shuffle(specs)
+        feeds = sorted((RequestSpec(100 + i, round(rng.uniform(0, 12), 1), 10, 2) for i in range(rng.randint(0, 6))),
+                       key=lambda s: s.arrival_s)
+        plain, general = ArrivalQueue(specs), ArrivalQueue(specs)
+        general._plain = False                                  # forces the one-at-a-time path
+        got, want, fed = [], [], []
+        for until in sorted(rng.uniform(0, 12) for _ in range(8)) + [12.0]:
+            while feeds and feeds[0].arrival_s <= until:        # a router feeds a request as it arrives
+                spec = feeds.pop(0)
+                plain.add(spec)
+                general.add(spec)
+                fed.append(spec.request_id)
+                kinds.add("heap" if plain.heap else "list")
+            got.append([(spec.request_id, t) for spec, t in plain.pop_until(until)])
+            want.append([(spec.request_id, t) for spec, t in general.pop_until(until)])
+            assert got[-1] == sorted(got[-1], key=lambda p: (p[1], p[0]))      # in (time, request id) order
+            assert plain.next_s() == general.next_s() and plain.ended == general.ended
+        assert got == want
+        assert sorted(rid for step in got for rid, _ in step) == sorted([s.request_id for s in specs] + fed)
+        assert plain.ended and not feeds
+    assert kinds == {"heap", "list"}
