@@ -260,12 +260,17 @@ class Recorder:
 
 
     def _rows_in_order(self) -> dict[str, np.ndarray]:
-        """Every row, step-by-step and expanded ones, in step order; each column is copied once and the typed
-        columns are dropped as they are used (a long run holds millions of rows)."""
-        order = np.argsort(np.concatenate([_view(self.cols["row"]), _view(self.run_cols["row"])]), kind="stable")
+        """Every row, step-by-step and expanded ones, in step order; each column is written once, straight to
+        its rows' places (every step has one row, numbered from 0), and the typed columns are dropped as they are
+        used (a long run holds millions of rows)."""
+        at_step, at_run = _view(self.cols["row"]), _view(self.run_cols["row"])     # the views keep their buffers
+        assert len(at_step) + len(at_run) == self.num_rows, "a step without a row, or with two"
         rows = {}
         for name in self.cols:
-            rows[name] = np.concatenate([_view(self.cols[name]), _view(self.run_cols[name])])[order]
+            step, run = _view(self.cols[name]), _view(self.run_cols[name])
+            rows[name] = np.empty(self.num_rows, step.dtype)
+            rows[name][at_step] = step
+            rows[name][at_run] = run
             self.cols[name], self.run_cols[name] = array(self.cols[name].typecode), array(self.run_cols[name].typecode)
         return rows
 
