@@ -47,8 +47,8 @@ INF = float("inf")
 
 
 def step_by_step_costs(cost_model, num_seqs: int, context_tokens: int, context_step: int, max_steps: int,
-                       start_s: float = 0.0, stop_s: float = INF) -> RunCosts:
-    """CostModel.decode_run_costs for cost models without one: one step_cost() per step."""
+                       start_s: float = 0.0, stop_s: float = INF, detail: bool = True) -> RunCosts:
+    """CostModel.decode_run_costs for cost models without one: one step_cost() per step (always in detail)."""
     costs, t = RunCosts.empty(), start_s
     for j in range(max_steps):
         cost = cost_model.step_cost(StepShape((), num_seqs, context_tokens + j * context_step, num_seqs))
@@ -154,6 +154,7 @@ class Engine:
         self._fits = min(parts.max_model_len, self.policy.kv.max_request_tokens() + 1)
         self.fast_path = options.fast_path if fast_path is None else fast_path
         self._next_arrival_s = INF              # the earliest arrival not yet handed to the policy
+        self._quiet_until = -INF                 # before this, _admit_arrivals has nothing to do (see there)
         self.observer = observer
         self.releases: KVReleases | None = None  # set by a cluster whose replicas hold finished requests' KV
         self.open = False                        # a router may still feed requests
@@ -167,8 +168,7 @@ class Engine:
         self._decode_costs = getattr(cost_model, "decode_run_costs", None) or partial(step_by_step_costs, cost_model)
         self._step_costs: dict[tuple, object] = {}   # StepShape fields -> StepCost
         # summary-only runs need no per-step breakdown of run steps, only their times and FLOP/byte totals
-        lean = self.recorder.summary_only and hasattr(cost_model, "decode_run_costs")
-        self._detail = {"detail": False} if lean else {}
+        self._detail = not (self.recorder.summary_only and hasattr(cost_model, "decode_run_costs"))
 
     def run(self) -> SimResult:
         self.start()
@@ -179,14 +179,14 @@ class Engine:
     def start(self) -> None:
         self._wall = time.perf_counter()
         self.arrivals = ArrivalQueue(self.specs, self.parts.options.max_concurrency)
-        self._next_arrival_s = self._next_s()
+        self._next_arrival_s, self._quiet_until = self._next_s(), -INF
         self._server = self.env.process(self._serve())
 
     def feed(self, spec: RequestSpec) -> None:
         """A request routed here while open (no earlier than any fed before it)."""
         self.specs.append(spec)
         self.arrivals.add(spec)
-        self._next_arrival_s = self._next_s()
+        self._next_arrival_s, self._quiet_until = self._next_s(), -INF
 
     def advance(self, until_s: float) -> None:
         """Simulate every event before `until_s` (events at `until_s` itself wait: a request arriving then is
@@ -196,7 +196,7 @@ class Engine:
 
     def close(self) -> SimResult:
         """No more requests: run to the end and return the results."""
-        self.open, self.horizon_s = False, INF
+        self.open, self.horizon_s, self._quiet_until = False, INF, -INF
         if self._server.is_alive:
             self.env.run(until=self._server)
         return self.finish()
@@ -219,7 +219,13 @@ class Engine:
 
     def _admit_arrivals(self, until_s: float) -> None:
         """Hand the policy every request that has arrived by `until_s` (an arrival at the very end of a step is
-        seen by the next schedule), or reject it with a reason."""
+        seen by the next schedule), or reject it with a reason.
+
+        Before `_quiet_until` the call would change nothing, and returns at once: it is the next arrival where
+        only arrivals move it (no router feeding requests, no held KV to release, and no finish that brings an
+        arrival forward), else -INF."""
+        if until_s < self._quiet_until:
+            return
         policy = self.policy
         if self.releases is not None:
             self.releases.release_until(until_s)
@@ -237,6 +243,8 @@ class Engine:
                 policy.add_request(req)
         self._next_arrival_s = self._next_s()
         policy.workload_ended = self.arrivals.ended and not self.open
+        quiet = self.releases is None and not self.open and not self.arrivals.follows_finishes
+        self._quiet_until = self._next_arrival_s if quiet else -INF
 
     def _next_s(self) -> float:
         """The next arrival, if no request finishes first; while a router may feed more, no later than the
@@ -326,7 +334,7 @@ class Engine:
         ends at or after the next arrival (which may change the step after it), or at the policy's limit."""
         policy = self.policy
         costs = self._decode_costs(run.num_decode, run.context_tokens, run.live, run.max_steps, start,
-                                   self._next_arrival_s, **self._detail)
+                                   self._next_arrival_s, self._detail)
         usage = policy.kv.usage()
         if self.observer is not None:
             self.observer.run(start, costs.ends, run)
