@@ -159,6 +159,7 @@ class Engine:
         self.releases: KVReleases | None = None  # set by a cluster whose replicas hold finished requests' KV
         self.open = False                        # a router may still feed requests
         self.horizon_s = INF                     # while open: no unfed request arrives before this
+        self._router_call = None                 # while open and idle until the horizon: what the router triggers
         self.num_steps = 0                       # engine steps simulated, and how many of them ran in runs
         self.num_run_steps = 0
         self.num_runs = 0
@@ -187,16 +188,19 @@ class Engine:
         self.specs.append(spec)
         self.arrivals.add(spec)
         self._next_arrival_s, self._quiet_until = self._next_s(), -INF
+        self._answer_router()
 
     def advance(self, until_s: float) -> None:
         """Simulate every event before `until_s` (events at `until_s` itself wait: a request arriving then is
         fed first, as a plain run sees an arrival at the very end of a step)."""
+        self._answer_router()
         if self.env.peek() < until_s:
             self.env.run(until=until_s)
 
     def close(self) -> SimResult:
         """No more requests: run to the end and return the results."""
         self.open, self.horizon_s, self._quiet_until = False, INF, -INF
+        self._answer_router()
         if self._server.is_alive:
             self.env.run(until=self._server)
         return self.finish()
@@ -391,6 +395,12 @@ class Engine:
         if self.progress:
             self.progress(end, self.num_done, len(self.specs))
 
+    def _answer_router(self) -> None:
+        """Wake the serve loop if it waits for the router (see _idle)."""
+        if self._router_call is not None and not self._router_call.triggered:
+            self._router_call.succeed()
+        self._router_call = None
+
     def _idle(self):
         """Sleep until the next arrival or the policy's deadline; a stall with nothing to wait for is a bug."""
         now = self.env.now
@@ -398,6 +408,14 @@ class Engine:
             self.observer.idle(now, len(self.policy.running), self.policy.num_waiting, self.policy.kv_used_tokens)
         deadline = self.policy.next_deadline(now)
         wake = min(self._next_arrival_s, INF if deadline is None else deadline)
+        if self.open and wake >= self.horizon_s:
+            # Nothing happens here before the router's next arrival, which it has not placed yet: wait for the
+            # router to feed, advance or close, not for a timer at the horizon. advance() stops simpy at the
+            # horizon, and where rounding puts that stop one float later, such a timer would fire at the
+            # horizon again and again (the step loop sees the horizon as the next arrival), never returning.
+            self._router_call = self.env.event()
+            yield self._router_call
+            return
         if wake == INF:
             raise RuntimeError(f"scheduler stalled at t={now:.6f}s with work left: "
                                f"{len(self.policy.running)} running, {self.policy.num_waiting} waiting")

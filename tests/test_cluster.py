@@ -302,6 +302,29 @@ def test_invariants_per_replica(rows, router, n, delay, batching):
     assert 1.0 / n - 1e-12 <= merged.summary()["outstanding_jain_index"] <= 1.0 + 1e-12
 
 
+def test_an_idle_replica_waits_for_the_router_not_for_a_timer_at_its_horizon(monkeypatch):
+    # Found by the test above: a replica with nothing to do until the next arrival (which the router has not
+    # placed yet) slept until that time; advance() stops simpy there, but rounding can put simpy's stop one
+    # float later, and the replica then woke at the arrival time over and over (a step counter stops it here;
+    # it used to run until memory ran out). It must wait for the router instead, and every request finish.
+    import simpy
+    rows = [(0.17965840979728917, 341, 8), (0.01858062679217278, 13, 5), (0.08156122270602927, 155, 10),
+            (0.2860386052743063, 215, 14), (0.11447572812339102, 113, 15)]
+    replicas = [Replica(i, "g", make_parts(capacity_tokens=512, max_model_len=480, max_num_batched_tokens=512,
+                                           max_num_seqs=6)) for i in range(3)]
+    real_step, steps = simpy.Environment.step, []
+
+    def counted(env):
+        steps.append(1)
+        if len(steps) > 100_000:
+            raise RuntimeError("simpy steps without end")
+        real_step(env)
+
+    monkeypatch.setattr(simpy.Environment, "step", counted)
+    merged = merge_runs({}, run_cluster(replicas, make_router("least-outstanding", 3), specs_from(rows), 0.02))
+    assert (merged.requests.status == "finished").all() and len(merged.requests) == 5
+
+
 # ---- pools and config ----
 def test_pools_make_heterogeneous_replicas():
     groups = parse_groups({"groups": [{"name": "big", "count": 1, "gpu": "h100-sxm", "tp": 2},
