@@ -63,9 +63,9 @@ class StepShape:
         return self.num_sampled - self.num_verify_tokens + len(self.verify)
 
 
-class StepCost(NamedTuple):
-    """Seconds of one step, with what drove them. `breakdown` maps operator family -> seconds. A named tuple: one
-    is built per step whose shape was not priced before (most mixed steps of vLLM V1)."""
+@dataclass(frozen=True, slots=True)
+class StepCost:
+    """Seconds of one step, with what drove them. `breakdown` maps operator family -> seconds."""
 
     seconds: float
     flops: float

@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 from hardware.roofline import kernel_time
 from simulator.cost.elementwise import ACT_BYTES, SOFTMAX_FLOPS
-from simulator.cost.operators import Dims, Op, new_op, scale
+from simulator.cost.operators import Dims, Op, scale
 from simulator.cost.rates import Rates
 from simulator.cost.varlen import (VarlenParams, chunk_tiles, decode_bytes, decode_seconds, group_size,
                                    mixed_decode_seconds, prefill_terms, reread_share)
@@ -57,7 +57,7 @@ def decode_attention(d: Dims, r: Rates, num_seqs: int, context_tokens: int) -> O
     flops = w.flops_per_token * context_tokens
     num_bytes = context_tokens * w.kv_elems * w.kv_bytes + w.query_bytes
     seconds, bound = kernel_time(flops, num_bytes, r.attention, r.bw, r.gemm_latency_s, r.overlap)
-    return new_op(("attention_decode", "attention", flops, num_bytes, seconds, bound, 1))
+    return Op("attention_decode", "attention", flops, num_bytes, seconds, bound, 1)
 
 
 def prefill_attention(d: Dims, r: Rates, kind: str, prefill: tuple[tuple[int, int], ...]) -> list[Op]:
@@ -79,7 +79,7 @@ def prefill_attention(d: Dims, r: Rates, kind: str, prefill: tuple[tuple[int, in
     if r.num_sms:
         rate *= min(1.0, tiles * qh / r.num_sms)             # too few (query tile, head) blocks to fill the GPU
     seconds, bound = kernel_time(flops, io, rate, r.bw, r.gemm_latency_s, r.overlap)
-    return [new_op(("attention_prefill", "attention", flops, io, seconds, bound, 1))]
+    return [Op("attention_prefill", "attention", flops, io, seconds, bound, 1)]
 
 
 def naive_attention(d: Dims, r: Rates, io: float, scores: float) -> list[Op]:
@@ -92,9 +92,9 @@ def naive_attention(d: Dims, r: Rates, io: float, scores: float) -> list[Op]:
     qk = kernel_time(qk_flops, io / 2 + s_bytes, r.attention, r.bw, r.gemm_latency_s, r.overlap)
     sm = kernel_time(SOFTMAX_FLOPS * scores, 2 * s_bytes, r.gemm, r.bw, r.latency_s, r.overlap)
     pv = kernel_time(pv_flops, io / 2 + s_bytes, r.attention, r.bw, r.gemm_latency_s, r.overlap)
-    return [new_op(("attention_scores", "attention", qk_flops, io / 2 + s_bytes, *qk, 1)),
-            new_op(("attention_softmax", "attention", SOFTMAX_FLOPS * scores, 2 * s_bytes, *sm, 1)),
-            new_op(("attention_pv", "attention", pv_flops, io / 2 + s_bytes, *pv, 1))]
+    return [Op("attention_scores", "attention", qk_flops, io / 2 + s_bytes, *qk, 1),
+            Op("attention_softmax", "attention", SOFTMAX_FLOPS * scores, 2 * s_bytes, *sm, 1),
+            Op("attention_pv", "attention", pv_flops, io / 2 + s_bytes, *pv, 1)]
 
 
 def varlen_attention(d: Dims, p: VarlenParams, shape: StepShape) -> list[Op]:
@@ -113,18 +113,18 @@ def varlen_attention(d: Dims, p: VarlenParams, shape: StepShape) -> list[Op]:
         body = max(compute, memory)
         bound = "latency" if p.floor_s > body else "compute" if compute >= memory else "memory"
         io = kv_tokens * p.kv_bytes_per_token + q_tokens * p.q_heads * (p.qk_dim + p.v_dim) * ACT_BYTES
-        ops.append(new_op(("attention_prefill", "attention", qd * pairs, io, p.floor_s + body, bound, 1)))
+        ops.append(Op("attention_prefill", "attention", qd * pairs, io, p.floor_s + body, bound, 1))
     if shape.num_decode:
         n, ctx = shape.num_decode, shape.decode_context_tokens
         alone = decode_seconds(p, n, ctx)
         num_bytes = decode_bytes(p, n, ctx)
         if not chunks:
             bound = "latency" if p.floor_s > alone - p.floor_s else "memory"
-            ops.append(new_op(("attention_decode", "attention", qd * ctx, num_bytes, alone, bound, 1)))
+            ops.append(Op("attention_decode", "attention", qd * ctx, num_bytes, alone, bound, 1))
         else:
             packed = alone - p.floor_s                      # the launch's floor is the prefill row's
             extra = float(mixed_decode_seconds(p, tiles, n, ctx)) - packed
             reread = (group_size(p) - 1.0) * float(reread_share(p, tiles, n)) * ctx * p.kv_bytes_per_token
-            ops.append(new_op(("attention_decode", "attention", qd * ctx, num_bytes, packed, "memory", 0)))
-            ops.append(new_op(("attention_mixed", "attention", 0.0, reread, extra, "memory", 0)))
+            ops.append(Op("attention_decode", "attention", qd * ctx, num_bytes, packed, "memory", 0))
+            ops.append(Op("attention_mixed", "attention", 0.0, reread, extra, "memory", 0))
     return ops

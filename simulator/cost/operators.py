@@ -45,12 +45,12 @@ class Op(NamedTuple):
 
 # Op(*fields) for the pricers below, which build thousands a simulated second: tuple.__new__ skips the named
 # tuple's Python-level __new__ (building one takes less than half the time); every field must be given.
-new_op = partial(tuple.__new__, Op)
+_op = partial(tuple.__new__, Op)
 
 
 def scale(op: Op, k: float) -> Op:
     """An operator repeated k times (layers, or the share of MoE layers)."""
-    return new_op((op.name, op.family, op.flops * k, op.bytes * k, op.seconds * k, op.bound, op.kernels * k))
+    return _op((op.name, op.family, op.flops * k, op.bytes * k, op.seconds * k, op.bound, op.kernels * k))
 
 
 BOUND_INDEX = {b: i for i, b in enumerate(BOUNDS)}
@@ -73,7 +73,7 @@ class Totals(NamedTuple):
                         self.excess_s + other.excess_s))
 
 
-_totals = partial(tuple.__new__, Totals)        # as new_op for Op: Totals(*fields) without its Python-level __new__
+_totals = partial(tuple.__new__, Totals)        # as _op for Op: Totals(*fields) without its Python-level __new__
 
 
 ZERO = Totals((0.0,) * len(FAMILIES), 0.0, 0.0, (0.0,) * len(BOUNDS), 0.0)
@@ -115,13 +115,13 @@ def gemm(r: Rates, weight_bytes: float, name: str, m_rows: float, n: float, k: f
     w = n * k if weight_elems is None else weight_elems
     num_bytes = w * weight_bytes + (m_rows * k + m_rows * n) * ACT_BYTES
     seconds, bound = kernel_time(flops, num_bytes, r.gemm, r.gemm_bw, r.gemm_latency_s, r.overlap)
-    return new_op((name, "gemm", flops, num_bytes, seconds, bound, 1))
+    return _op((name, "gemm", flops, num_bytes, seconds, bound, 1))
 
 
 def stream(r: Rates, name: str, family: str, flops: float, num_bytes: float, kernels: int = 1) -> Op:
     """A memory-streaming kernel (embedding gather, copy)."""
     seconds, bound = kernel_time(flops, num_bytes, r.vector, r.bw, r.latency_s * kernels, r.overlap)
-    return new_op((name, family, flops, num_bytes, seconds, bound, kernels))
+    return _op((name, family, flops, num_bytes, seconds, bound, kernels))
 
 
 def elementwise(r: Rates, name: str, flops_per_elem: float, elems: float, ew: Ew, count: float = 1.0,
@@ -143,7 +143,7 @@ def elementwise(r: Rates, name: str, flops_per_elem: float, elems: float, ew: Ew
         unvec_s, unvec_bound = kernel_time(ew.unvec * elems * count, unvec_bytes, r.unvec, r.bw, 0.0, r.overlap)
     body = vec_s + unvec_s
     bound = "latency" if lat > body else (unvec_bound if unvec_s > vec_s else vec_bound)
-    return new_op((name, "elementwise", flops, total, lat + body, bound, kernels))
+    return _op((name, "elementwise", flops, total, lat + body, bound, kernels))
 
 
 # ---------------------------------------------------------------------- per-GPU widths
