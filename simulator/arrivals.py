@@ -23,9 +23,10 @@ class ArrivalQueue:
     """The requests that have not arrived yet; see the module docstring."""
 
     def __init__(self, specs: list[RequestSpec], max_concurrency: int | None = None) -> None:
-        # Open-loop requests known up front wait in a list sorted by (time, request id) and read by an index (no
-        # heap pops: a million pops cost a second); fed and released requests wait in a heap. Keys (time, request
-        # id) are unique, so taking the smaller head of the two gives the order one heap of them all would.
+        # Open-loop requests known up front, and those fed later in order, wait in a list sorted by (time, request
+        # id) and read by an index (no heap pops: a million pops cost a second); released turns and requests fed
+        # out of order wait in a heap. Keys (time, request id) are unique, so taking the smaller head of the two
+        # gives the order one heap of them all would.
         self.due = [s for s in specs if s.after < 0]
         self.due.sort(key=attrgetter("request_id"))      # two stable sorts: by time, then request id
         self.due.sort(key=attrgetter("arrival_s"))       # (each linear on a workload already in order)
