@@ -39,9 +39,10 @@ def _config(name: str, rate: float, extra: dict, capacity: bool = False):
     from simulator.config import SimConfig
     known = {f.name for f in fields(SimConfig)}
     knobs = {k: v for k, v in SCENARIOS[name].items() if k != "surge"}
+    knobs.update({k: v for k, v in extra.items() if k in known})          # --set wins over the scenario's knobs
     if capacity:
         knobs.update(num_requests=2000, summary_only=False)
-    return SimConfig(rate=rate, seed=1 if capacity else 0, **knobs, **{k: v for k, v in extra.items() if k in known})
+    return SimConfig(rate=rate, seed=1 if capacity else 0, **knobs)
 
 
 def child(name: str, rate: float, extra: dict) -> dict:
