@@ -169,7 +169,7 @@ class Engine:
         self._decode_costs = getattr(cost_model, "decode_run_costs", None) or partial(step_by_step_costs, cost_model)
         self._step_costs: dict[tuple, object] = {}   # StepShape fields -> StepCost
         # summary-only runs need no per-step breakdown of run steps, only their times and FLOP/byte totals
-        self._detail = not (self.recorder.summary_only and hasattr(cost_model, "decode_run_costs"))
+        self._detail = not self.recorder.summary_only       # (step_by_step_costs always gives the detail)
 
     def run(self) -> SimResult:
         self.start()

@@ -40,24 +40,60 @@ def price_decode_run(run: DecodeRun, r: Rates, layers: float, step_overhead_s: f
                  detail)
 
 
-def prepare(run: DecodeRun, r: Rates, layers: float, step_overhead_s: float) -> tuple:
-    """Every constant `price` reads, as one flat tuple: worked out once per batch size, since a run is a few steps
-    long on average and working these out per run was a fifth of a one-step run's price (2.3 -> 1.9 us)."""
+class RunConstants(NamedTuple):
+    """Every constant `price` reads, in the order it unpacks them (one tuple unpack per run)."""
+
+    g: float                 # the base step's seconds per family (FAMILIES order) ...
+    a0: float
+    e: float
+    c: float
+    o: float
+    bc0: float               # ... and per bound (BOUNDS order)
+    bm0: float
+    bl0: float
+    flops0: float            # the base step's FLOPs, bytes and eager launch excess
+    bytes0: float
+    excess0: float
+    graphed: bool
+    fpt: float               # decode attention per layer: FLOPs per token attended, KV elements and bytes, query
+    kv_elems: float
+    kvb: float
+    query_bytes: float
+    rate: float              # the roofline: attention FLOP/s, bytes/s, latency, overlap exponent
+    bw: float
+    lat: float
+    p: float
+    blend: bool              # p != INF
+    inv_p: float
+    launch: float            # the attention operator's kernels x launch cost
+    g0: float                # the sum of the families starts at 0
+    graphed_over: float      # a graphed step's overhead
+    step_overhead_s: float
+    layers: float
+    use_varlen: bool         # vLLM V1's varlen kernel: its KV bytes per token, bytes/s, floor and query bytes
+    kv_bpt: float = 0.0
+    v_bw: float = 0.0
+    v_floor: float = 0.0
+    v_query: float = 0.0
+
+
+def prepare(run: DecodeRun, r: Rates, layers: float, step_overhead_s: float) -> RunConstants:
+    """`price`'s constants: worked out once per batch size, since a run is a few steps long on average and working
+    these out per run was a fifth of a one-step run's price (2.3 -> 1.9 us)."""
     (g, a0, e, c, o), (bc0, bm0, bl0) = run.base.family_s, run.base.bound_s
     fpt, kv_elems, kvb, query_bytes = run.work
     varlen, p = run.varlen, r.overlap
-    # the attention operator's kernels x launch cost; sum of the families starts at 0; a graph's overhead
     consts = (g, a0, e, c, o, bc0, bm0, bl0, run.base.flops, run.base.bytes, run.base.excess_s, run.graphed,
               fpt, kv_elems, kvb, query_bytes, r.attention, r.bw, r.gemm_latency_s, p, p != INF, 1.0 / p,
               layers * r.launch_s, 0 + g, step_overhead_s + 0.0, step_overhead_s, layers, varlen is not None)
     if varlen is None:
-        return consts + (0.0, 0.0, 0.0, 0.0)
+        return RunConstants(*consts)
     # varlen.decode_bytes and decode_seconds written out, the same operations
     v_query = run.num_seqs * varlen.q_heads * (varlen.qk_dim + varlen.v_dim) * 2.0
-    return consts + (varlen.kv_bytes_per_token, varlen.bytes_per_s, varlen.floor_s, v_query)
+    return RunConstants(*consts, varlen.kv_bytes_per_token, varlen.bytes_per_s, varlen.floor_s, v_query)
 
 
-def price(consts: tuple, context_tokens: int, context_step: int, max_steps: int, start_s: float, stop_s: float,
+def price(consts: RunConstants, context_tokens: int, context_step: int, max_steps: int, start_s: float, stop_s: float,
           detail: bool) -> RunCosts:
     """A run priced from `prepare`'s constants, one loop pass per step with no call in it (see the module
     docstring). A Python loop on purpose: numpy's vectorized power (the roofline blend) differs from the C

@@ -23,7 +23,7 @@ from functools import lru_cache
 
 from hardware.gpus import GPUSpec
 from simulator.cost.attention import ATTENTION_KINDS, attention_ops, decode_work
-from simulator.cost.decode_run import DecodeRun, prepare, price
+from simulator.cost.decode_run import DecodeRun, RunConstants, prepare, price
 from simulator.cost.elementwise import ELEMENTWISE
 from simulator.cost.operators import Catalogue, Op, Totals, dims, scale, totals
 from simulator.cost.rates import INF, rates
@@ -204,7 +204,7 @@ class CostModel:
         """
         return price(self._decode_plan(num_seqs), context_tokens, context_step, max_steps, start_s, stop_s, detail)
 
-    def _decode_plan_of(self, num_seqs: int) -> tuple:
+    def _decode_plan_of(self, num_seqs: int) -> RunConstants:
         """The constants of every decode-only step of `num_seqs` sequences (decode_run.prepare), once per size."""
         shape = StepShape((), num_seqs, 0, num_seqs)
         run = DecodeRun(self._dense(self.padded_tokens(shape)).plus(self._head(num_seqs)), self.graphed(shape),
